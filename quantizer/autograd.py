@@ -1,0 +1,93 @@
+"""Straight-through estimators: the forward rules of :mod:`quantizer.functional` with the
+backward passes of SPEC §3.
+
+* FIXED, INT and Ternary: identity backward, ``dL/dx = dL/dq``.
+* BNN: ``dL/dx = dL/dq * [|x| <= 1]`` (the gradient is cancelled outside [-1, 1]).
+
+The identity passes save nothing for backward, so quantization adds no activation memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import functional as F
+
+
+class _FixedPointSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, i_bits: int, f_bits: int, rounding: str, overflow: str):
+        return F.fixed_point_forward(x, i_bits, f_bits, rounding, overflow)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor):
+        return grad, None, None, None, None
+
+
+class _IntMinMaxSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, bits: int):
+        return F.int_minmax_forward(x, bits)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor):
+        return grad, None
+
+
+class _BinarySTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor):
+        ctx.save_for_backward(x.abs() <= 1)
+        return F.binary_forward(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor):
+        (inside,) = ctx.saved_tensors
+        return grad * inside
+
+
+class _TernarySTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, w: Tensor):
+        return F.ternary_forward(w)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor):
+        return grad
+
+
+def fixed_point(
+    x: Tensor, i_bits: int, f_bits: int, rounding: str = "nearest", overflow: str = "wrap"
+) -> Tensor:
+    """Fixed-point Qi.f quantization with a straight-through (identity) gradient.
+
+    ``rounding="nearest"``: sign-magnitude grid of step ``2^-f``; ``overflow="wrap"`` is the
+    original formula (:func:`quantizer.functional.fixed_point_nearest_wrap`), ``"saturate"``
+    the textbook clamp to ``2^i - 2^-f``. ``rounding="pow2"``: nearest power of two, clamped
+    to ``±M`` (:func:`quantizer.functional.fixed_point_pow2`).
+    """
+    if rounding not in F.ROUNDINGS:
+        raise ValueError(f"rounding must be one of {F.ROUNDINGS}, got {rounding!r}")
+    if overflow not in F.OVERFLOWS:
+        raise ValueError(f"overflow must be one of {F.OVERFLOWS}, got {overflow!r}")
+    return _FixedPointSTE.apply(x, int(i_bits), int(f_bits), rounding, overflow)
+
+
+def int_minmax(x: Tensor, bits: int) -> Tensor:
+    """Per-tensor min-max integer quantization ``floor(2^b (x-min)/(max-min)) - 2^(b-1)``
+    with a straight-through gradient; a constant tensor gives zeros."""
+    return _IntMinMaxSTE.apply(x, int(bits))
+
+
+def binary(x: Tensor) -> Tensor:
+    """``sign(x)`` with the BNN gradient ``dL/dx = dL/dq * [|x| <= 1]``."""
+    return _BinarySTE.apply(x)
+
+
+def ternary(w: Tensor) -> Tensor:
+    """TWN ternary weights ``alpha_c sign(W) [|W| > delta_c]`` (per output channel, axis 0)
+    with a straight-through gradient; an all-zero filter gives zeros."""
+    return _TernarySTE.apply(w)

@@ -1,0 +1,129 @@
+"""Layers that use the quantizers: a weight-quantized Conv2d and an activation quantizer.
+
+A :class:`QuantSpec` names one quantizer and its format; layers only compose it, so the
+math stays in :mod:`quantizer.functional` and the gradients in :mod:`quantizer.autograd`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from . import autograd as ste
+from . import functional as F
+
+KINDS = ("float", "fixed", "int", "binary", "ternary")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """One quantizer and its format.
+
+    ``kind``: ``float`` (identity), ``fixed`` (Qi.f with ``rounding`` and ``overflow``),
+    ``int`` (min-max, ``i_bits`` bits), ``binary`` (sign), ``ternary`` (TWN, weights only).
+    """
+
+    kind: str = "float"
+    i_bits: int = 0
+    f_bits: int = 0
+    rounding: str = "nearest"
+    overflow: str = "wrap"
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.i_bits < 0 or self.f_bits < 0:
+            raise ValueError(f"bit widths must be >= 0, got i={self.i_bits}, f={self.f_bits}")
+        if self.rounding not in F.ROUNDINGS:
+            raise ValueError(f"rounding must be one of {F.ROUNDINGS}, got {self.rounding!r}")
+        if self.overflow not in F.OVERFLOWS:
+            raise ValueError(f"overflow must be one of {F.OVERFLOWS}, got {self.overflow!r}")
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Quantize ``x`` (differentiable through the straight-through estimator)."""
+        if self.kind == "fixed":
+            return ste.fixed_point(x, self.i_bits, self.f_bits, self.rounding, self.overflow)
+        if self.kind == "int":
+            return ste.int_minmax(x, self.i_bits)
+        if self.kind == "binary":
+            return ste.binary(x)
+        if self.kind == "ternary":
+            return ste.ternary(x)
+        return x
+
+    def codes(self, x: Tensor) -> tuple[Tensor, Tensor | float]:
+        """Integer codes and scale with ``self(x) == codes * scale`` (for export).
+
+        ``fixed``: :func:`quantizer.functional.fixed_point_codes`; ``ternary``: codes in
+        {-1, 0, 1} and per-channel scales; ``int`` and ``binary`` are integers already
+        (scale 1); ``float`` has no codes and raises ``ValueError``.
+        """
+        with torch.no_grad():
+            if self.kind == "fixed":
+                return F.fixed_point_codes(x, self.i_bits, self.f_bits, self.rounding, self.overflow)
+            if self.kind == "ternary":
+                return F.ternary_codes(x)
+            if self.kind in ("int", "binary"):
+                return self(x).to(torch.int64), 1.0
+        raise ValueError("a float tensor has no integer codes")
+
+    @property
+    def storage_bits(self) -> int:
+        """Bits to store one value: sign-magnitude ``1 + i + f`` for fixed, ``i + 1`` for int
+        (its range ``[-2^(i-1), 2^(i-1)]`` is inclusive), 1 binary, 2 ternary, 32 float."""
+        return {
+            "fixed": 1 + self.i_bits + self.f_bits,
+            "int": self.i_bits + 1,
+            "binary": 1,
+            "ternary": 2,
+        }.get(self.kind, 32)
+
+    def __str__(self) -> str:
+        if self.kind == "fixed":
+            suffix = ", pow2" if self.rounding == "pow2" else ""
+            suffix += ", saturate" if self.rounding == "nearest" and self.overflow == "saturate" else ""
+            return f"Q{self.i_bits}.{self.f_bits}{suffix}"
+        if self.kind == "int":
+            return f"INT{self.i_bits}"
+        return self.kind
+
+
+FLOAT = QuantSpec()
+
+
+class QuantConv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose weight is quantized by ``weight_quant`` on every forward pass.
+
+    The float weight is the trained parameter (the straight-through gradient reaches it);
+    :meth:`quantized_weight` is what the convolution uses. The bias stays float.
+    """
+
+    def __init__(self, *args, weight_quant: QuantSpec = FLOAT, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.weight_quant = weight_quant
+
+    def quantized_weight(self) -> Tensor:
+        """The weight as the convolution sees it: ``weight_quant(weight)``."""
+        return self.weight_quant(self.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.quantized_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, weight={self.weight_quant}"
+
+
+class ActivationQuantizer(nn.Module):
+    """Quantizes activations with ``spec`` (identity for ``float``)."""
+
+    def __init__(self, spec: QuantSpec = FLOAT) -> None:
+        super().__init__()
+        self.spec = spec
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.spec(x)
+
+    def extra_repr(self) -> str:
+        return str(self.spec)
