@@ -1,0 +1,134 @@
+"""Config loading, merging and validation through load_config and the trainer's command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from unet.config import COMMON_KEYS, load_config, parse_override
+from unet.errors import ConfigError
+
+from .conftest import REPO
+
+EM_BASE = REPO / "EM_BASE" / "config.yaml"
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def experiment(tmp_path: Path) -> Path:
+    return write(tmp_path / "exp1" / "config.yaml", "UNET:\n  quantization: FIXED\n  weight_f_width: 4\n")
+
+
+def test_experiment_overrides_base_and_defaults_fill_in(experiment: Path) -> None:
+    cfg = load_config(EM_BASE, experiment)
+    assert cfg.quantization == "fixed"
+    assert cfg.weight_f_width == 4
+    assert cfg.batch_size == 5 and cfg.val_batch_size == 4  # EM defaults
+    assert cfg.experiment_name == "exp1"
+    assert cfg.log_output_dir == experiment.parent / "runs"
+    assert cfg.sources["weight_f_width"] == str(experiment.resolve())
+    assert cfg.sources["batch_size"] == str(EM_BASE)
+
+
+def test_relative_paths_resolve_against_the_file_that_set_them(tmp_path: Path, experiment: Path) -> None:
+    cfg = load_config(EM_BASE, experiment)
+    assert cfg.dataset_path == (REPO / "data" / "em").resolve()
+    exp = write(tmp_path / "a" / "b" / "config.yaml", "UNET:\n  dataset_path: ../mydata\n")
+    assert load_config(EM_BASE, exp).dataset_path == (tmp_path / "a" / "mydata").resolve()
+
+
+def test_overrides_are_parsed_as_yaml_and_win(experiment: Path) -> None:
+    cfg = load_config(EM_BASE, experiment, overrides=["num_epochs=3", "crop_size=[64, 48]", "lr=5e-3"])
+    assert cfg.num_epochs == 3 and cfg.crop_size == [64, 48] and cfg.lr == pytest.approx(5e-3)
+    assert cfg.sources["num_epochs"] == "-o"
+    assert parse_override("trained_model=") == ("trained_model", None)
+
+
+def test_quantization_is_case_insensitive(tmp_path: Path) -> None:
+    exp = write(tmp_path / "e" / "config.yaml", "UNET:\n  quantization: ternary\n")
+    assert load_config(EM_BASE, exp).quantization == "ternary"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("quantizaton: FIXED", "unknown key 'quantizaton' (did you mean 'quantization'?)"),
+        ("quantization: FLOAT8", "key 'quantization' must be one of"),
+        ("weight_f_width: -1", "key 'weight_f_width' must be >= 0"),
+        ("weight_f_width: 2.5", "key 'weight_f_width' must be an integer"),
+        ("num_epochs: 0", "key 'num_epochs' must be >= 1"),
+        ("operation_mode: train", "key 'operation_mode' must be one of"),
+        ("lr: -0.1", "key 'lr' must be > 0"),
+        ("lr: fast", "key 'lr' must be a number"),
+        ("threshold: 1.0", "key 'threshold' must be between 0 and 1"),
+        ("crop_size: [100, 100]", "multiples of 8"),
+        ("crop_size: 64", "must be [H, W]"),
+        ("augment: yes please", "must be true or false"),
+        ("dropout: 1.0", "key 'dropout' must satisfy 0 <= value < 1"),
+        ("empty_dice: 2", "key 'empty_dice' must be 0 or 1"),
+        ("model_type: resnet", "key 'model_type' must be one of unet"),
+        ("batch_size: null", "key 'batch_size' must be set"),
+        ("quantization: INT\n  weight_i_width: 0\n  activation_i_width: 4", "'weight_i_width' must be >= 1 for INT"),
+    ],
+)
+def test_invalid_values_name_key_and_file(tmp_path: Path, text: str, expected: str) -> None:
+    exp = write(tmp_path / "e" / "config.yaml", f"UNET:\n  {text}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(EM_BASE, exp)
+    message = str(info.value)
+    assert expected in message
+    assert str(exp.resolve()) in message
+    assert "\n" not in message
+
+
+def test_missing_top_key_and_bad_yaml(tmp_path: Path) -> None:
+    exp = write(tmp_path / "e" / "config.yaml", "MODEL:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match="no top key 'UNET' \\(found: MODEL\\); pass the right one with -t"):
+        load_config(EM_BASE, exp)
+    assert load_config(EM_BASE, exp, top_key="MODEL").lr == pytest.approx(0.1)
+    broken = write(tmp_path / "f" / "config.yaml", "UNET:\n  lr: [0.1\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(EM_BASE, broken)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(EM_BASE, tmp_path / "nope.yaml")
+
+
+def test_bad_override_names_the_option(experiment: Path) -> None:
+    with pytest.raises(ConfigError, match="^-o: unknown key 'epochs'"):
+        load_config(EM_BASE, experiment, overrides=["epochs=3"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(EM_BASE, experiment, overrides=["num_epochs"])
+
+
+@pytest.mark.parametrize("base", sorted(REPO.glob("*_BASE/config.yaml")), ids=lambda p: p.parent.name)
+def test_every_base_config_sets_every_common_key(base: Path, tmp_path: Path) -> None:
+    exp = write(tmp_path / "e" / "config.yaml", "UNET: {}\n")
+    recipe_keys = {"GM_BASE": ("train_subjects", "val_subjects", "sites", "resolution_mm")}
+    from unet.config import Key
+
+    extra = tuple(Key(k, "str", "", nullable=True) for k in recipe_keys.get(base.parent.name, ()))
+    cfg = load_config(base, exp, extra_keys=extra)
+    assert {k.name for k in COMMON_KEYS} <= set(cfg)
+
+
+def test_every_experiment_config_is_valid() -> None:
+    """Each experiment folder's config loads over its base (a typo there would fail here)."""
+    import importlib.util
+
+    folders = [p.parent for p in REPO.glob("*/*/config.yaml") if not p.parent.parent.name.endswith("_BASE")]
+    assert folders, "no experiment folders found"
+    for folder in folders:
+        trainer = next(folder.glob("*_unet.py"))
+        assert trainer.is_symlink() and not Path(trainer.readlink()).is_absolute()
+        spec = importlib.util.spec_from_file_location(f"trainer_{folder.parent.name}", trainer.resolve())
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        recipe = module.RECIPE
+        cfg = load_config(recipe.base_config, folder / "config.yaml", extra_keys=recipe.extra_keys)
+        assert cfg.experiment_name == folder.name

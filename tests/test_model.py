@@ -1,0 +1,92 @@
+"""The U-Net of SPEC §4: shapes, parameter count, which layers are quantized, init."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from quantizer import ActivationQuantizer, QuantConv2d, QuantSpec
+from unet.model import TernaryTanh, UNet, quant_specs
+
+
+def test_full_precision_parameter_count_matches_the_paper_model() -> None:
+    assert sum(p.numel() for p in UNet(64).parameters()) == 4_837_249
+
+
+@pytest.mark.parametrize("mode", ["Normal", "FIXED", "INT", "BNN", "Ternary"])
+def test_output_is_a_probability_map_of_the_input_size(mode: str) -> None:
+    w, a = quant_specs(mode, 6, 0, 2, 4)
+    model = UNet(4, w, a)
+    x = torch.randn(2, 1, 48, 40)
+    y = model(x)
+    assert y.shape == (2, 1, 48, 40)
+    assert torch.all((y >= 0) & (y <= 1))
+    y.mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_input_not_divisible_by_8_is_refused() -> None:
+    with pytest.raises(ValueError, match="divisible by 8"):
+        UNet(4)(torch.zeros(1, 1, 36, 40))
+
+
+def test_weights_quantized_everywhere_but_first_block_and_head() -> None:
+    spec = QuantSpec("fixed", 0, 4)
+    model = UNet(8, spec, QuantSpec("fixed", 6, 0))
+    quantized = {name for name, m in model.named_modules() if isinstance(m, QuantConv2d) and m.weight_quant == spec}
+    all_convs = {name for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    assert all_convs - quantized == {"enc1.0.0", "enc1.1.0", "head"}
+    assert len(quantized) == 12
+    acts = [m for m in model.modules() if isinstance(m, ActivationQuantizer)]
+    assert len(acts) == 14 and all(str(m.spec) == "Q6.0" for m in acts)
+    assert "weight=Q0.4" in repr(model.enc2)
+
+
+def test_unit_order_is_conv_activation_batchnorm_dropout_quantizer() -> None:
+    model = UNet(4, *quant_specs("FIXED", 6, 0, 0, 4), dropout=0.2)
+    kinds = [type(m).__name__ for m in model.enc2[0]]
+    assert kinds == ["QuantConv2d", "ReLU", "BatchNorm2d", "Dropout2d", "ActivationQuantizer"]
+    assert model.enc2[0][2].momentum == pytest.approx(0.1)
+    assert not any(isinstance(m, torch.nn.Dropout2d) for m in UNet(4).modules())
+
+
+def test_quantized_convs_start_uniform_with_zero_bias_float_convs_do_not() -> None:
+    torch.manual_seed(0)
+    model = UNet(16, *quant_specs("FIXED", 6, 0, 0, 4))
+    w = model.enc3[0][0].weight
+    assert w.abs().max() <= 1 and w.abs().max() > 0.99 and w.std() > 0.5  # U(-1,1): std 0.577
+    assert torch.all(model.enc3[0][0].bias == 0)
+    assert model.enc1[1][0].weight.abs().max() < 0.2  # PyTorch default, bound 1/sqrt(fan_in)
+    assert UNet(16).enc3[0][0].weight.abs().max() < 0.2
+
+
+def test_quantized_model_uses_the_quantized_weight() -> None:
+    model = UNet(4, *quant_specs("FIXED", 6, 0, 0, 2))
+    conv = model.enc2[0][0]
+    assert set(torch.unique(conv.quantized_weight()).tolist()) <= {-1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0}
+
+
+def test_mode_specs() -> None:
+    assert quant_specs("normal", 1, 2, 3, 4) == (QuantSpec(), QuantSpec())
+    assert quant_specs("Ternary", 1, 2, 3, 4) == (QuantSpec("ternary"), QuantSpec())
+    assert quant_specs("BNN", 1, 2, 3, 4) == (QuantSpec("binary"), QuantSpec("binary"))
+    assert quant_specs("INT", 5, 2, 3, 4) == (QuantSpec("int", 3), QuantSpec("int", 5))
+    w, a = quant_specs("FIXED", 6, 0, 0, 4, "pow2")
+    assert str(w) == "Q0.4, pow2" and str(a) == "Q6.0, pow2"
+
+
+def test_ternarytanh_values_and_beta_is_saved_in_the_state_dict() -> None:
+    act = TernaryTanh(3.0)
+    x = torch.tensor([-2.0, 0.0, 2.0, 0.5])
+    b = 3.0
+    expected = 0.5 * torch.tanh(b * (2 * x - 1)) + 0.5 * torch.tanh(b * (2 * x + 1))
+    assert torch.allclose(act(x), expected)
+    assert act(torch.tensor([0.0])).item() == pytest.approx(0.0, abs=1e-6)
+    model = UNet(4, activation="ternarytanh")
+    model.set_beta(5.5)
+    assert model.beta() == 5.5
+    state = model.state_dict()
+    fresh = UNet(4, activation="ternarytanh")
+    fresh.load_state_dict(state)
+    assert fresh.beta() == 5.5
+    assert UNet(4).beta() is None

@@ -1,0 +1,118 @@
+"""Losses, metrics and schedules against hand-computed values (SPEC §5, §6)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from unet.losses import bce_dice_loss, bce_dice_original_loss, dice_loss, soft_dice
+from unet.memory import BITS_PER_MIB, weight_memory_bits
+from unet.metrics import slice_metrics, summarize
+from unet.model import UNet, quant_specs
+from unet.schedules import make_lr_scheduler, multistep_milestones, ternary_beta
+
+
+def test_soft_dice_and_losses() -> None:
+    p = torch.tensor([0.9, 0.2, 0.6, 0.0])
+    y = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    dice = (2 * 1.5 + 1e-4) / (1.7 + 2 + 1e-4)
+    assert soft_dice(p, y).item() == pytest.approx(dice)
+    assert dice_loss(p, y).item() == pytest.approx(-dice)
+    bce = -np.mean([math.log(0.9), math.log(0.8), math.log(0.6), math.log(1.0)])
+    assert bce_dice_loss(p, y).item() == pytest.approx(0.5 * bce + 0.5 * (1 - dice), rel=1e-5)
+    s = 1 / (1 + np.exp(-p.numpy()))  # the original's double sigmoid
+    bce_logits = -np.mean(y.numpy() * np.log(s) + (1 - y.numpy()) * np.log(1 - s))
+    assert bce_dice_original_loss(p, y).item() == pytest.approx(0.5 * bce_logits + 0.5 * (1 - dice), rel=1e-5)
+
+
+def test_slice_metrics_by_hand() -> None:
+    truth = np.zeros((10, 10))
+    truth[2:6, 2:6] = 1  # 16 pixels
+    prob = np.zeros((10, 10))
+    prob[3:7, 2:6] = 0.9995  # 16 pixels, 12 overlap
+    prob[0, 0] = 0.9  # below the threshold
+    m = slice_metrics(prob, truth, threshold=0.999)
+    tp, fp, fn, tn = 12, 4, 4, 80
+    assert m["dice"] == pytest.approx(100 * 2 * tp / (2 * tp + fp + fn))
+    assert m["precision"] == pytest.approx(100 * tp / (tp + fp))
+    assert m["recall"] == pytest.approx(100 * tp / (tp + fn))
+    assert m["specificity"] == pytest.approx(100 * tn / (tn + fp))
+    assert m["iou"] == pytest.approx(100 * tp / (tp + fp + fn))
+    assert m["accuracy"] == pytest.approx(100 * (tp + tn) / 100)
+    assert m["hausdorff"] == pytest.approx(1.0)  # one row shifted
+
+
+def test_hausdorff_is_geometric_not_row_based() -> None:
+    truth = np.zeros((20, 20))
+    truth[5, 5] = 1
+    prob = np.zeros((20, 20))
+    prob[5, 5] = prob[8, 9] = 1.0  # an extra point 5 pixels away (3-4-5 triangle)
+    assert slice_metrics(prob, truth, 0.5)["hausdorff"] == pytest.approx(5.0)
+
+
+def test_empty_slices() -> None:
+    empty = np.zeros((8, 8))
+    assert slice_metrics(empty, empty, 0.5, empty_dice=0)["dice"] == 0.0
+    assert slice_metrics(empty, empty, 0.5, empty_dice=1)["dice"] == 100.0
+    assert slice_metrics(empty, empty, 0.5)["hausdorff"] == 0.0
+    only_truth = empty.copy()
+    only_truth[1, 1] = 1
+    m = slice_metrics(empty, only_truth, 0.5)
+    assert m["dice"] == 0.0 and m["precision"] == 0.0 and math.isnan(m["hausdorff"])
+    summary = summarize([m, slice_metrics(only_truth, only_truth, 0.5)])
+    assert summary["hausdorff"] == 0.0  # NaN slices are left out of the mean
+    assert summary["dice"] == 50.0 and summary["dice_std"] == 50.0 and summary["n_slices"] == 2
+
+
+def test_isbi_measures() -> None:
+    truth = np.ones((12, 12))
+    truth[:, 6] = 0  # a membrane splitting two cells
+    perfect = slice_metrics(truth, truth, 0.5, isbi=True)
+    assert perfect["rand_error"] == pytest.approx(0.0) and perfect["pixel_error"] == 0.0
+    merged = slice_metrics(np.ones((12, 12)), truth, 0.5, isbi=True)  # membrane missed: cells merged
+    assert merged["rand_error"] > 0.3
+    assert merged["pixel_error"] == pytest.approx(12 / 144)
+
+
+@pytest.mark.parametrize(
+    ("n", "milestones"),
+    [(200, [40, 80, 120, 160]), (10, [2, 4, 6, 8]), (12, [2, 4, 6, 8, 10]), (4, []), (1, [])],
+)
+def test_multistep_milestones(n: int, milestones: list[int]) -> None:
+    assert multistep_milestones(n) == milestones
+
+
+def test_lr_schedules_per_epoch() -> None:
+    def lrs(name: str, n: int) -> list[float]:
+        opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1.0)
+        sched = make_lr_scheduler(opt, name, n)
+        out = []
+        for _ in range(n):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    assert lrs("multistep", 10) == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01, 1e-3, 1e-3, 1e-4, 1e-4])
+    assert lrs("cosine", 4) == pytest.approx([1, (1 + math.cos(math.pi / 4)) / 2, 0.5, (1 + math.cos(3 * math.pi / 4)) / 2])
+    assert lrs("constant", 3) == [1, 1, 1]
+
+
+def test_beta_schedule() -> None:
+    assert ternary_beta(1, 11) == 3.0 and ternary_beta(11, 11) == 8.0 and ternary_beta(6, 11) == 5.5
+    assert ternary_beta(1, 1) == 3.0
+
+
+def test_weight_memory_of_the_headline_model() -> None:
+    """Q0.4 weights: 5 bits each in the 12 quantized convs; the rest at 32 bits."""
+    model = UNet(64, *quant_specs("FIXED", 6, 0, 0, 4))
+    quantized_weights = sum(c.weight.numel() for c in model.quantized_convs())
+    total = 4_837_249
+    bits = weight_memory_bits(model)
+    assert bits["quantized"] == quantized_weights * 5
+    assert bits["float"] == (total - quantized_weights) * 32
+    assert weight_memory_bits(UNet(64))["total"] == total * 32
+    assert bits["total"] / BITS_PER_MIB < total * 32 / BITS_PER_MIB / 5

@@ -1,0 +1,45 @@
+"""Command line shared by the trainers: ``python em_unet.py -f config.yaml -t UNET [-o key=value]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .config import load_config
+from .engine import Recipe, run
+from .errors import MissingDataError, UserError
+
+
+def build_parser(recipe: Recipe, prog: str) -> argparse.ArgumentParser:
+    """The trainer's argument parser."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=f"Train or evaluate the quantized U-Net on {recipe.name} data. The experiment config is "
+        f"read over the dataset defaults in {recipe.base_config}.",
+    )
+    parser.add_argument("-f", "--config", required=True, type=Path, help="experiment YAML file")
+    parser.add_argument("-t", "--top-key", default="UNET", help="top key of the YAML to read (default UNET)")
+    parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (repeatable; the value is read as YAML)")
+    parser.add_argument("--new-run", action="store_true",
+                        help="if the run folder already holds a run, start a numbered new one beside it")
+    return parser
+
+
+def main(recipe: Recipe, argv: list[str] | None = None) -> int:
+    """Parse ``argv``, load and validate the config, run it; return the exit status.
+
+    Problems in the user's input print one line ``error: ...`` on stderr and return 2.
+    """
+    prog = Path(sys.argv[0]).name
+    args = build_parser(recipe, prog).parse_args(argv)
+    try:
+        cfg = load_config(recipe.base_config, args.config, args.top_key, args.override, recipe.extra_keys)
+        return run(cfg, recipe, script=prog, new_run=args.new_run)
+    except MissingDataError as exc:
+        print(f"error: {exc}; prepare it with: {recipe.prepare_command}", file=sys.stderr)
+        return 2
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

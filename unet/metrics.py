@@ -1,0 +1,96 @@
+"""Segmentation metrics per 2-D slice (SPEC §6), then averaged over slices.
+
+Predictions are binarised as ``prob > threshold``. With TP, FP, FN, TN the pixel counts of
+a slice, in percent:
+
+* Dice ``2TP / (2TP + FP + FN)``; a slice where truth and prediction are both empty
+  scores ``100 * empty_dice`` (the original used 0).
+* precision ``TP / (TP + FP)``, recall ``TP / (TP + FN)``, specificity ``TN / (TN + FP)``,
+  IoU ``TP / (TP + FP + FN)``, accuracy ``(TP + TN) / N``; 0 when the denominator is 0.
+* Hausdorff: symmetric Hausdorff distance in pixels between the foreground pixel sets
+  (scikit-image); 0 when both are empty, undefined (NaN, left out of the mean) when only
+  one is.
+* ISBI 2012 measures (EM): adapted Rand error of the connected cell regions
+  (``skimage.metrics.adapted_rand_error``, background/membrane label 0 ignored in the
+  truth) and pixel error ``1 - accuracy``, both as fractions in [0, 1].
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from skimage.measure import label
+from skimage.metrics import adapted_rand_error, hausdorff_distance
+
+BASE_METRICS = ("dice", "precision", "recall", "specificity", "iou", "accuracy", "hausdorff")
+ISBI_METRICS = ("rand_error", "pixel_error")
+
+
+def _ratio(num: float, den: float) -> float:
+    return 100.0 * num / den if den > 0 else 0.0
+
+
+def slice_metrics(
+    prob: np.ndarray, truth: np.ndarray, threshold: float, empty_dice: int = 0, isbi: bool = False
+) -> dict[str, float]:
+    """Metrics of one 2-D slice: ``prob`` in [0, 1], ``truth`` binary, same shape."""
+    pred = prob > threshold
+    gt = truth > 0.5
+    tp = float(np.count_nonzero(pred & gt))
+    fp = float(np.count_nonzero(pred & ~gt))
+    fn = float(np.count_nonzero(~pred & gt))
+    tn = float(pred.size) - tp - fp - fn
+    if tp + fp + fn == 0:
+        dice = 100.0 * empty_dice
+    else:
+        dice = _ratio(2 * tp, 2 * tp + fp + fn)
+    result = {
+        "dice": dice,
+        "precision": _ratio(tp, tp + fp),
+        "recall": _ratio(tp, tp + fn),
+        "specificity": _ratio(tn, tn + fp),
+        "iou": _ratio(tp, tp + fp + fn),
+        "accuracy": _ratio(tp + tn, float(pred.size)),
+        "hausdorff": _hausdorff(pred, gt),
+    }
+    if isbi:
+        result["rand_error"] = _adapted_rand_error(pred, gt)
+        result["pixel_error"] = (fp + fn) / float(pred.size)
+    return result
+
+
+def _hausdorff(pred: np.ndarray, gt: np.ndarray) -> float:
+    has_pred, has_gt = pred.any(), gt.any()
+    if not has_pred and not has_gt:
+        return 0.0
+    if has_pred != has_gt:
+        return float("nan")
+    return float(hausdorff_distance(pred, gt))
+
+
+def _adapted_rand_error(pred: np.ndarray, gt: np.ndarray) -> float:
+    truth_labels = label(gt, connectivity=1)
+    if truth_labels.max() == 0:
+        return 0.0 if not pred.any() else 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        error, _, _ = adapted_rand_error(truth_labels, label(pred, connectivity=1))
+    return float(error) if np.isfinite(error) else 1.0
+
+
+def summarize(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Mean of each metric over slices (NaN entries left out), plus ``dice_std`` and ``n_slices``.
+
+    A metric that is NaN on every slice stays NaN.
+    """
+    if not rows:
+        raise ValueError("no slices to summarize")
+    out: dict[str, float] = {}
+    for name in rows[0]:
+        values = np.array([row[name] for row in rows], dtype=float)
+        finite = values[~np.isnan(values)]
+        out[name] = float(finite.mean()) if finite.size else float("nan")
+    out["dice_std"] = float(np.std([row["dice"] for row in rows]))
+    out["n_slices"] = float(len(rows))
+    return out

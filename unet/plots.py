@@ -1,0 +1,120 @@
+"""Figures written into run folders: prediction overlays and weight distributions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+from .fileio import atomic_path  # noqa: E402
+
+AGREE = (1.0, 0.55, 0.0)  # orange: prediction and truth agree on foreground
+MISSED = (0.9, 0.0, 0.0)  # red: truth only
+FALSE_POSITIVE = (0.1, 0.35, 1.0)  # blue: prediction only
+
+
+def overlay_rgb(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """An (H, W, 3) RGB overlay in [0, 1] as in the original's Figs/.
+
+    The grey image (min-max scaled) is shown where neither mask is set; orange where truth
+    and prediction agree on foreground, red where only the truth is set (missed), blue
+    where only the prediction is set (false positive). ``truth``/``pred`` are boolean.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    span = float(image.max() - image.min())
+    grey = (image - image.min()) / span if span > 0 else np.zeros_like(image)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    for region, colour in (
+        (truth & pred, AGREE),
+        (truth & ~pred, MISSED),
+        (~truth & pred, FALSE_POSITIVE),
+    ):
+        rgb[region] = colour
+    return rgb
+
+
+def save_overlay_figure(
+    path: Path,
+    samples: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]],
+    threshold: float,
+    title: str,
+) -> None:
+    """Save one row per sample ``(name, image, truth, prob)``: the image and its overlay.
+
+    The prediction is ``prob > threshold``; each overlay is titled with the slice's Dice.
+    """
+    rows = len(samples)
+    fig, axes = plt.subplots(rows, 2, figsize=(6, 3 * rows), squeeze=False)
+    for row, (name, image, truth, prob) in enumerate(samples):
+        gt = truth > 0.5
+        pred = prob > threshold
+        inter = np.count_nonzero(gt & pred)
+        total = np.count_nonzero(gt) + np.count_nonzero(pred)
+        dice = 100.0 * 2 * inter / total if total else float("nan")
+        axes[row, 0].imshow(image, cmap="gray")
+        axes[row, 0].set_title(name, fontsize=8)
+        axes[row, 1].imshow(overlay_rgb(image, gt, pred))
+        axes[row, 1].set_title(f"Dice {dice:.1f}", fontsize=8)
+        for ax in axes[row]:
+            ax.axis("off")
+    fig.legend(
+        handles=[
+            Patch(color=AGREE, label="agree"),
+            Patch(color=MISSED, label="missed (truth only)"),
+            Patch(color=FALSE_POSITIVE, label="false positive"),
+        ],
+        loc="lower center",
+        ncol=3,
+        fontsize=8,
+    )
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0.04, 1, 0.97))
+    _save(fig, path)
+
+
+def save_weight_histograms(path: Path, model: torch.nn.Module, title: str) -> None:
+    """One panel per convolution: the float weight histogram and, for quantized
+    convolutions, the distribution of the quantized values the convolution uses."""
+    from quantizer import QuantConv2d
+
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    cols = 4
+    rows = -(-len(convs) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.6 * rows), squeeze=False)
+    for ax, (name, conv) in zip(axes.flat, convs, strict=False):
+        weight = conv.weight.detach().flatten().cpu().numpy()
+        ax.hist(weight, bins=60, color="0.6", label="float", density=True)
+        spec = getattr(conv, "weight_quant", None)
+        if isinstance(conv, QuantConv2d) and spec is not None and spec.kind != "float":
+            with torch.no_grad():
+                quantized = conv.quantized_weight().flatten().cpu().numpy()
+            levels, counts = np.unique(quantized, return_counts=True)
+            if len(levels) <= 64:
+                width = (weight.max() - weight.min() + 1e-12) / 120
+                ax2 = ax.twinx()
+                ax2.bar(levels, counts / counts.sum(), width=width, color="tab:orange", label=str(spec))
+                ax2.set_yticks([])
+            else:
+                ax.hist(quantized, bins=60, histtype="step", color="tab:orange", density=True, label=str(spec))
+            ax.set_title(f"{name}  [{spec}]", fontsize=7)
+        else:
+            ax.set_title(f"{name}  [float]", fontsize=7)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(convs):]:
+        ax.axis("off")
+    fig.suptitle(title + "  (grey: float weights, orange: quantized values)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
