@@ -99,14 +99,17 @@ def int_minmax_forward(x: Tensor, bits: int) -> Tensor:
 
     ``n = (x - min) / (max - min)``, ``q = floor(2^b n) - 2^(b-1)``, so values lie in
     ``[-2^(b-1), 2^(b-1)]`` (b=4: [-1, 0, 0.5, 1] -> [-8, 0, 4, 8]). A constant tensor
-    (max == min) gives all zeros.
+    (max == min) gives all zeros. ``n`` is formed first, as written, so a span that is
+    subnormal stays finite; a span that overflows is computed on halved values.
     """
     _check_bits(bits, 0)
     lo, hi = x.min(), x.max()
     span = hi - lo
     if span <= 0:
         return torch.zeros_like(x)
-    return torch.floor((x - lo) * (2.0**bits / span)) - 2.0 ** (bits - 1)
+    if torch.isinf(span):
+        x, lo, span = x * 0.5, lo * 0.5, hi * 0.5 - lo * 0.5
+    return torch.floor((x - lo) / span * 2.0**bits) - 2.0 ** (bits - 1)
 
 
 def binary_forward(x: Tensor) -> Tensor:
@@ -121,14 +124,13 @@ def ternary_threshold_and_scale(w: Tensor) -> tuple[Tensor, Tensor]:
     channel ``c`` with ``|W| > delta_c`` (0 for an all-zero channel). Both are shaped
     ``(C, 1, ..., 1)`` to broadcast against ``w``; axis 0 is the output channel.
     """
-    a = w.abs()
-    flat = a.reshape(a.shape[0], -1)
+    flat = w.detach().abs().reshape(w.shape[0], -1).double()  # float64: sums of huge weights stay finite
     delta = 0.7 * flat.mean(dim=1, keepdim=True)
     keep = flat > delta
     count = keep.sum(dim=1, keepdim=True)
     alpha = (flat * keep).sum(dim=1, keepdim=True) / count.clamp_min(1)
     view = (-1,) + (1,) * (w.dim() - 1)
-    return delta.reshape(view), alpha.reshape(view)
+    return delta.to(w.dtype).reshape(view), alpha.to(w.dtype).reshape(view)
 
 
 def ternary_forward(w: Tensor) -> Tensor:
@@ -150,13 +152,18 @@ def fixed_point_codes(
 
     Nearest rounding: ``s = 2^-f`` and ``|c| <= 2^(i+f)``. Pow2 rounding: ``s = 2^e`` with
     ``e`` the smallest of ``-f`` and the smallest exponent present, so every value (powers of
-    two and the bound ``M``) is an integer multiple of ``s``.
+    two and the bound ``M``) is an integer multiple of ``s``; a tensor whose magnitudes span
+    more than 2^62 has no such int64 codes and raises ``ValueError``.
     """
     q = fixed_point_forward(x, i_bits, f_bits, rounding, overflow)
     if rounding == "pow2":
         nonzero = q[q != 0].abs()
         smallest = int(torch.log2(nonzero.min()).item()) if nonzero.numel() else 0
         scale = 2.0 ** min(-f_bits, smallest)
+        if nonzero.numel() and float(nonzero.max()) / scale >= 2.0**62:
+            raise ValueError(
+                f"pow2 values from 2^{smallest} to {float(nonzero.max())} span more than 2^62: no int64 codes"
+            )
     else:
         scale = 2.0**-f_bits
     return torch.round(q / scale).to(torch.int64), scale
