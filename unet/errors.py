@@ -16,3 +16,7 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """A dataset folder or file is missing, empty, inconsistent or unreadable."""
+
+
+class MissingDataError(DataError):
+    """The dataset folder is missing or empty; the trainer adds the command that prepares it."""

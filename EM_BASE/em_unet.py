@@ -1,0 +1,24 @@
+#!/usr/bin/env python
+"""Train or evaluate the quantized U-Net on ISBI 2012 electron microscopy (EM) data.
+
+Run from an experiment folder: ``python em_unet.py -f config.yaml -t UNET``. The EM recipe
+(SPEC §5): prepared 200x200 PNG pairs, no online augmentation, raw [0, 1] intensities,
+0.5 BCE + 0.5 Dice loss, x0.1 LR steps, and the ISBI 2012 Rand and pixel errors.
+"""
+
+import sys
+from pathlib import Path
+
+from unet.cli import main
+from unet.recipes import png_pair_recipe
+
+RECIPE = png_pair_recipe(
+    name="EM",
+    base_config=Path(__file__).resolve().parent / "config.yaml",
+    prepare_command="python preprocessing/em_prepare.py --synthetic (or --volume train-volume.tif "
+    "--labels train-labels.tif for the ISBI 2012 data)",
+    isbi_metrics=True,
+)
+
+if __name__ == "__main__":
+    sys.exit(main(RECIPE))

@@ -1,0 +1,1 @@
+../../EM_BASE/em_unet.py

@@ -1,0 +1,198 @@
+"""Prepare the ISBI 2012 EM data (or a synthetic stand-in) for the EM trainer.
+
+Examples::
+
+    python preprocessing/em_prepare.py --volume train-volume.tif --labels train-labels.tif
+    python preprocessing/em_prepare.py --synthetic
+    python preprocessing/em_prepare.py --pairs-images imgs/ --pairs-masks masks/ --crop 200
+
+The output folder (default ``<repo>/data/em``) holds ``train/`` and ``val/`` PNG pairs and
+``prepare.json``; see :mod:`unet.prep.em` for what is done to each slice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from unet.errors import ConfigError, UserError
+from unet.prep.em import (
+    parse_index_list,
+    prepare_em,
+    prepare_em_from_pairs,
+    read_tiff_stack,
+    synthetic_em_stack,
+    write_tiff_stack,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO_ROOT / "data" / "em"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options (see ``--help``)."""
+    p = argparse.ArgumentParser(
+        description="Turn the ISBI 2012 EM stacks (or PNG pairs, or a synthetic stand-in) "
+        "into the train/val PNG-pair folder the EM trainer reads.",
+    )
+    src = p.add_argument_group("input (choose one)")
+    src.add_argument("--volume", type=Path, help="train-volume.tif (N x H x W uint8 stack)")
+    src.add_argument("--labels", type=Path, help="train-labels.tif (255 = cell, 0 = membrane)")
+    src.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="draw a synthetic EM-like stack into <out>-synthetic-source/ and prepare it",
+    )
+    src.add_argument("--pairs-images", type=Path, help="folder of image PNGs (paired by name)")
+    src.add_argument("--pairs-masks", type=Path, help="folder of mask PNGs (0/255)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder ({DEFAULT_OUT})")
+    p.add_argument(
+        "--val-slices",
+        help="validation slice indices, e.g. 24-29 or 0,5,10 (default: the last fifth, 24-29 of 30)",
+    )
+    p.add_argument("--val-names", help="PNG-pair input: comma-separated validation file stems")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="PNG-pair input without --val-names: last fraction of names (sorted) used for val",
+    )
+    p.add_argument(
+        "--resize",
+        type=int,
+        default=None,
+        help="resize slices to RESIZE x RESIZE (default 256 for stacks, none for PNG pairs; "
+        "0 = keep the size)",
+    )
+    p.add_argument("--crop", type=int, default=200, help="centre crop size (0 = none; 200)")
+    p.add_argument(
+        "--augment-copies",
+        type=int,
+        default=0,
+        help="extra augmented copies per training slice (flips, quarter turns, small rotations)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the augmentation and synthetic data")
+    p.add_argument("--synthetic-slices", type=int, default=30, help="synthetic stack depth (30)")
+    p.add_argument("--synthetic-size", type=int, default=512, help="synthetic slice size (512)")
+    return p
+
+
+def _optional_size(value: int | None, default: int | None, option: str) -> int | None:
+    if value is None:
+        return default
+    if value < 0:
+        raise ConfigError(f"{option} must be >= 0, got {value}")
+    return value or None
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the preparation chosen by ``args``; return the manifest written to ``prepare.json``."""
+    stack_mode = args.volume is not None or args.labels is not None
+    pairs_mode = args.pairs_images is not None or args.pairs_masks is not None
+    modes = sum([stack_mode, pairs_mode, bool(args.synthetic)])
+    if modes != 1:
+        raise ConfigError(
+            "give exactly one input: --volume and --labels, --pairs-images and --pairs-masks, "
+            "or --synthetic"
+        )
+    if args.augment_copies < 0:
+        raise ConfigError(f"--augment-copies must be >= 0, got {args.augment_copies}")
+    crop = _optional_size(args.crop, 200, "--crop")
+    out = args.out.resolve()
+    val = None if args.val_slices is None else parse_index_list(args.val_slices)
+
+    if pairs_mode:
+        if args.pairs_images is None or args.pairs_masks is None:
+            raise ConfigError("--pairs-images and --pairs-masks go together; give both")
+        if args.val_slices is not None:
+            raise ConfigError("--val-slices applies to TIFF stacks; use --val-names for PNG pairs")
+        val_names = None
+        if args.val_names:
+            val_names = [n.strip() for n in args.val_names.split(",") if n.strip()]
+        return prepare_em_from_pairs(
+            args.pairs_images,
+            args.pairs_masks,
+            out,
+            val_names=val_names,
+            val_fraction=args.val_fraction,
+            crop=crop,
+            resize=_optional_size(args.resize, None, "--resize"),
+            augment_copies=args.augment_copies,
+            seed=args.seed,
+        )
+
+    if args.synthetic:
+        if args.synthetic_slices < 2 or args.synthetic_size < 16:
+            raise ConfigError("--synthetic-slices must be >= 2 and --synthetic-size >= 16")
+        source = out.with_name(f"{out.name}-synthetic-source")
+        volume_path, labels_path = source / "train-volume.tif", source / "train-labels.tif"
+        volume, labels = synthetic_em_stack(args.synthetic_slices, args.synthetic_size, args.seed)
+        write_tiff_stack(volume_path, volume)
+        write_tiff_stack(labels_path, labels)
+        print(f"wrote synthetic stacks {volume_path} and {labels_path}")
+    else:
+        if args.volume is None or args.labels is None:
+            raise ConfigError("--volume and --labels go together; give both")
+        volume_path, labels_path = args.volume.resolve(), args.labels.resolve()
+
+    volume = read_tiff_stack(volume_path)
+    labels = read_tiff_stack(labels_path)
+    return prepare_em(
+        volume,
+        labels,
+        out,
+        val_slices=val,
+        resize=_optional_size(args.resize, 256, "--resize"),
+        crop=crop,
+        augment_copies=args.augment_copies,
+        seed=args.seed,
+        source={"volume": str(volume_path), "labels": str(labels_path)},
+    )
+
+
+def summary(info: dict[str, Any], out: Path) -> str:
+    """A few lines describing the prepared folder: pairs and foreground fraction per split."""
+    lines = [f"prepared {info['dataset']} in {out}"]
+    for split in ("train", "val"):
+        if "val_slices" in info:
+            which = info[f"{split}_slices"]
+            detail = f"{len(which)} slices ({_ranges(which)})"
+        else:
+            detail = f"{len(info[f'{split}_names'])} pairs"
+        lines.append(
+            f"  {split:5s}: {detail}, {info['pairs'][split]} PNG pairs, "
+            f"foreground {100 * info['foreground_fraction'][split]:.1f}%"
+        )
+    lines.append(f"  image size {info.get('image_size', info.get('crop'))}; details in prepare.json")
+    return "\n".join(lines)
+
+
+def _ranges(indices: list[int]) -> str:
+    parts: list[str] = []
+    start = prev = None
+    for i in indices + [None]:
+        if start is not None and (i is None or i != prev + 1):
+            parts.append(str(start) if start == prev else f"{start}-{prev}")
+            start = None
+        if i is not None and start is None:
+            start = i
+        prev = i
+    return ",".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv``, prepare the data, print a summary; return the exit status (2 on UserError)."""
+    args = build_parser().parse_args(argv)
+    try:
+        info = run(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(summary(info, args.out.resolve()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
