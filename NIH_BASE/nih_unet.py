@@ -1,0 +1,23 @@
+#!/usr/bin/env python
+"""Train or evaluate the quantized U-Net on NIH pancreas CT.
+
+Run from an experiment folder: ``python nih_unet.py -f config.yaml -t UNET``. The NIH recipe
+(SPEC §5): prepared 112x176 PNG pairs centred on the pancreas, no augmentation, raw [0, 1]
+intensities, -soft Dice loss, cosine LR.
+"""
+
+import sys
+from pathlib import Path
+
+from unet.cli import main
+from unet.recipes import png_pair_recipe
+
+RECIPE = png_pair_recipe(
+    name="NIH",
+    base_config=Path(__file__).resolve().parent / "config.yaml",
+    prepare_command="python preprocessing/nih_prepare.py --synthetic (or --images DIR --labels DIR for "
+    "NIH Pancreas-CT)",
+)
+
+if __name__ == "__main__":
+    sys.exit(main(RECIPE))
