@@ -1,0 +1,1 @@
+../../GM_BASE/gm_unet.py
