@@ -8,6 +8,7 @@ import pytest
 
 from unet.config import COMMON_KEYS, load_config, parse_override
 from unet.errors import ConfigError
+from unet.recipes import GM_KEYS
 
 from .conftest import REPO
 
@@ -109,10 +110,7 @@ def test_bad_override_names_the_option(experiment: Path) -> None:
 @pytest.mark.parametrize("base", sorted(REPO.glob("*_BASE/config.yaml")), ids=lambda p: p.parent.name)
 def test_every_base_config_sets_every_common_key(base: Path, tmp_path: Path) -> None:
     exp = write(tmp_path / "e" / "config.yaml", "UNET: {}\n")
-    recipe_keys = {"GM_BASE": ("train_subjects", "val_subjects", "sites", "resolution_mm")}
-    from unet.config import Key
-
-    extra = tuple(Key(k, "str", "", nullable=True) for k in recipe_keys.get(base.parent.name, ()))
+    extra = GM_KEYS if base.parent.name == "GM_BASE" else ()
     cfg = load_config(base, exp, extra_keys=extra)
     assert {k.name for k in COMMON_KEYS} <= set(cfg)
 
@@ -132,3 +130,13 @@ def test_every_experiment_config_is_valid() -> None:
         recipe = module.RECIPE
         cfg = load_config(recipe.base_config, folder / "config.yaml", extra_keys=recipe.extra_keys)
         assert cfg.experiment_name == folder.name
+
+
+def test_readme_config_table_matches_the_code() -> None:
+    """The README's table is generated from the schema and the base configs; keep it in step."""
+    from unet.config import markdown_key_table
+
+    bases = {name: REPO / f"{name}_BASE" / "config.yaml" for name in ("EM", "GM", "NIH")}
+    table = markdown_key_table(bases, GM_KEYS)
+    readme = (REPO / "README.md").read_text()
+    assert table in readme, "regenerate the table: python -m unet.config --readme-table"

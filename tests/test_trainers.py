@@ -24,13 +24,14 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Small EM, GM and NIH datasets written by the preparation commands' synthetic modes."""
     root = tmp_path_factory.mktemp("data")
     commands = {
-        "em": ["preprocessing/em_prepare.py", "--synthetic", "--synthetic-slices", "8", "--synthetic-size", "128",
-               "--resize", "64", "--crop", "48", "--out", str(root / "em")],
-        "gm": ["preprocessing/gm_prepare.py", "--synthetic", "--size", "40", "--slices", "4", "--out", str(root / "gm")],
+        "em": ["preprocessing/em_prepare.py", "--synthetic", "--synthetic-slices", "8", "--synthetic-size",
+               "128", "--resize", "64", "--crop", "48", "--out", str(root / "em")],
+        "gm": ["preprocessing/gm_prepare.py", "--synthetic", "--size", "40", "--slices", "4",
+               "--out", str(root / "gm")],
         "nih": ["preprocessing/nih_prepare.py", "--synthetic", "--synthetic-cases", "3", "--synthetic-shape", "96",
                 "96", "12", "--no-progress", "--out", str(root / "nih")],
     }
-    for name, args in commands.items():
+    for args in commands.values():
         result = run_command(args, cwd=REPO)
         assert result.returncode == 0, result.stderr
     return {name: root / name for name in commands}

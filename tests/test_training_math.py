@@ -97,7 +97,8 @@ def test_lr_schedules_per_epoch() -> None:
         return out
 
     assert lrs("multistep", 10) == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01, 1e-3, 1e-3, 1e-4, 1e-4])
-    assert lrs("cosine", 4) == pytest.approx([1, (1 + math.cos(math.pi / 4)) / 2, 0.5, (1 + math.cos(3 * math.pi / 4)) / 2])
+    cosine = [(1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)]
+    assert lrs("cosine", 4) == pytest.approx(cosine)
     assert lrs("constant", 3) == [1, 1, 1]
 
 

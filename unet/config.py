@@ -56,7 +56,8 @@ COMMON_KEYS: tuple[Key, ...] = (
     Key("activation_f_width", "int", "activation fractional bits (FIXED)", check=_at_least(0)),
     Key("weight_i_width", "int", "weight integer bits (FIXED, INT)", check=_at_least(0)),
     Key("weight_f_width", "int", "weight fractional bits (FIXED)", check=_at_least(0)),
-    Key("activation", "choice", "nonlinearity before BatchNorm", choices=("relu", "tanh", "ternarytanh")),
+    Key("activation", "choice", "nonlinearity before BatchNorm: relu, tanh or ternarytanh",
+        choices=("relu", "tanh", "ternarytanh")),
     Key("lr", "float", "Adam initial learning rate", check=lambda v: None if v > 0 else "must be > 0"),
     Key("num_epochs", "int", "epochs; also the length of the LR and beta schedules", check=_at_least(1)),
     Key("operation_mode", "choice", "normal, retrain, inference, visualize or resume", choices=MODES),
@@ -75,12 +76,13 @@ COMMON_KEYS: tuple[Key, ...] = (
     Key("val_batch_size", "int", "validation batch size", check=_at_least(1)),
     Key("crop_size", "size", "[H, W] centre crop (padded when smaller), multiples of 8"),
     Key("augment", "bool", "online augmentation (GM: elastic + affine)"),
-    Key("normalize", "choice", "per-image (x - mean) / std, or raw [0, 1]", choices=("instance", "none")),
+    Key("normalize", "choice", "instance: per-image (x - mean) / std; none: raw [0, 1]", choices=("instance", "none")),
     Key("loss", "choice", "bce_dice_original (EM original, double sigmoid), bce_dice, dice",
         choices=("bce_dice_original", "bce_dice", "dice")),
     Key("lr_scheduler", "choice", "multistep (x0.1 at range(0, N, N // 5)), cosine (to 0 over N), "
         "constant", choices=("multistep", "cosine", "constant")),
-    Key("val_bn_mode", "choice", "BatchNorm mode during validation", choices=("train", "eval")),
+    Key("val_bn_mode", "choice", "BatchNorm mode during validation: train (running stats updated) or eval",
+        choices=("train", "eval")),
     Key("threshold", "float", "binarization threshold of predictions for the metrics",
         check=_open_interval(0, 1)),
     Key("empty_dice", "int", "Dice (x100) of a slice where prediction and truth are both empty",
@@ -283,3 +285,46 @@ def _check_consistency(values: dict[str, Any], sources: dict[str, str]) -> None:
     if not name or "/" in name or name in (".", ".."):
         raise ConfigError(f"{sources.get('experiment_name', '-')}: key 'experiment_name' must be a "
                           f"plain folder name, got {name!r}")
+
+
+def markdown_key_table(bases: Mapping[str, Path], extra_keys: Iterable[Key] = ()) -> str:
+    """The README's config table: every key, its default in each base config and its meaning.
+
+    ``bases`` maps a dataset name (a column) to its base config file. A key a base does not
+    have shows as ``-``.
+    """
+    sections = {name: read_yaml_section(Path(path), "UNET") for name, path in bases.items()}
+    header = "| key | " + " | ".join(sections) + " | meaning |"
+    lines = [header, "|" + "---|" * (len(sections) + 2)]
+    for key in (*COMMON_KEYS, *extra_keys):
+        cells = []
+        for section in sections.values():
+            if key.name not in section:
+                cells.append("-")
+            else:
+                cells.append(f"`{_yaml_scalar(section[key.name])}`")
+        lines.append(f"| `{key.name}` | " + " | ".join(cells) + f" | {key.help} |")
+    return "\n".join(lines)
+
+
+def _yaml_scalar(value: Any) -> str:
+    """``value`` as one line of YAML flow style (``null``, ``0.001``, ``[200, 200]``)."""
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _main() -> None:
+    """``python -m unet.config --readme-table`` prints the README's config table."""
+    import argparse
+
+    from .recipes import GM_KEYS
+
+    parser = argparse.ArgumentParser(description=_main.__doc__)
+    parser.add_argument("--readme-table", action="store_true", required=True)
+    parser.parse_args()
+    repo = Path(__file__).resolve().parents[1]
+    bases = {name: repo / f"{name}_BASE" / "config.yaml" for name in ("EM", "GM", "NIH")}
+    print(markdown_key_table(bases, GM_KEYS))
+
+
+if __name__ == "__main__":
+    _main()

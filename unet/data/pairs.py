@@ -121,14 +121,14 @@ def read_grey_png(path: str | Path) -> np.ndarray:
 def mask_to_binary(array: np.ndarray, path: str | Path) -> np.ndarray:
     """Return a uint8 (H, W) mask holding 1 for foreground and 0 for background.
 
-    Accepted value sets: {0, 1}, {0, 255} or a single value (an all-background or
-    all-foreground slice; any non-zero value is foreground). Anything else raises
+    Accepted value sets: subsets of {0, 1} or of {0, 255} (so an all-background or
+    all-foreground slice is fine). Anything else, a mask of grey 128 included, raises
     :class:`DataError` listing the values found.
     """
     if array.dtype == np.bool_:
         return array.astype(np.uint8)
     values = {int(v) for v in np.unique(array)}
-    if len(values) > 1 and values not in _ALLOWED_MASK_SETS:
+    if not any(values <= allowed for allowed in _ALLOWED_MASK_SETS):
         shown = sorted(values)
         listed = ", ".join(str(v) for v in shown[:8]) + (", ..." if len(shown) > 8 else "")
         raise DataError(
