@@ -359,7 +359,10 @@ class Run:
             images = images.to(self.device, non_blocking=True)
             masks = masks.to(self.device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(self.model(images), masks)
+            probs = self.model(images)
+            if not bool(torch.isfinite(probs).all()):  # BCE refuses NaN input with a RuntimeError
+                raise TrainingDiverged(f"the model output became NaN or infinite at epoch {epoch}, batch {batch}")
+            loss = loss_fn(probs, masks)
             value = loss.item()
             if not math.isfinite(value):
                 raise TrainingDiverged(f"the loss became {value} at epoch {epoch}, batch {batch}")
@@ -438,6 +441,7 @@ def run(cfg: Config, recipe: Recipe, script: str, new_run: bool = False) -> int:
     if mode in ("retrain", "inference", "visualize") and not checkpoint.is_file():
         raise DataError(f"checkpoint {checkpoint} does not exist; set trained_model to a best.pt "
                         "of an earlier run (or run operation_mode: normal first)")
+    created = None if run_dir.exists() else _topmost_missing(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     previous = signal.getsignal(signal.SIGTERM)
     if threading_main():
@@ -451,9 +455,20 @@ def run(cfg: Config, recipe: Recipe, script: str, new_run: bool = False) -> int:
         if mode == "retrain":
             return session.train(init_checkpoint=checkpoint)
         return session.train(resume=mode == "resume")
+    except UserError:
+        if created is not None and not (run_dir / "metrics.csv").exists():
+            shutil.rmtree(created, ignore_errors=True)  # a failed start leaves no run folder behind
+        raise
     finally:
         if threading_main():
             signal.signal(signal.SIGTERM, previous)
+
+
+def _topmost_missing(path: Path) -> Path:
+    """The outermost folder of ``path`` that does not exist yet (what mkdir -p would create)."""
+    while not path.parent.exists():
+        path = path.parent
+    return path
 
 
 def threading_main() -> bool:
