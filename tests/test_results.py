@@ -1,0 +1,240 @@
+"""The sweep and the results table: short real runs through the real commands, the memory
+arithmetic of the headline configuration by hand, and missing / unfinished / failed rows."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+
+from unet.config import load_config
+from unet.results import model_memory, write_results
+from unet.sweep import collect, last_error_line, paper_order_key
+
+from .conftest import REPO, run_command
+
+SLOW = pytest.mark.slow
+FULL_PRECISION_PARAMS = 4_837_249
+MIB = 8 * 1024 * 1024
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def make_experiment(root: Path, experiment: str, name: str | None = None) -> Path:
+    """A copy of a real em/ experiment config beside a link to the real EM trainer."""
+    folder = root / (name or experiment)
+    folder.mkdir(parents=True)
+    shutil.copy(REPO / "em" / experiment / "config.yaml", folder / "config.yaml")
+    (folder / "em_unet.py").symlink_to(REPO / "EM_BASE" / "em_unet.py")
+    return folder
+
+
+# --- memory arithmetic (fast) --------------------------------------------------------------
+
+
+def headline_quantized_weights(c: int = 64) -> int:
+    """Weights of the 12 quantized 3x3 convolutions: all but the first block's two and the head."""
+    shapes = [(c, 2 * c), (2 * c, 2 * c),  # enc2
+              (2 * c, 4 * c), (4 * c, 4 * c),  # enc3
+              (4 * c, 4 * c), (4 * c, 4 * c),  # bottom
+              (8 * c, 4 * c), (4 * c, 4 * c),  # dec3: [up 4c, skip 4c] -> 4c
+              (6 * c, 2 * c), (2 * c, 2 * c),  # dec2: [up 4c, skip 2c] -> 2c
+              (3 * c, c), (c, c)]  # dec1: [up 2c, skip c] -> c
+    return sum(i * o * 9 for i, o in shapes)
+
+
+def test_headline_memory_by_hand() -> None:
+    cfg = load_config(REPO / "EM_BASE" / "config.yaml", REPO / "em" / "a6.0_w0.4" / "config.yaml")
+    fp_cfg = load_config(REPO / "EM_BASE" / "config.yaml", REPO / "em" / "full_precision" / "config.yaml")
+    quantized = headline_quantized_weights()
+    assert quantized == 4_792_320
+    expected_bits = quantized * (1 + 0 + 4) + (FULL_PRECISION_PARAMS - quantized) * 32
+    assert expected_bits == 25_399_328
+    q = model_memory(cfg, 64)
+    fp = model_memory(fp_cfg, 64)
+    assert q.params == fp.params == FULL_PRECISION_PARAMS
+    assert fp.bits == 32 * FULL_PRECISION_PARAMS and fp.reduction == 1.0
+    assert q.bits == expected_bits and q.quantized_bits == quantized * 5
+    assert q.mib == pytest.approx(expected_bits / MIB) == pytest.approx(3.0278, abs=1e-4)
+    assert fp.mib == pytest.approx(18.4526, abs=1e-4)
+    assert q.reduction == pytest.approx(32 * FULL_PRECISION_PARAMS / expected_bits) == pytest.approx(6.0943, abs=1e-4)
+
+
+def test_other_formats_by_hand() -> None:
+    base = REPO / "EM_BASE" / "config.yaml"
+    quantized = headline_quantized_weights()
+    rest = FULL_PRECISION_PARAMS - quantized
+    bnn = model_memory(load_config(base, REPO / "em" / "bnn" / "config.yaml"), 64)
+    assert bnn.bits == quantized * 1 + rest * 32
+    ternary = model_memory(load_config(base, REPO / "em" / "ternary" / "config.yaml"), 64)
+    scales = sum(o for o in (128, 128, 256, 256, 256, 256, 256, 256, 128, 128, 64, 64))  # one per out channel
+    assert ternary.bits == quantized * 2 + (rest + scales) * 32
+    q8 = model_memory(load_config(base, REPO / "em" / "a8.0_w0.8" / "config.yaml"), 64)
+    assert q8.bits == quantized * 9 + rest * 32
+    narrow = model_memory(load_config(base, REPO / "em" / "a6.0_w0.4" / "config.yaml"), 2)
+    assert narrow.base_channels == 2
+    assert narrow.bits == headline_quantized_weights(2) * 5 + (narrow.params - headline_quantized_weights(2)) * 32
+
+
+def test_paper_order_of_the_real_folders() -> None:
+    em = [e.name for e in sorted(collect([REPO / "em"]), key=lambda e: paper_order_key(e.cfg, e.name))]
+    assert em == ["full_precision", "a8.0_w0.8", "a6.0_w0.4", "quickstart", "a4.0_w0.2", "bnn", "ternary"]
+    gm = [e.name for e in sorted(collect([REPO / "gm"]), key=lambda e: paper_order_key(e.cfg, e.name))]
+    assert gm == ["full_precision", "a8.8_w8.8", "a8.0_w0.8", "a6.0_w0.4", "quickstart", "a4.0_w0.2", "a2.0_w0.2",
+                  "bnn", "ternary"]
+
+
+def test_last_error_line() -> None:
+    stderr = "bar 10%|##  |\rerror: key 'lr' must be > 0\n"
+    assert last_error_line(["epoch 1/2"], stderr) == "error: key 'lr' must be > 0"
+    assert last_error_line([], "Traceback (most recent call last):\n  ...\nValueError: boom\n") == "ValueError: boom"
+    assert last_error_line(["error: the loss became nan"], "") == "error: the loss became nan"
+
+
+@pytest.mark.parametrize("command", ["unet.results", "unet.sweep"])
+def test_folder_without_experiments_is_one_line_error(tmp_path: Path, command: str) -> None:
+    result = run_command(["-m", command, str(tmp_path)], cwd=REPO)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: no experiments in") and "Traceback" not in result.stderr
+
+
+# --- short real runs (slow) ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Tiny synthetic EM data; a folder with three experiments, two of them swept (2 epochs,
+    base_channels 2), then the results of all three written by ``python -m unet.results``."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    data = tmp / "em_data"
+    result = run_command(["preprocessing/em_prepare.py", "--synthetic", "--synthetic-slices", "8", "--synthetic-size",
+                          "128", "--resize", "64", "--crop", "48", "--out", str(data)], cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    root = tmp / "em"
+    for experiment in ("full_precision", "a6.0_w0.4", "bnn"):
+        make_experiment(root, experiment)
+    overrides = ["-o", "base_channels=2", "-o", "num_epochs=2", "-o", f"dataset_path={data}", "-o",
+                 "crop_size=[48,48]", "-o", "batch_size=4", "-o", "val_batch_size=4", "-o", "lr_scheduler=cosine",
+                 "-o", "lr=0.005"]
+    result = run_command(["-m", "unet.sweep", str(root), "--only", "full_precision", "a6.0_w0.4", *overrides],
+                         cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = run_command(["-m", "unet.results", str(root), *overrides], cwd=REPO)
+    assert table.returncode == 0, table.stdout + table.stderr
+    return {"root": root, "overrides": overrides, "first": result, "data": data}
+
+
+@SLOW
+def test_sweep_output_and_run_folders(swept: dict) -> None:
+    root, result = swept["root"], swept["first"]
+    assert "sweep" in result.stderr and "experiment/s" in result.stderr  # the overall progress bar
+    assert "[em/full_precision] epoch 2/2" in result.stdout
+    for name in ("full_precision", "a6.0_w0.4"):
+        assert (root / name / "runs" / name / "summary.json").is_file()
+    assert not (root / "bnn" / "runs").exists()
+    summary = result.stdout[result.stdout.index("experiment  "):]
+    assert "em/full_precision" in summary and "finished" in summary
+    assert summary.index("em/full_precision") < summary.index("em/a6.0_w0.4")  # the paper's order
+
+
+@SLOW
+def test_results_table(swept: dict) -> None:
+    root = swept["root"]
+    rows = read_csv(root / "results.csv")
+    assert [r["experiment"] for r in rows] == ["full_precision", "a6.0_w0.4", "bnn"]
+    fp, q, bnn = rows
+    assert (fp["activations"], fp["weights"]) == ("float", "float")
+    assert (q["activations"], q["weights"]) == ("Q6.0", "Q0.4") and q["quantizer"] == "FIXED pow2"
+    assert (bnn["activations"], bnn["weights"]) == ("binary", "binary")
+    for row in (fp, q):
+        metrics = read_csv(root / row["experiment"] / "runs" / row["experiment"] / "metrics.csv")
+        best = max(metrics, key=lambda m: float(m["dice"]))
+        assert float(row["dice"]) == pytest.approx(float(best["dice"]), abs=1e-9)
+        assert float(row["dice_std"]) == pytest.approx(float(best["dice_std"]), abs=1e-9)
+        assert int(row["best_epoch"]) == int(best["epoch"])
+        assert row["status"] == "finished" and row["num_epochs"] == "2" and row["epochs_done"] == "2"
+        assert row["rand_error"] != "" and row["hausdorff"] != ""
+    points = float(q["dice"]) - float(fp["dice"])
+    assert float(q["dice_change_points"]) == pytest.approx(points)
+    if float(fp["dice"]) > 0:
+        assert float(q["dice_change_percent"]) == pytest.approx(100 * points / float(fp["dice"]))
+    assert float(fp["dice_change_points"]) == 0.0
+    # missing: no numbers, not zeros
+    assert bnn["status"] == "missing" and bnn["dice"] == "" and bnn["best_epoch"] == "" and \
+        bnn["dice_change_points"] == ""
+    # memory at the run's width (2) and at the paper's (64)
+    assert q["base_channels"] == "2" and float(fp["memory_reduction"]) == 1.0
+    small = headline_quantized_weights(2)
+    assert float(q["weight_memory_mib"]) * MIB == pytest.approx(small * 5 + (int(q["params"]) - small) * 32)
+    assert int(q["params_c64"]) == FULL_PRECISION_PARAMS
+    assert float(q["weight_memory_mib_c64"]) * MIB == pytest.approx(25_399_328)
+    assert float(q["memory_reduction_c64"]) == pytest.approx(32 * FULL_PRECISION_PARAMS / 25_399_328)
+    assert float(bnn["weight_memory_mib_c64"]) * MIB == pytest.approx(4_792_320 + 44_929 * 32)
+
+    md = (root / "results.md").read_text()
+    assert md.index("`full_precision`") < md.index("`a6.0_w0.4`") < md.index("`bnn`")
+    assert "Q6.0 / Q0.4" in md and "| missing |" in md and "reference" in md
+    assert "synthetic" in md and "num_epochs 2" in md and "base_channels 2" in md
+    assert "6.09x" in md and "8x" in md
+    for name in ("dice_vs_bits.png", "dice_vs_memory.png", "training_curves.png", "overlays.png",
+                 "weights_full_precision.png", "weights_a6.0_w0.4.png"):
+        assert (root / name).stat().st_size > 5_000, name
+        assert f"({name})" in md
+    assert not (root / "weights_bnn.png").exists()
+    assert not list(root.glob(".*tmp"))
+
+
+@SLOW
+def test_second_sweep_skips_finished_runs_then_writes_results(swept: dict, tmp_path: Path) -> None:
+    root = swept["root"]
+    metrics = root / "full_precision" / "runs" / "full_precision" / "metrics.csv"
+    before = metrics.stat().st_mtime_ns
+    result = run_command(["-m", "unet.sweep", str(root), "--only", "full_precision", "a6.0_w0.4", "--results",
+                          "--out", str(tmp_path), *swept["overrides"]], cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("skipped") >= 2 and "--force" in result.stdout
+    assert metrics.stat().st_mtime_ns == before
+    rows = read_csv(tmp_path / "results.csv")  # --only reaches the results too
+    assert [r["experiment"] for r in rows] == ["full_precision", "a6.0_w0.4"]
+    assert rows == [r for r in read_csv(root / "results.csv") if r["experiment"] != "bnn"]
+    for name in ("results.md", "dice_vs_memory.png", "overlays.png"):
+        assert (tmp_path / name).stat().st_size > 1_000
+
+
+@SLOW
+def test_unfinished_run_shown_with_its_progress(swept: dict, tmp_path: Path) -> None:
+    root = tmp_path / "em"
+    shutil.copytree(swept["root"] / "full_precision", root / "full_precision", symlinks=True)
+    (root / "full_precision" / "runs" / "full_precision" / "summary.json").unlink()
+    written = write_results([root], overrides=[], overlays=False)
+    (row,) = written["groups"]["em"]
+    assert row.status_text == "unfinished (epoch 2 of 2)" and row.dice is not None
+    table = read_csv(root / "results.csv")
+    assert table[0]["status"] == "unfinished (epoch 2 of 2)" and table[0]["dice"] != ""
+    assert "(so far)" in (root / "results.md").read_text()
+
+
+@SLOW
+def test_force_reruns_and_a_failure_does_not_stop_the_sweep(swept: dict) -> None:
+    root = swept["root"]
+    broken = make_experiment(root, "full_precision", "broken")
+    (broken / "config.yaml").write_text("UNET:\n  quantization: Normal\n  lr: -1\n")
+    try:
+        result = run_command(["-m", "unet.sweep", str(root), "--only", "broken", "full_precision", "--force",
+                              *swept["overrides"]], cwd=REPO)
+    finally:
+        shutil.rmtree(broken)
+    assert result.returncode == 1
+    assert "[em/broken] FAILED" in result.stdout and "key 'lr' must be > 0" in result.stdout
+    assert "1 of 2 experiment(s) failed: em/broken" in result.stdout
+    runs = root / "full_precision" / "runs"
+    old = list(runs.glob("full_precision.old-*"))
+    assert len(old) == 1 and (old[0] / "summary.json").is_file()
+    assert (runs / "full_precision" / "summary.json").is_file()
+    assert "moved" in result.stdout and "[em/full_precision] epoch 2/2" in result.stdout
