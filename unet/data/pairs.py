@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from unet.data.transforms import center_crop_or_pad
+from unet.data.transforms import center_crop_or_pad, to_binary_mask
 from unet.data.transforms import normalize as apply_normalize
 from unet.errors import DataError, MissingDataError
 
@@ -25,7 +25,6 @@ PROGRESS_MIN_FILES = 200
 
 NORMALIZE_MODES = ("instance", "none")
 
-_ALLOWED_MASK_SETS = ({0, 1}, {0, 255})
 
 
 def list_pngs(folder: Path) -> dict[str, Path]:
@@ -125,17 +124,7 @@ def mask_to_binary(array: np.ndarray, path: str | Path) -> np.ndarray:
     all-foreground slice is fine). Anything else, a mask of grey 128 included, raises
     :class:`DataError` listing the values found.
     """
-    if array.dtype == np.bool_:
-        return array.astype(np.uint8)
-    values = {int(v) for v in np.unique(array)}
-    if not any(values <= allowed for allowed in _ALLOWED_MASK_SETS):
-        shown = sorted(values)
-        listed = ", ".join(str(v) for v in shown[:8]) + (", ..." if len(shown) > 8 else "")
-        raise DataError(
-            f"mask {path} is not binary: values {{{listed}}}; "
-            "masks must hold only 0 and 255 (or 0 and 1)"
-        )
-    return (array != 0).astype(np.uint8)
+    return to_binary_mask(array, f"mask {path}", "masks must hold only 0 and 255 (or 0 and 1)")
 
 
 def read_mask_png(path: str | Path) -> np.ndarray:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import DataError
+
 #: Standard deviations below this are treated as a constant slice by :func:`normalize_instance`.
 STD_FLOOR = 1e-8
 
@@ -52,3 +54,23 @@ def normalize(image: np.ndarray, mode: str) -> np.ndarray:
     if mode == "none":
         return image.astype(np.float32, copy=False)
     raise ValueError(f"unknown normalize mode {mode!r} (expected 'instance' or 'none')")
+
+
+#: Value sets a binary mask may use (a subset of one of them: all-background slices are fine).
+BINARY_MASK_VALUES = ({0, 1}, {0, 255})
+
+
+def to_binary_mask(array: np.ndarray, name: str, hint: str) -> np.ndarray:
+    """``array != 0`` as uint8 0/1, after checking the values are a subset of {0, 1} or {0, 255}.
+
+    Anything else (grey levels, a mask of all 128) raises :class:`DataError`:
+    ``"<name> is not binary: values {...}; <hint>"`` listing up to 8 values found.
+    """
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8)
+    values = {int(v) for v in np.unique(array)}
+    if not any(values <= allowed for allowed in BINARY_MASK_VALUES):
+        shown = sorted(values)
+        listed = ", ".join(str(v) for v in shown[:8]) + (", ..." if len(shown) > 8 else "")
+        raise DataError(f"{name} is not binary: values {{{listed}}}; {hint}")
+    return (array != 0).astype(np.uint8)

@@ -24,7 +24,7 @@ from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 from skimage import transform as sktf
 
-from unet.data.transforms import center_crop_or_pad
+from unet.data.transforms import center_crop_or_pad, to_binary_mask
 from unet.errors import ConfigError, DataError
 from unet.fileio import atomic_directory, atomic_path
 from unet.prep.pngpairs import write_manifest, write_pair
@@ -294,15 +294,9 @@ def augment_pair(
 
 
 def _binary_labels(labels: np.ndarray, source: str) -> np.ndarray:
-    values = {int(v) for v in np.unique(labels)}
-    if len(values) > 1 and values not in ({0, 1}, {0, 255}):
-        shown = sorted(values)
-        listed = ", ".join(str(v) for v in shown[:8]) + (", ..." if len(shown) > 8 else "")
-        raise DataError(
-            f"labels {source} are not binary: values {{{listed}}}; labels must hold only "
-            "0 (membrane) and 255 (cell interior), or 0 and 1"
-        )
-    return (labels != 0).astype(np.uint8)
+    return to_binary_mask(
+        labels, f"labels {source}", "labels must hold only 0 (membrane) and 255 (cell interior), or 0 and 1"
+    )
 
 
 def _as_uint8(volume: np.ndarray) -> np.ndarray:
