@@ -77,9 +77,9 @@ def wait_for_epochs(run: Path, process: subprocess.Popen, epochs: int, timeout: 
 
 @pytest.mark.parametrize("experiment", ["a6.0_w0.4", "ternary"])
 def test_killed_then_resumed_run_ends_like_an_uninterrupted_one(tmp_path: Path, experiment: str) -> None:
-    data = pair_folder(tmp_path / "data", n_train=12)
+    data = pair_folder(tmp_path / "data", n_train=12, size=64)  # epochs long enough to kill one mid-way
     folder = make_experiment(tmp_path, "em", experiment)
-    args = em_args(data, "-o", "num_epochs=4", "-o", "dropout=0.1")
+    args = em_args(data, "-o", "num_epochs=4", "-o", "dropout=0.1", "-o", "crop_size=[64,64]")
     assert train(folder, *args, "-o", "experiment_name=straight").returncode == 0
 
     process = start(folder, *args, "-o", "experiment_name=killed")
@@ -105,11 +105,14 @@ def test_killed_then_resumed_run_ends_like_an_uninterrupted_one(tmp_path: Path, 
 def test_interrupt_keeps_a_valid_last_checkpoint_and_says_how_to_resume(tmp_path: Path, signum: int) -> None:
     data = pair_folder(tmp_path / "data", n_train=12)
     folder = make_experiment(tmp_path, "em", "a6.0_w0.4")
-    process = start(folder, *em_args(data, "-o", "num_epochs=50"))
+    process = start(folder, *em_args(data, "-o", "num_epochs=100000"))  # far longer than the test
     run = folder / "runs" / "exp"
-    wait_for_epochs(run, process, 1)
-    process.send_signal(signum)
-    stdout, stderr = process.communicate(timeout=120)
+    try:
+        wait_for_epochs(run, process, 1)
+        process.send_signal(signum)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
     assert process.returncode == 130, stderr
     assert "interrupted during epoch" in stdout and "-o operation_mode=resume" in stdout
     state = torch.load(run / "last.pt", weights_only=False)
