@@ -4,7 +4,9 @@ backward passes of SPEC §3.
 * FIXED, INT and Ternary: identity backward, ``dL/dx = dL/dq``.
 * BNN: ``dL/dx = dL/dq * [|x| <= 1]`` (the gradient is cancelled outside [-1, 1]).
 
-The identity passes save nothing for backward, so quantization adds no activation memory.
+The identity passes save nothing for backward, so quantization adds no activation memory
+(BNN keeps a 1-byte mask). With ``inplace=True`` the forward overwrites its input
+(``ctx.mark_dirty``), as the U-Net's activation quantizers do on the BatchNorm output.
 """
 
 from __future__ import annotations
@@ -19,34 +21,41 @@ from . import functional as F
 
 class _FixedPointSTE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: Tensor, i_bits: int, f_bits: int, rounding: str, overflow: str):
-        return F.fixed_point_forward(x, i_bits, f_bits, rounding, overflow)
+    def forward(ctx: Any, x: Tensor, i_bits: int, f_bits: int, rounding: str, overflow: str, inplace: bool):
+        if inplace:
+            ctx.mark_dirty(x)
+        return F.fixed_point_forward(x, i_bits, f_bits, rounding, overflow, inplace)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor):
-        return grad, None, None, None, None
+        return grad, None, None, None, None, None
 
 
 class _IntMinMaxSTE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: Tensor, bits: int):
-        return F.int_minmax_forward(x, bits)
+    def forward(ctx: Any, x: Tensor, bits: int, inplace: bool):
+        if inplace:
+            ctx.mark_dirty(x)
+        return F.int_minmax_forward(x, bits, inplace)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor):
-        return grad, None
+        return grad, None, None
 
 
 class _BinarySTE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: Tensor):
-        ctx.save_for_backward(x.abs() <= 1)
-        return F.binary_forward(x)
+    def forward(ctx: Any, x: Tensor, inplace: bool):
+        # [|x| <= 1] as a bool mask (1 byte per element, no float temporary; NaN -> False)
+        ctx.save_for_backward(torch.ge(x, -1.0).logical_and_(torch.le(x, 1.0)))
+        if inplace:
+            ctx.mark_dirty(x)
+        return F.binary_forward(x, inplace)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor):
         (inside,) = ctx.saved_tensors
-        return grad * inside
+        return torch.where(inside, grad, 0.0), None
 
 
 class _TernarySTE(torch.autograd.Function):
@@ -60,7 +69,7 @@ class _TernarySTE(torch.autograd.Function):
 
 
 def fixed_point(
-    x: Tensor, i_bits: int, f_bits: int, rounding: str = "nearest", overflow: str = "wrap"
+    x: Tensor, i_bits: int, f_bits: int, rounding: str = "nearest", overflow: str = "wrap", inplace: bool = False
 ) -> Tensor:
     """Fixed-point Qi.f quantization with a straight-through (identity) gradient.
 
@@ -68,23 +77,28 @@ def fixed_point(
     original formula (:func:`quantizer.functional.fixed_point_nearest_wrap`), ``"saturate"``
     the textbook clamp to ``2^i - 2^-f``. ``rounding="pow2"``: nearest power of two, clamped
     to ``±M`` (:func:`quantizer.functional.fixed_point_pow2`).
+
+    ``inplace=True`` overwrites ``x`` with the result (like ``nn.ReLU(inplace=True)``): it
+    saves a full-size allocation; autograd raises if ``x`` was needed by another backward.
     """
     if rounding not in F.ROUNDINGS:
         raise ValueError(f"rounding must be one of {F.ROUNDINGS}, got {rounding!r}")
     if overflow not in F.OVERFLOWS:
         raise ValueError(f"overflow must be one of {F.OVERFLOWS}, got {overflow!r}")
-    return _FixedPointSTE.apply(x, int(i_bits), int(f_bits), rounding, overflow)
+    return _FixedPointSTE.apply(x, int(i_bits), int(f_bits), rounding, overflow, bool(inplace))
 
 
-def int_minmax(x: Tensor, bits: int) -> Tensor:
+def int_minmax(x: Tensor, bits: int, inplace: bool = False) -> Tensor:
     """Per-tensor min-max integer quantization ``floor(2^b (x-min)/(max-min)) - 2^(b-1)``
-    with a straight-through gradient; a constant tensor gives zeros."""
-    return _IntMinMaxSTE.apply(x, int(bits))
+    with a straight-through gradient; a constant tensor gives zeros. ``inplace`` as in
+    :func:`fixed_point`."""
+    return _IntMinMaxSTE.apply(x, int(bits), bool(inplace))
 
 
-def binary(x: Tensor) -> Tensor:
-    """``sign(x)`` with the BNN gradient ``dL/dx = dL/dq * [|x| <= 1]``."""
-    return _BinarySTE.apply(x)
+def binary(x: Tensor, inplace: bool = False) -> Tensor:
+    """``sign(x)`` with the BNN gradient ``dL/dx = dL/dq * [|x| <= 1]``; ``inplace`` as in
+    :func:`fixed_point`."""
+    return _BinarySTE.apply(x, bool(inplace))
 
 
 def ternary(w: Tensor) -> Tensor:

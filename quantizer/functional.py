@@ -1,8 +1,16 @@
 """Forward rules of every quantizer, as pure tensor functions (SPEC §3).
 
-Nothing here tracks gradients: :mod:`quantizer.autograd` wraps these rules with their
-straight-through backward passes. Notation: ``i`` integer bits, ``f`` fractional bits,
-``round`` is round-half-to-even (``torch.round``), ``sign(0) = 0``.
+Nothing here tracks gradients (the forward rules run under ``torch.no_grad``):
+:mod:`quantizer.autograd` wraps them with their straight-through backward passes.
+
+Speed: the rules run on every weight and activation of every training step, so each makes at
+most two fresh tensors and works in place on them (no chain of full-size temporaries); the
+rewritten formulas are exact rewrites of SPEC §3, value for value. With ``inplace=True`` a
+rule overwrites its input (the activation quantizers of the U-Net do, on the fresh BatchNorm
+output), which saves the allocation of a full-size output tensor.
+
+Notation: ``i`` integer bits, ``f`` fractional bits, ``round`` is round-half-to-even
+(``torch.round``), ``sign(0) = 0``.
 
 Each rule also has a ``*_codes`` form returning the integer codes ``c`` and the scale ``s``
 of the quantized tensor, with ``q == c * s`` exactly; a hardware export reads these.
@@ -22,7 +30,22 @@ def _check_bits(i_bits: int, f_bits: int) -> None:
         raise ValueError(f"bit widths must be integers >= 0, got i={i_bits}, f={f_bits}")
 
 
-def fixed_point_nearest_wrap(x: Tensor, i_bits: int, f_bits: int) -> Tensor:
+def _trunc_(t: Tensor) -> Tensor:
+    """``t.trunc_()``, exactly, through ``div_(1, rounding_mode="trunc")``: on CPU (torch 2.x,
+    AVX512) that kernel is vectorized and about 6x faster than ``trunc_``."""
+    return t.div_(1.0, rounding_mode="trunc")
+
+
+def _inside_integer_range(x: Tensor, bound: float, total_bits: int) -> bool:
+    """Whether every ``|x| < bound`` (False for NaN) and ``x 2^f`` cannot overflow ``x``'s dtype."""
+    if x.numel() == 0 or 2.0**total_bits >= torch.finfo(x.dtype).max:
+        return False
+    lo, hi = torch.aminmax(x)
+    return bool(torch.maximum(-lo, hi) < bound)
+
+
+@torch.no_grad()
+def fixed_point_nearest_wrap(x: Tensor, i_bits: int, f_bits: int, inplace: bool = False) -> Tensor:
     """Sign-magnitude Qi.f of the original GM/NIH code (and the paper's formula).
 
     With ``a = |x|``::
@@ -33,27 +56,42 @@ def fixed_point_nearest_wrap(x: Tensor, i_bits: int, f_bits: int) -> Tensor:
     quantized separately, so the fraction may round up to 1 (0.9 -> 1.0 at Q0.2), the
     fraction survives above the range (Q3.3: 15.99 -> 8.0) and with ``i = 0`` magnitudes
     wrap modulo 1 (Q0.2: 1.3 -> 0.25). Largest magnitude ``2^i``.
+
+    ``inplace=True`` writes the result into ``x`` (and returns it).
     """
     _check_bits(i_bits, f_bits)
-    a = x.abs()
-    whole = a.floor()
-    q = whole.clamp_max(2.0**i_bits - 1)
-    if f_bits > 0:
-        scale = 2.0**f_bits
-        q = q + torch.round((a - whole) * scale) / scale
-    return q * x.sign()
+    # Computed with the sign kept: sign(x) floor|x| = trunc(x) and sign(x) (|x| - floor|x|) =
+    # frac(x) = x - trunc(x), both exact, and round (half to even) and the clamp are odd.
+    limit = 2.0**i_bits - 1
+    if f_bits == 0:
+        # the integer limit commutes with truncation: trunc(clamp(x, -L, L)) (also for +-inf)
+        q = x.clamp_(-limit, limit) if inplace else torch.clamp(x, -limit, limit)
+        return _trunc_(q)
+    scale = 2.0**f_bits
+    if _inside_integer_range(x, limit + 1, i_bits + f_bits):
+        # No integer part is clamped, and trunc(x) 2^f is an even integer (f >= 1), so with
+        # half-to-even rounding trunc(x) + round(frac(x) 2^f) / 2^f == round(x 2^f) / 2^f exactly.
+        q = x.mul_(scale) if inplace else torch.mul(x, scale)
+        return q.round_().div_(scale)
+    frac = torch.frac(x)  # NaN for +-inf, as (a - floor(a)) in the formula
+    q = x.sub_(frac) if inplace else torch.sub(x, frac)  # trunc(x), exactly
+    frac.mul_(scale).round_().div_(scale)
+    return q.clamp_(-limit, limit).add_(frac)
 
 
-def fixed_point_nearest_saturate(x: Tensor, i_bits: int, f_bits: int) -> Tensor:
+@torch.no_grad()
+def fixed_point_nearest_saturate(x: Tensor, i_bits: int, f_bits: int, inplace: bool = False) -> Tensor:
     """Textbook sign-magnitude Qi.f: ``q = sign(x) * min(round(|x| 2^f) / 2^f, 2^i - 2^-f)``.
 
     Monotone, no wrap-around; the grid is ``2^-f`` and the largest magnitude
-    ``2^i - 2^-f`` (so Q0.0 maps everything to 0).
+    ``2^i - 2^-f`` (so Q0.0 maps everything to 0). ``inplace=True`` writes into ``x``.
     """
     _check_bits(i_bits, f_bits)
     scale = 2.0**f_bits
     limit = 2.0**i_bits - 1.0 / scale
-    return (torch.round(x.abs() * scale) / scale).clamp_max(limit) * x.sign()
+    # round and the clamp are odd: sign(x) min(round(|x| s) / s, L) = clamp(round(x s) / s, -L, L)
+    q = x.mul_(scale) if inplace else torch.mul(x, scale)
+    return q.round_().div_(scale).clamp_(-limit, limit)
 
 
 def pow2_limit(i_bits: int, f_bits: int) -> float:
@@ -64,57 +102,81 @@ def pow2_limit(i_bits: int, f_bits: int) -> float:
     return whole + frac
 
 
-def fixed_point_pow2(x: Tensor, i_bits: int, f_bits: int) -> Tensor:
+@torch.no_grad()
+def fixed_point_pow2(x: Tensor, i_bits: int, f_bits: int, inplace: bool = False) -> Tensor:
     """Power-of-two rounding of the original EM code.
 
     ``p = sign(x) * 2^round(log2 |x|)`` (0 stays 0), then clamped to ``[-M, M]`` with
     ``M = pow2_limit(i, f)``. There is no grid: small magnitudes stay small powers of two
-    (0.001 -> 2^-10 at any width).
+    (0.001 -> 2^-10 at any width). ``inplace=True`` writes into ``x``.
     """
     limit = pow2_limit(i_bits, f_bits)
-    p = torch.exp2(torch.round(torch.log2(x.abs())))
-    return p.clamp_max(limit) * x.sign()
+    p = torch.abs(x)  # |x| = 0: log2 = -inf, 2^-inf = 0
+    p.log2_().round_().exp2_().clamp_max_(limit)
+    return torch.copysign(p, x, out=x) if inplace else p.copysign_(x)
 
 
 def fixed_point_forward(
-    x: Tensor, i_bits: int, f_bits: int, rounding: str = "nearest", overflow: str = "wrap"
+    x: Tensor, i_bits: int, f_bits: int, rounding: str = "nearest", overflow: str = "wrap", inplace: bool = False
 ) -> Tensor:
     """Dispatch to the FIXED variant named by ``rounding`` and ``overflow``.
 
-    ``rounding="pow2"`` ignores ``overflow`` (it always clamps to ``±M``).
+    ``rounding="pow2"`` ignores ``overflow`` (it always clamps to ``±M``). ``inplace=True``
+    writes the result into ``x``.
     """
     if rounding == "pow2":
-        return fixed_point_pow2(x, i_bits, f_bits)
+        return fixed_point_pow2(x, i_bits, f_bits, inplace)
     if rounding != "nearest":
         raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
     if overflow == "wrap":
-        return fixed_point_nearest_wrap(x, i_bits, f_bits)
+        return fixed_point_nearest_wrap(x, i_bits, f_bits, inplace)
     if overflow == "saturate":
-        return fixed_point_nearest_saturate(x, i_bits, f_bits)
+        return fixed_point_nearest_saturate(x, i_bits, f_bits, inplace)
     raise ValueError(f"overflow must be one of {OVERFLOWS}, got {overflow!r}")
 
 
-def int_minmax_forward(x: Tensor, bits: int) -> Tensor:
+@torch.no_grad()
+def int_minmax_forward(x: Tensor, bits: int, inplace: bool = False) -> Tensor:
     """Per-tensor min-max integer quantization of the original (not rescaled).
 
     ``n = (x - min) / (max - min)``, ``q = floor(2^b n) - 2^(b-1)``, so values lie in
     ``[-2^(b-1), 2^(b-1)]`` (b=4: [-1, 0, 0.5, 1] -> [-8, 0, 4, 8]). A constant tensor
     (max == min) gives all zeros. ``n`` is formed first, as written, so a span that is
     subnormal stays finite; a span that overflows is computed on halved values.
+    ``inplace=True`` writes into ``x``.
     """
     _check_bits(bits, 0)
-    lo, hi = x.min(), x.max()
+    lo, hi = torch.aminmax(x)  # one pass
     span = hi - lo
     if span <= 0:
-        return torch.zeros_like(x)
+        return x.zero_() if inplace else torch.zeros_like(x)
     if torch.isinf(span):
-        x, lo, span = x * 0.5, lo * 0.5, hi * 0.5 - lo * 0.5
-    return torch.floor((x - lo) / span * 2.0**bits) - 2.0 ** (bits - 1)
+        lo, span = lo * 0.5, hi * 0.5 - lo * 0.5
+        q = x.mul_(0.5) if inplace else torch.mul(x, 0.5)
+        q.sub_(lo)
+    else:
+        q = x.sub_(lo) if inplace else torch.sub(x, lo)
+    # floor((x - lo) / span * 2^b) - 2^(b-1): the same operations in the same order, in place
+    return q.div_(span).mul_(2.0**bits).floor_().sub_(2.0 ** (bits - 1))
 
 
-def binary_forward(x: Tensor) -> Tensor:
-    """Binarization ``q = sign(x)`` (values -1, 0 for exact zeros, +1)."""
-    return torch.sign(x)
+@torch.no_grad()
+def binary_forward(x: Tensor, inplace: bool = False) -> Tensor:
+    """Binarization ``q = sign(x)`` (values -1, 0 for exact zeros, +1); ``inplace`` writes into ``x``."""
+    return x.sign_() if inplace else torch.sign(x)
+
+
+def _ternary_parts(w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``|W|`` (detached, ``w``'s layout) and ``delta_c``, ``alpha_c`` (see below)."""
+    a = w.detach().abs()
+    # float64 (sums of huge weights stay finite), channel-major: one cast-and-copy
+    flat = a.to(torch.float64, memory_format=torch.contiguous_format, copy=True).reshape(w.shape[0], -1)
+    delta = 0.7 * flat.mean(dim=1, keepdim=True)
+    keep = flat > delta
+    count = keep.sum(dim=1, keepdim=True)
+    alpha = flat.mul_(keep).sum(dim=1, keepdim=True) / count.clamp_min(1)
+    view = (-1,) + (1,) * (w.dim() - 1)
+    return a, delta.to(w.dtype).reshape(view), alpha.to(w.dtype).reshape(view)
 
 
 def ternary_threshold_and_scale(w: Tensor) -> tuple[Tensor, Tensor]:
@@ -124,22 +186,18 @@ def ternary_threshold_and_scale(w: Tensor) -> tuple[Tensor, Tensor]:
     channel ``c`` with ``|W| > delta_c`` (0 for an all-zero channel). Both are shaped
     ``(C, 1, ..., 1)`` to broadcast against ``w``; axis 0 is the output channel.
     """
-    flat = w.detach().abs().reshape(w.shape[0], -1).double()  # float64: sums of huge weights stay finite
-    delta = 0.7 * flat.mean(dim=1, keepdim=True)
-    keep = flat > delta
-    count = keep.sum(dim=1, keepdim=True)
-    alpha = (flat * keep).sum(dim=1, keepdim=True) / count.clamp_min(1)
-    view = (-1,) + (1,) * (w.dim() - 1)
-    return delta.to(w.dtype).reshape(view), alpha.to(w.dtype).reshape(view)
+    _, delta, alpha = _ternary_parts(w)
+    return delta, alpha
 
 
+@torch.no_grad()
 def ternary_forward(w: Tensor) -> Tensor:
     """Ternary weights ``q = alpha_c * sign(W) * [|W| > delta_c]`` per output channel.
 
     See :func:`ternary_threshold_and_scale`; an all-zero filter gives zeros.
     """
-    delta, alpha = ternary_threshold_and_scale(w)
-    return torch.where(w.abs() > delta, alpha * w.sign(), torch.zeros_like(w))
+    a, delta, alpha = _ternary_parts(w)
+    return torch.where(a > delta, w.sign().mul_(alpha), 0.0)
 
 
 # --- integer codes -------------------------------------------------------------------------

@@ -41,14 +41,18 @@ class QuantSpec:
         if self.overflow not in F.OVERFLOWS:
             raise ValueError(f"overflow must be one of {F.OVERFLOWS}, got {self.overflow!r}")
 
-    def __call__(self, x: Tensor) -> Tensor:
-        """Quantize ``x`` (differentiable through the straight-through estimator)."""
+    def __call__(self, x: Tensor, inplace: bool = False) -> Tensor:
+        """Quantize ``x`` (differentiable through the straight-through estimator).
+
+        ``inplace=True`` lets ``fixed``, ``int`` and ``binary`` overwrite ``x`` with the result
+        (saving a full-size allocation); ``float`` returns ``x`` and ``ternary`` a new tensor.
+        """
         if self.kind == "fixed":
-            return ste.fixed_point(x, self.i_bits, self.f_bits, self.rounding, self.overflow)
+            return ste.fixed_point(x, self.i_bits, self.f_bits, self.rounding, self.overflow, inplace)
         if self.kind == "int":
-            return ste.int_minmax(x, self.i_bits)
+            return ste.int_minmax(x, self.i_bits, inplace)
         if self.kind == "binary":
-            return ste.binary(x)
+            return ste.binary(x, inplace)
         if self.kind == "ternary":
             return ste.ternary(x)
         return x
@@ -116,14 +120,21 @@ class QuantConv2d(nn.Conv2d):
 
 
 class ActivationQuantizer(nn.Module):
-    """Quantizes activations with ``spec`` (identity for ``float``)."""
+    """Quantizes activations with ``spec`` (identity for ``float``).
 
-    def __init__(self, spec: QuantSpec = FLOAT) -> None:
+    ``inplace=True`` (as ``nn.ReLU(inplace=True)``) overwrites the input with the quantized
+    values, saving the allocation of a full-size tensor per call: use it where the input is a
+    fresh tensor that nothing else needs (the U-Net's BatchNorm / Dropout output). Autograd
+    raises at backward time if the overwritten input was needed after all.
+    """
+
+    def __init__(self, spec: QuantSpec = FLOAT, inplace: bool = False) -> None:
         super().__init__()
         self.spec = spec
+        self.inplace = inplace
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.spec(x)
+        return self.spec(x, self.inplace)
 
     def extra_repr(self) -> str:
-        return str(self.spec)
+        return f"{self.spec}, inplace" if self.inplace and self.spec.kind != "float" else str(self.spec)

@@ -82,7 +82,8 @@ def build_model(cfg: Config) -> UNet:
         cfg.fixed_rounding,
         cfg.fixed_overflow,
     )
-    return UNet(cfg.base_channels, weight_quant, act_quant, cfg.activation, cfg.dropout)
+    model = UNet(cfg.base_channels, weight_quant, act_quant, cfg.activation, cfg.dropout)
+    return model.to(memory_format=torch.channels_last)  # ~10% faster steps on CPU: benchmarks/bench_training.py
 
 
 def select_device(gpu_core_num: int | None) -> tuple[torch.device, str]:

@@ -72,7 +72,8 @@ class ConvUnit(nn.Sequential):
         ]
         if dropout > 0:
             layers.append(nn.Dropout2d(dropout))
-        layers.append(ActivationQuantizer(act_quant))
+        # in place: the BatchNorm (or Dropout) output is fresh and not needed for backward
+        layers.append(ActivationQuantizer(act_quant, inplace=True))
         super().__init__(*layers)
 
 
