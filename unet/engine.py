@@ -444,8 +444,11 @@ def run(cfg: Config, recipe: Recipe, script: str, new_run: bool = False) -> int:
                         "of an earlier run (or run operation_mode: normal first)")
     created = None if run_dir.exists() else _topmost_missing(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    previous = signal.getsignal(signal.SIGTERM)
+    # Ctrl-C and SIGTERM both raise KeyboardInterrupt, also when the process was started with
+    # SIGINT ignored (as a non-interactive shell does for background jobs).
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     if threading_main():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
         session = Run(cfg, recipe, run_dir, script)
@@ -462,7 +465,8 @@ def run(cfg: Config, recipe: Recipe, script: str, new_run: bool = False) -> int:
         raise
     finally:
         if threading_main():
-            signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 def _topmost_missing(path: Path) -> Path:
