@@ -117,17 +117,14 @@ def test_every_base_config_sets_every_common_key(base: Path, tmp_path: Path) -> 
 
 def test_every_experiment_config_is_valid() -> None:
     """Each experiment folder's config loads over its base (a typo there would fail here)."""
-    import importlib.util
+    from unet.sweep import load_recipe
 
     folders = [p.parent for p in REPO.glob("*/*/config.yaml") if not p.parent.parent.name.endswith("_BASE")]
     assert folders, "no experiment folders found"
     for folder in folders:
         trainer = next(folder.glob("*_unet.py"))
         assert trainer.is_symlink() and not Path(trainer.readlink()).is_absolute()
-        spec = importlib.util.spec_from_file_location(f"trainer_{folder.parent.name}", trainer.resolve())
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        recipe = module.RECIPE
+        recipe = load_recipe(trainer)
         cfg = load_config(recipe.base_config, folder / "config.yaml", extra_keys=recipe.extra_keys)
         assert cfg.experiment_name == folder.name
 
