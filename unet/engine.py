@@ -270,8 +270,10 @@ class Run:
         self.log(f"visualize: wrote {path}")
         return 0
 
-    def train(self, init_checkpoint: Path | None = None, resume: bool = False) -> int:
-        """normal / retrain / resume: train to ``num_epochs``, checkpointing every epoch."""
+    def train(self, init_checkpoint: Path | None = None, resume_state: dict[str, Any] | None = None) -> int:
+        """normal / retrain / resume: train to ``num_epochs``, checkpointing every epoch.
+
+        ``resume_state`` is the run folder's last.pt, already read, to continue from."""
         cfg = self.cfg
         train_set = self.recipe.build_train(cfg)
         val_set = self.recipe.build_val(cfg)
@@ -282,8 +284,9 @@ class Run:
         history: list[dict[str, Any]] = []
         best = {"dice": -math.inf, "epoch": 0}
         start_epoch = 0
+        resume = resume_state is not None
         if resume:
-            state = load_checkpoint(self.run_dir / "last.pt")
+            state = resume_state
             load_model_state(self.model, state["model"], self.run_dir / "last.pt")
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
@@ -429,10 +432,12 @@ def run(cfg: Config, recipe: Recipe, script: str, new_run: bool = False) -> int:
                 f"choose another experiment_name, or pass --new-run to start {next_free_run_dir(run_dir).name}"
             )
         run_dir = next_free_run_dir(run_dir)
+    resume_state = None
     if mode == "resume":
         if not (run_dir / "last.pt").is_file():
             raise UserError(f"nothing to resume: {run_dir / 'last.pt'} does not exist")
-        saved = load_checkpoint(run_dir / "last.pt").get("config", {})
+        resume_state = load_checkpoint(run_dir / "last.pt")
+        saved = resume_state.get("config", {})
         changed = [k for k, v in cfg.to_plain().items() if k not in RESUME_FREE_KEYS and saved.get(k, v) != v]
         if changed:
             raise UserError(f"cannot resume {run_dir}: the config differs from the interrupted run in "
@@ -458,7 +463,7 @@ def run(cfg: Config, recipe: Recipe, script: str, new_run: bool = False) -> int:
             return session.visualize(checkpoint)
         if mode == "retrain":
             return session.train(init_checkpoint=checkpoint)
-        return session.train(resume=mode == "resume")
+        return session.train(resume_state=resume_state)
     except UserError:
         if created is not None and not (run_dir / "metrics.csv").exists():
             shutil.rmtree(created, ignore_errors=True)  # a failed start leaves no run folder behind
