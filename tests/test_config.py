@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from unet.config import COMMON_KEYS, load_config, parse_override
+from unet.config import COMMON_KEYS, GM_KEYS, load_config, parse_override
 from unet.errors import ConfigError
-from unet.recipes import GM_KEYS
 
 from .conftest import REPO
 
