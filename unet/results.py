@@ -38,10 +38,10 @@ import numpy as np
 
 from .config import Config, load_config
 from .errors import ConfigError, UserError
+from .experiments import Experiment, collect, is_finished
+from .experiments import paper_order_key as _paper_key
 from .fileio import atomic_path, atomic_write_text
 from .memory import BITS_PER_MIB, weight_memory_bits
-from .sweep import Experiment, collect, is_finished
-from .sweep import paper_order_key as _paper_key
 
 #: The paper's U-Net width (SPEC §4).
 PAPER_BASE_CHANNELS = 64
