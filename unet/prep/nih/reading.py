@@ -3,8 +3,11 @@ canonical RAS+ (voxel axis 0 towards the patient's Right, 1 Anterior, 2 Superior
 
 from __future__ import annotations
 
+import contextlib
 import os
 import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -70,68 +73,55 @@ def load_label(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
 def load_dicom_series(folder: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     """Read the DICOM series under ``folder`` as ``(array float32 (X, Y, Z) HU, affine)``.
 
-    Every file below ``folder`` is tried; files that are not DICOM, or DICOM objects without
-    image geometry or pixels, are ignored. All images must belong to one series and share
-    ImageOrientationPatient, PixelSpacing, Rows and Columns.
+    The series are found with SimpleITK's GDCM scanner in ``folder`` and every folder below
+    it (``ImageSeriesReader.GetGDCMSeriesIDs`` / ``GetGDCMSeriesFileNames``); files that are
+    not DICOM, and DICOM objects without ImagePositionPatient and ImageOrientationPatient,
+    are ignored. The images must form one series and share ImageOrientationPatient,
+    PixelSpacing, Rows and Columns; their pixels are read by ``sitk.ImageSeriesReader``.
 
     Geometry (DICOM patient coordinates are LPS+ millimetres): with row cosine ``u`` and
     column cosine ``v`` (ImageOrientationPatient), the slice normal is ``n = u x v`` and
     slices are sorted by ``ImagePositionPatient . n``. Pixel ``(row r, column c)`` of slice
     ``k`` lies at ``P_0 + c * dc * u + r * dr * v + k * s`` with ``(dr, dc)`` = PixelSpacing
     and ``s = (P_last - P_0) / (N - 1)`` (from SliceThickness along ``n`` for a single
-    slice). The voxel array is indexed ``[c, r, k]``; its LPS affine is converted to RAS+ by
-    negating the first two rows, then the volume is reoriented to canonical RAS+.
-    Values: ``HU = stored * RescaleSlope + RescaleIntercept`` (per slice; defaults 1 and 0).
+    slice), so a tilted gantry keeps its shear. The voxel array is indexed ``[c, r, k]``; its
+    LPS affine is converted to RAS+ by negating the first two rows, then the volume is
+    reoriented to canonical RAS+. Values: ``HU = stored * RescaleSlope + RescaleIntercept``
+    (per slice; defaults 1 and 0), computed by SimpleITK in double and stored as float32.
 
-    Raises :class:`DataError` when there are no images, several series, inconsistent
+    Raises :class:`DataError` naming the folder or file when there are no images, several
+    series (each listed with its folder), a file SimpleITK cannot read, inconsistent
     geometry, two slices at one position or slice gaps that differ by more than 10 %.
     """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
+    import SimpleITK as sitk
 
     folder = Path(folder)
-    slices = []
-    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-        try:
-            ds = pydicom.dcmread(str(file))
-        except (InvalidDicomError, OSError, EOFError, ValueError, TypeError):
-            continue
-        if all(k in ds for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelData")):
-            slices.append((file, ds))
-    if not slices:
+    series = _dicom_series(folder)
+    if not series:
         raise DataError(f"no DICOM images with position and orientation found under {folder}")
-    series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}
     if len(series) > 1:
-        raise DataError(f"{folder} holds {len(series)} DICOM series; keep only the CT series of the case")
+        listed = "; ".join(
+            f"{uid} ({len(images)} images in {os.path.relpath(images[0].file.parent, folder)})"
+            for uid, images in sorted(series.items(), key=lambda item: item[1][0].file)
+        )
+        raise DataError(f"{folder} holds {len(series)} DICOM series ({listed}); keep only the CT series of the case")
+    images = next(iter(series.values()))
 
-    try:
-        first = slices[0][1]
-        iop = np.asarray([float(v) for v in first.ImageOrientationPatient], dtype=np.float64)
-        spacing = np.asarray([float(v) for v in first.PixelSpacing], dtype=np.float64)
-        rows, cols = int(first.Rows), int(first.Columns)
-        for file, ds in slices:
-            same_iop = np.allclose([float(v) for v in ds.ImageOrientationPatient], iop, atol=1e-4)
-            same_spacing = np.allclose([float(v) for v in ds.PixelSpacing], spacing, atol=1e-4)
-            if not (same_iop and same_spacing and (int(ds.Rows), int(ds.Columns)) == (rows, cols)):
-                raise DataError(f"{file} has a different orientation, spacing or size than {slices[0][0]}")
-        u, v = iop[:3], iop[3:]
-        normal = np.cross(u, v)
-        positions = np.asarray([[float(x) for x in ds.ImagePositionPatient] for _, ds in slices], dtype=np.float64)
-        order = np.argsort(positions @ normal, kind="stable")
-        positions = positions[order]
-        datasets = [slices[i][1] for i in order]
-        pixels = []
-        for ds in datasets:
-            slope = float(ds.get("RescaleSlope", 1.0))
-            intercept = float(ds.get("RescaleIntercept", 0.0))
-            pixels.append(ds.pixel_array.astype(np.float32) * np.float32(slope) + np.float32(intercept))
-        thickness = float(first.get("SliceThickness", 1.0) or 1.0)
-    except DataError:
-        raise
-    except (AttributeError, KeyError, TypeError, ValueError, RuntimeError, NotImplementedError) as exc:
-        raise DataError(f"cannot read the DICOM series in {folder}: {type(exc).__name__}: {exc}") from exc
+    first = images[0]
+    for image in images[1:]:
+        same_iop = np.allclose(image.orientation, first.orientation, atol=1e-4)
+        same_spacing = np.allclose(image.spacing, first.spacing, atol=1e-4)
+        if not (same_iop and same_spacing and image.size == first.size):
+            raise DataError(f"{image.file} has a different orientation, spacing or size than {first.file}")
+    iop = np.asarray(first.orientation, dtype=np.float64)
+    u, v = iop[:3], iop[3:]
+    normal = np.cross(u, v)
+    positions = np.asarray([image.position for image in images], dtype=np.float64)
+    order = np.argsort(positions @ normal, kind="stable")
+    positions = positions[order]
+    files = [images[i].file for i in order]
 
-    n = len(datasets)
+    n = len(files)
     if n > 1:
         gaps = np.diff(positions @ normal)
         if np.any(gaps < 1e-3):
@@ -140,13 +130,143 @@ def load_dicom_series(folder: str | os.PathLike[str]) -> tuple[np.ndarray, np.nd
             raise DataError(f"{folder}: slice gaps are not uniform ({gaps.min():.3g}-{gaps.max():.3g} mm)")
         step = (positions[-1] - positions[0]) / (n - 1)
     else:
-        step = normal * thickness
+        step = normal * first.thickness
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(f) for f in files])
+    reader.SetOutputPixelType(sitk.sitkFloat32)
+    try:
+        with _itk_warnings_off(sitk):  # ITK warns about sampling it does not use here
+            pixels = sitk.GetArrayFromImage(reader.Execute())  # [k, r, c]
+    except RuntimeError as exc:
+        raise DataError(_unreadable_file(sitk, files) or f"cannot read the DICOM series in {folder}: "
+                        f"{_itk_message(exc)}") from exc
+
     lps = np.eye(4)
-    lps[:3, 0] = u * spacing[1]
-    lps[:3, 1] = v * spacing[0]
+    lps[:3, 0] = u * first.spacing[1]
+    lps[:3, 1] = v * first.spacing[0]
     lps[:3, 2] = step
     lps[:3, 3] = positions[0]
     ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
-    volume = np.stack(pixels, axis=-1).transpose(1, 0, 2)  # [r, c, k] -> [c, r, k]
+    volume = pixels.transpose(2, 1, 0)  # [k, r, c] -> [c, r, k]
     img = nib.Nifti1Image(np.ascontiguousarray(volume), ras)
     return _canonical(img, folder)
+
+
+@dataclass(frozen=True)
+class _DicomImage:
+    """The geometry of one DICOM image file, as its header states it."""
+
+    file: Path
+    position: tuple[float, ...]  # ImagePositionPatient (LPS mm)
+    orientation: tuple[float, ...]  # ImageOrientationPatient: row cosine, column cosine
+    spacing: tuple[float, ...]  # PixelSpacing: (row spacing, column spacing) mm
+    size: tuple[int, int]  # (Columns, Rows)
+    thickness: float  # SliceThickness (1.0 when absent or 0)
+
+
+def _dicom_series(folder: Path) -> dict[str, list[_DicomImage]]:
+    """SeriesInstanceUID -> its image files under ``folder`` (recursively, sorted by path),
+    read by SimpleITK's GDCM scanner; series without an image with geometry are left out.
+
+    A file the scanner skips although it starts like a DICOM file (``DICM`` at byte 128, not a
+    ``DICOMDIR``) is corrupt: :class:`DataError` names it rather than a slice going missing.
+    """
+    import SimpleITK as sitk
+
+    if not folder.is_dir():
+        return {}
+    found: dict[str, list[Path]] = {}
+    every_file: list[Path] = []
+    with _itk_warnings_off(sitk):  # GDCM warns about every folder without a series
+        for directory, _, names in sorted(os.walk(folder)):
+            if not names:
+                continue
+            every_file += [Path(directory) / name for name in sorted(names)]
+            for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(directory):
+                files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(directory, uid)
+                found.setdefault(uid, []).extend(Path(f) for f in files)
+    in_series = {file for files in found.values() for file in files}
+    for file in every_file:
+        if file not in in_series and file.name.upper() != "DICOMDIR" and _has_dicom_magic(file):
+            _dicom_image(sitk, file)  # raises DataError naming the file when SimpleITK cannot read it
+    series = {}
+    for uid, files in found.items():
+        images = [image for file in sorted(files) if (image := _dicom_image(sitk, file)) is not None]
+        if images:
+            series[uid] = images
+    return series
+
+
+def _has_dicom_magic(file: Path) -> bool:
+    """Whether ``file`` has the DICOM Part 10 signature: ``DICM`` after the 128-byte preamble."""
+    try:
+        with open(file, "rb") as handle:
+            return handle.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def _dicom_image(sitk, file: Path) -> _DicomImage | None:
+    """The header geometry of ``file`` (None for a DICOM object without position or orientation)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(file))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        message = _itk_message(exc).replace(f' for "{file}"', "")
+        raise DataError(f"cannot read DICOM file {file} (corrupt or truncated?): {message}") from exc
+    keys = set(reader.GetMetaDataKeys())
+    if not {"0020|0032", "0020|0037"} <= keys:
+        return None
+
+    def numbers(key: str) -> tuple[float, ...]:
+        return tuple(float(v) for v in reader.GetMetaData(key).strip().split("\\"))
+
+    try:
+        position, orientation = numbers("0020|0032"), numbers("0020|0037")
+        spacing = numbers("0028|0030") if "0028|0030" in keys else (1.0, 1.0)
+        thickness = float(reader.GetMetaData("0018|0050").strip() or 0) if "0018|0050" in keys else 0.0
+    except ValueError as exc:
+        raise DataError(f"cannot read DICOM file {file}: {exc}") from exc
+    if len(position) != 3 or len(orientation) != 6 or len(spacing) != 2:
+        raise DataError(f"cannot read DICOM file {file}: malformed ImagePositionPatient, "
+                        "ImageOrientationPatient or PixelSpacing")
+    size = reader.GetSize()
+    if len(size) > 2 and size[2] > 1:
+        raise DataError(f"{file} is a multi-frame DICOM image ({size[2]} frames); export the series "
+                        "as one file per slice")
+    return _DicomImage(file, position, orientation, spacing, (int(size[0]), int(size[1])), thickness or 1.0)
+
+
+def _unreadable_file(sitk, files: list[Path]) -> str | None:
+    """``cannot read DICOM file <file>: ...`` for the first of ``files`` SimpleITK cannot read alone."""
+    for file in files:
+        try:
+            sitk.ReadImage(str(file))
+        except RuntimeError as exc:
+            message = _itk_message(exc).replace(f' for "{file}"', "")
+            return f"cannot read DICOM file {file} (corrupt or truncated?): {message}"
+    return None
+
+
+def _itk_message(exc: BaseException) -> str:
+    """The description of a SimpleITK / ITK exception, without its source file and line."""
+    text = str(exc).strip()
+    if "ERROR:" in text:  # "sitk::ERROR: <text>" or "ITK ERROR: Class(0x...): <text>"
+        text = text.rsplit("ERROR:", 1)[1].strip()
+        if "):" in text.split(" ", 1)[0]:
+            text = text.split("):", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " ".join(lines) if lines else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _itk_warnings_off(sitk) -> Iterator[None]:
+    """Silence ITK's warnings to stderr for the duration, then restore the global setting."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
