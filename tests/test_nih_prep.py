@@ -284,6 +284,22 @@ def _one_slice_series(folder: Path, seed: int = 0) -> list[Path]:
     return _write_slices(folder, stored, [1, 0, 0, 0, 1, 0], positions, (1.0, 1.0), [1] * 3, [0] * 3, seed)
 
 
+def _write_report_without_pixels(path: Path) -> None:
+    """A valid DICOM object without pixel data (a structured report) of its own series."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = generate_uid(), generate_uid(), "SR"
+    ds.save_as(path, enforce_file_format=True)
+
+
 def test_dicom_errors_name_the_folder_or_file(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no DICOM images .* under .*empty"):
@@ -299,6 +315,7 @@ def test_dicom_errors_name_the_folder_or_file(tmp_path: Path) -> None:
         load_dicom_series(tmp_path / "two")
 
     files = _one_slice_series(tmp_path / "corrupt" / "s")
+    _write_report_without_pixels(tmp_path / "corrupt" / "s" / "SR0001.dcm")  # ignored, as before
     assert load_dicom_series(tmp_path / "corrupt")[0].shape == (5, 4, 3)
     broken = sorted(files)[1]
     broken.write_bytes(broken.read_bytes()[:-10])  # pixel data cut short: no slice may go missing

@@ -75,9 +75,11 @@ def load_dicom_series(folder: str | os.PathLike[str]) -> tuple[np.ndarray, np.nd
 
     The series are found with SimpleITK's GDCM scanner in ``folder`` and every folder below
     it (``ImageSeriesReader.GetGDCMSeriesIDs`` / ``GetGDCMSeriesFileNames``); files that are
-    not DICOM, and DICOM objects without ImagePositionPatient and ImageOrientationPatient,
-    are ignored. The images must form one series and share ImageOrientationPatient,
-    PixelSpacing, Rows and Columns; their pixels are read by ``sitk.ImageSeriesReader``.
+    not DICOM, and DICOM objects without pixel data or without ImagePositionPatient and
+    ImageOrientationPatient, are ignored; a DICOM image SimpleITK cannot read is an error that
+    names it (see :func:`_dicom_series`). The images must form one series and share
+    ImageOrientationPatient, PixelSpacing, Rows and Columns; their pixels are read by
+    ``sitk.ImageSeriesReader``.
 
     Geometry (DICOM patient coordinates are LPS+ millimetres): with row cosine ``u`` and
     column cosine ``v`` (ImageOrientationPatient), the slice normal is ``n = u x v`` and
@@ -169,8 +171,10 @@ def _dicom_series(folder: Path) -> dict[str, list[_DicomImage]]:
     """SeriesInstanceUID -> its image files under ``folder`` (recursively, sorted by path),
     read by SimpleITK's GDCM scanner; series without an image with geometry are left out.
 
-    A file the scanner skips although it starts like a DICOM file (``DICM`` at byte 128, not a
-    ``DICOMDIR``) is corrupt: :class:`DataError` names it rather than a slice going missing.
+    A file the scanner skips although it is a DICOM file with pixel data (``DICM`` at byte 128
+    and the PixelData tag (7FE0,0010) in its bytes) is a corrupt image, e.g. a download cut
+    short: :class:`DataError` names it rather than a slice going missing. DICOM objects without
+    pixel data (reports, presentation states, ``DICOMDIR``) are ignored.
     """
     import SimpleITK as sitk
 
@@ -188,7 +192,7 @@ def _dicom_series(folder: Path) -> dict[str, list[_DicomImage]]:
                 found.setdefault(uid, []).extend(Path(f) for f in files)
     in_series = {file for files in found.values() for file in files}
     for file in every_file:
-        if file not in in_series and file.name.upper() != "DICOMDIR" and _has_dicom_magic(file):
+        if file not in in_series and _is_dicom_with_pixels(file):
             _dicom_image(sitk, file)  # raises DataError naming the file when SimpleITK cannot read it
     series = {}
     for uid, files in found.items():
@@ -198,13 +202,17 @@ def _dicom_series(folder: Path) -> dict[str, list[_DicomImage]]:
     return series
 
 
-def _has_dicom_magic(file: Path) -> bool:
-    """Whether ``file`` has the DICOM Part 10 signature: ``DICM`` after the 128-byte preamble."""
+def _is_dicom_with_pixels(file: Path) -> bool:
+    """Whether ``file`` has the DICOM Part 10 signature (``DICM`` after the 128-byte preamble)
+    and holds the PixelData tag (7FE0,0010), little or big endian."""
     try:
         with open(file, "rb") as handle:
-            return handle.read(132)[128:] == b"DICM"
+            if handle.read(132)[128:] != b"DICM":
+                return False
+            data = handle.read()
     except OSError:
         return False
+    return b"\xe0\x7f\x10\x00" in data or b"\x7f\xe0\x00\x10" in data
 
 
 def _dicom_image(sitk, file: Path) -> _DicomImage | None:
