@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from unet.config import COMMON_KEYS, load_config, parse_override
+from unet.config import COMMON_KEYS, GM_KEYS, load_config, parse_override
 from unet.errors import ConfigError
-from unet.recipes import GM_KEYS
 
 from .conftest import REPO
 
@@ -117,7 +116,7 @@ def test_every_base_config_sets_every_common_key(base: Path, tmp_path: Path) -> 
 
 def test_every_experiment_config_is_valid() -> None:
     """Each experiment folder's config loads over its base (a typo there would fail here)."""
-    from unet.sweep import load_recipe
+    from unet.experiments import load_recipe
 
     folders = [p.parent for p in REPO.glob("*/*/config.yaml") if not p.parent.parent.name.endswith("_BASE")]
     assert folders, "no experiment folders found"

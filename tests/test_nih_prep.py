@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -163,18 +165,26 @@ def test_flipped_permuted_affine_keeps_label_on_structure(tmp_path: Path) -> Non
 # ------------------------------------------------------------------ DICOM
 
 
-def _write_dicom_series(
-    folder: Path, volume_lps: np.ndarray, spacing_rc: tuple[float, float], origin: np.ndarray, dz: float, seed: int = 0
-) -> None:
-    """Write volume_lps[c, r, k] (HU, even integers) as CT slices, in a shuffled file order."""
+def _write_slices(
+    folder: Path,
+    stored: np.ndarray,
+    iop: Sequence[float],
+    positions: Sequence[Sequence[float]],
+    spacing_rc: tuple[float, float],
+    slopes: Sequence[float],
+    intercepts: Sequence[float],
+    seed: int = 0,
+) -> list[Path]:
+    """Write stored[k, r, c] (uint16) as one CT series, slice k at positions[k], with its own
+    RescaleSlope/Intercept, in a shuffled file order beside a non-DICOM file; return the files."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
     folder.mkdir(parents=True)
     series, study = generate_uid(), generate_uid()
-    n_cols, n_rows, n_slices = volume_lps.shape
-    order = np.random.default_rng(seed).permutation(n_slices)
-    for k in range(n_slices):
+    order = np.random.default_rng(seed).permutation(len(stored))
+    files = []
+    for k in range(len(stored)):
         uid = generate_uid()
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CTImageStorage
@@ -185,18 +195,29 @@ def _write_dicom_series(
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, uid
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
         ds.Modality, ds.PatientID = "CT", "PANCREAS_0001"
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [float(v) for v in origin + np.array([0.0, 0.0, k * dz])]
+        ds.ImageOrientationPatient = [f"{v:.10g}" for v in iop]
+        ds.ImagePositionPatient = [f"{v:.10g}" for v in positions[k]]
         ds.PixelSpacing = list(spacing_rc)
-        ds.SliceThickness = dz
-        ds.Rows, ds.Columns = n_rows, n_cols
+        ds.SliceThickness = 2.5
+        ds.Rows, ds.Columns = stored.shape[1:]
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.RescaleSlope, ds.RescaleIntercept = 2, -1000
-        stored = ((volume_lps[:, :, k].T + 1000) / 2).astype("<u2")  # [r, c]
-        ds.PixelData = stored.tobytes()
-        ds.save_as(folder / f"IM{order[k]:04d}.dcm", enforce_file_format=True)
+        ds.RescaleSlope, ds.RescaleIntercept = f"{slopes[k]:.10g}", f"{intercepts[k]:.10g}"
+        ds.PixelData = stored[k].astype("<u2").tobytes()
+        files.append(folder / f"IM{order[k]:04d}.dcm")
+        ds.save_as(files[-1], enforce_file_format=True)
     (folder / "README.txt").write_text("not a DICOM file\n")
+    return files
+
+
+def _write_dicom_series(
+    folder: Path, volume_lps: np.ndarray, spacing_rc: tuple[float, float], origin: np.ndarray, dz: float, seed: int = 0
+) -> None:
+    """Write volume_lps[c, r, k] (HU, even integers) as axial CT slices, in a shuffled file order."""
+    n = volume_lps.shape[2]
+    stored = ((volume_lps.transpose(2, 1, 0) + 1000) / 2).astype(np.uint16)  # [k, r, c]
+    positions = [origin + np.array([0.0, 0.0, k * dz]) for k in range(n)]
+    _write_slices(folder, stored, [1, 0, 0, 0, 1, 0], positions, spacing_rc, [2] * n, [-1000] * n, seed)
 
 
 def _lps_volume(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
@@ -225,6 +246,81 @@ def test_dicom_series_matches_nifti_of_same_volume(tmp_path: Path) -> None:
     np.testing.assert_array_equal(axial_slice(from_dicom, 0), volume[:, :, 0].T)
     with pytest.raises(DataError):
         load_dicom_series(tmp_path / "PANCREAS_0001" / "study" / "missing")
+
+
+def test_oblique_reversed_tilted_series_geometry_and_rescale(tmp_path: Path) -> None:
+    """Slices written superior-first in shuffled files, rotated, with a gantry-tilt shear and a
+    RescaleSlope/Intercept per slice: read in order, HU = stored * slope + intercept, and the
+    affine P_0 + c dc u + r dr v + k s (s = (P_last - P_0) / (N - 1)) in RAS."""
+    rng = np.random.default_rng(3)
+    a, b = 0.5, 0.3
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    u, v = (rz @ rx)[:, 0], (rz @ rx)[:, 1]
+    n, spacing_rc, origin = 5, (0.9, 0.7), np.array([-120.0, 40.0, 310.0])
+    step = 2.0 * np.cross(u, v) + 0.25 * v  # tilted gantry: slices shift along the columns
+    positions = [origin + k * step for k in range(n)]
+    stored = rng.integers(0, 4000, size=(n, 9, 11))
+    slopes, intercepts = [1.0, 0.5, 2.0, 1.0, 0.5], [-1024.0, -1000.0, -1024.0, 0.0, -512.0]
+    # files in reverse anatomical order (last slice first in position order), names shuffled
+    _write_slices(tmp_path / "case" / "s", stored[::-1], np.r_[u, v], positions[::-1], spacing_rc, slopes[::-1],
+                  intercepts[::-1], seed=1)
+    hu = (stored * np.array(slopes)[:, None, None] + np.array(intercepts)[:, None, None]).astype(np.float32)
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = u * spacing_rc[1], v * spacing_rc[0], step, origin
+    ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    nib.save(nib.Nifti1Image(hu.transpose(2, 1, 0), ras), tmp_path / "same.nii.gz")  # [c, r, k]
+
+    from_dicom, dicom_affine = load_dicom_series(tmp_path / "case")
+    from_nifti, nifti_affine = load_ct(tmp_path / "same.nii.gz")
+    assert from_dicom.dtype == np.float32
+    np.testing.assert_array_equal(from_dicom, from_nifti)
+    np.testing.assert_allclose(dicom_affine, nifti_affine, atol=1e-6)
+
+
+def _one_slice_series(folder: Path, seed: int = 0) -> list[Path]:
+    stored = np.random.default_rng(seed).integers(0, 100, size=(3, 4, 5))
+    positions = [[0.0, 0.0, 2.0 * k] for k in range(3)]
+    return _write_slices(folder, stored, [1, 0, 0, 0, 1, 0], positions, (1.0, 1.0), [1] * 3, [0] * 3, seed)
+
+
+def _write_report_without_pixels(path: Path) -> None:
+    """A valid DICOM object without pixel data (a structured report) of its own series."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = generate_uid(), generate_uid(), "SR"
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_dicom_errors_name_the_folder_or_file(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no DICOM images .* under .*empty"):
+        load_dicom_series(tmp_path / "empty")
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "IM0001.dcm").write_text("not DICOM")
+    with pytest.raises(DataError, match="no DICOM images .* under .*text"):
+        load_dicom_series(tmp_path / "text")
+
+    _one_slice_series(tmp_path / "two" / "ct")
+    _one_slice_series(tmp_path / "two" / "other", seed=1)
+    with pytest.raises(DataError, match=r"two holds 2 DICOM series \(.*3 images in ct\); .*3 images in other\)\)"):
+        load_dicom_series(tmp_path / "two")
+
+    files = _one_slice_series(tmp_path / "corrupt" / "s")
+    _write_report_without_pixels(tmp_path / "corrupt" / "s" / "SR0001.dcm")  # ignored, as before
+    assert load_dicom_series(tmp_path / "corrupt")[0].shape == (5, 4, 3)
+    broken = sorted(files)[1]
+    broken.write_bytes(broken.read_bytes()[:-10])  # pixel data cut short: no slice may go missing
+    with pytest.raises(DataError, match=f"cannot read DICOM file {re.escape(str(broken))}"):
+        load_dicom_series(tmp_path / "corrupt")
 
 
 def test_prepare_mixes_dicom_and_nifti_cases(tmp_path: Path) -> None:

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from unet.config import load_config
+from unet.experiments import collect, paper_order_key
 from unet.results import model_memory, write_results
-from unet.sweep import collect, last_error_line, paper_order_key
+from unet.sweep import last_error_line
 
 from .conftest import REPO, run_command
 

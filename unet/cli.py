@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 from .config import load_config
-from .engine import Recipe, run
+from .engine import run
 from .errors import MissingDataError, UserError
+from .recipe import Recipe
 
 
 def build_parser(recipe: Recipe, prog: str) -> argparse.ArgumentParser:

@@ -99,6 +99,15 @@ COMMON_KEYS: tuple[Key, ...] = (
         check=_at_least(1)),
 )
 
+#: Keys only the GM trainer has (SCGM subjects, sites and the in-plane resolution).
+GM_KEYS: tuple[Key, ...] = (
+    Key("train_subjects", "int_list", "GM: subject numbers (sc01 = 1) used for training, all sites"),
+    Key("val_subjects", "int_list", "GM: subject numbers used for validation"),
+    Key("sites", "int_list", "GM: sites to use (unset: all)", nullable=True),
+    Key("resolution_mm", "float", "GM: in-plane resampling resolution in mm",
+        check=lambda v: None if v > 0 else "must be > 0"),
+)
+
 
 class Config(dict):
     """The merged config: a dict with attribute access (``cfg.lr``) and the file of each key."""
@@ -316,7 +325,6 @@ def _main() -> None:
     """``python -m unet.config --readme-table`` prints the README's config table."""
     import argparse
 
-    from .recipes import GM_KEYS
 
     parser = argparse.ArgumentParser(description=_main.__doc__)
     parser.add_argument("--readme-table", action="store_true", required=True)

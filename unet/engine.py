@@ -16,8 +16,6 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, load_model_state, save_checkpoint
-from .config import Config, Key
+from .config import Config
 from .errors import DataError, UserError
 from .fileio import atomic_path, atomic_write_text
 from .losses import get_loss
@@ -35,6 +33,7 @@ from .memory import BITS_PER_MIB, weight_memory_bits
 from .metrics import BASE_METRICS, ISBI_METRICS, slice_metrics, summarize
 from .model import UNet, quant_specs
 from .plots import save_overlay_figure, save_weight_histograms
+from .recipe import Recipe
 from .schedules import make_lr_scheduler, ternary_beta
 
 #: Exit status of a run stopped by Ctrl-C or SIGTERM (128 + SIGINT, the shell convention).
@@ -44,24 +43,6 @@ EXIT_DIVERGED = 3
 N_OVERLAY_SAMPLES = 4
 #: Keys that may differ between an interrupted run and the command that resumes it.
 RESUME_FREE_KEYS = ("operation_mode", "gpu_core_num", "num_workers", "trained_model")
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """What makes a trainer dataset-specific.
-
-    ``build_train``/``build_val`` turn the config into datasets whose items are
-    ``(image, mask)`` float tensors of shape (1, H, W) (optionally with a
-    ``sample_name(i)`` method); ``prepare_command`` is shown when the data is missing.
-    """
-
-    name: str
-    base_config: Path
-    build_train: Callable[[Config], Dataset]
-    build_val: Callable[[Config], Dataset]
-    prepare_command: str
-    extra_keys: tuple[Key, ...] = ()
-    isbi_metrics: bool = False
 
 
 class TrainingDiverged(Exception):
@@ -488,4 +469,4 @@ def threading_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-__all__ = ["EXIT_DIVERGED", "EXIT_INTERRUPTED", "Recipe", "Run", "build_model", "evaluate", "run"]
+__all__ = ["EXIT_DIVERGED", "EXIT_INTERRUPTED", "Run", "build_model", "evaluate", "run"]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import Config, Key
+from .config import GM_KEYS, Config
 from .data.gm import GMDataset
 from .data.pairs import PngPairDataset
-from .engine import Recipe
 from .errors import ConfigError
+from .recipe import Recipe
 
 
 def png_pair_recipe(name: str, base_config: Path, prepare_command: str, isbi_metrics: bool = False) -> Recipe:
@@ -28,19 +28,6 @@ def png_pair_recipe(name: str, base_config: Path, prepare_command: str, isbi_met
         prepare_command=prepare_command,
         isbi_metrics=isbi_metrics,
     )
-
-
-def _positive(value: float) -> str | None:
-    return None if value > 0 else "must be > 0"
-
-
-#: Keys only the GM trainer has (SCGM subjects, sites and the in-plane resolution).
-GM_KEYS: tuple[Key, ...] = (
-    Key("train_subjects", "int_list", "GM: subject numbers (sc01 = 1) used for training, all sites"),
-    Key("val_subjects", "int_list", "GM: subject numbers used for validation"),
-    Key("sites", "int_list", "GM: sites to use (unset: all)", nullable=True),
-    Key("resolution_mm", "float", "GM: in-plane resampling resolution in mm", check=_positive),
-)
 
 
 def gm_recipe(base_config: Path, prepare_command: str) -> Recipe:
