@@ -372,6 +372,19 @@ def export_onnx(model: UNet, path: Path, input_hw: tuple[int, int], metadata: di
     save_model(onnx_model(model, input_hw, metadata), Path(path))
 
 
+def cpu_session(proto: onnx.ModelProto, threads: int | None = None):
+    """An onnxruntime CPU session of ``proto`` with ``threads`` intra-op threads (default
+    ``torch.get_num_threads()``) that sleep instead of spinning between operators (spinning
+    threads steal the cores of a shared machine)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
 class OnnxForward:
     """The model exported to an in-memory ONNX graph and run with onnxruntime on the CPU.
 
@@ -381,15 +394,8 @@ class OnnxForward:
     """
 
     def __init__(self, model: UNet, input_hw: tuple[int, int], threads: int | None = None) -> None:
-        import onnxruntime as ort
-
         self.proto = onnx_model(model, input_hw)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(
-            self.proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
+        self.session = cpu_session(self.proto, threads)
 
     def __call__(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != 1:
@@ -428,8 +434,6 @@ def compare_forward(model: UNet, x: Tensor) -> tuple[Tensor, Tensor, list[LayerC
     activation quantizer in forward order. A flip whose inputs differ by float rounding only
     (``render_errors == 0``) comes from the two libraries' different summation orders.
     """
-    import onnxruntime as ort
-
     modules = [(name, m) for name, m in model.named_modules() if isinstance(m, ActivationQuantizer)]
     ins: list[np.ndarray] = []
     outs: list[np.ndarray] = []
@@ -447,7 +451,7 @@ def compare_forward(model: UNet, x: Tensor) -> tuple[Tensor, Tensor, list[LayerC
         for h in hooks:
             h.remove()
     proto = onnx_model(model, tuple(x.shape[-2:]), taps=True)
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = cpu_session(proto)
     names = [o.name for o in proto.graph.output]
     results = session.run(names, {INPUT: x.detach().float().cpu().contiguous().numpy()})
     layers = []

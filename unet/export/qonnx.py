@@ -174,8 +174,13 @@ def qonnx_model(model: UNet, input_hw: tuple[int, int], metadata: dict | None = 
         props["note"] = "BipolarQuant maps an activation of exactly 0.0 to +1; the PyTorch rule maps it to 0"
     opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, 1)]
     proto = make_model(g, OUTPUT, [1, 1, h, w], props, opsets)
-    wrapped = ModelWrapper(proto).transform(InferShapes()).transform(InferDataTypes())
-    return wrapped.model
+    proto = ModelWrapper(proto).transform(InferShapes()).transform(InferDataTypes()).model
+    helper.set_model_props(proto, props)  # the transformations rebuild the model without them
+    # qonnx's ModelWrapper.get_metadata_prop reads the graph's metadata_props (IR version 10)
+    proto.ir_version = max(proto.ir_version, 10)
+    proto.graph.metadata_props.extend(onnx.StringStringEntryProto(key=k, value=v) for k, v in props.items())
+    onnx.checker.check_model(proto)
+    return proto
 
 
 def export_qonnx(model: UNet, path: Path, input_hw: tuple[int, int], metadata: dict) -> None:
