@@ -46,8 +46,10 @@ class _IntMinMaxSTE(torch.autograd.Function):
 class _BinarySTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, inplace: bool):
-        # [|x| <= 1] as a bool mask (1 byte per element, no float temporary; NaN -> False)
-        ctx.save_for_backward(torch.ge(x, -1.0).logical_and_(torch.le(x, 1.0)))
+        # [|x| <= 1] as a bool mask (1 byte per element, no float temporary; NaN -> False),
+        # only when a gradient will be asked for (not in evaluation under no_grad)
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(torch.ge(x, -1.0).logical_and_(torch.le(x, 1.0)))
         if inplace:
             ctx.mark_dirty(x)
         return F.binary_forward(x, inplace)
