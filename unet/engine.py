@@ -43,7 +43,7 @@ EXIT_INTERRUPTED = 130
 EXIT_DIVERGED = 3
 N_OVERLAY_SAMPLES = 4
 #: Keys that may differ between an interrupted run and the command that resumes it.
-RESUME_FREE_KEYS = ("operation_mode", "gpu_core_num", "num_workers", "trained_model")
+RESUME_FREE_KEYS = ("operation_mode", "gpu_core_num", "num_workers", "trained_model", "allow_unsafe_checkpoint")
 
 
 @dataclass(frozen=True)
@@ -106,8 +106,19 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    """The global RNG states, for exact resumption."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), # noqa: NPY002
+    """The global RNG states, for exact resumption, as lists, numbers and tensors only (what
+    ``weights_only`` checkpoint loading accepts).
+
+    ``python``: ``[version, [625 ints], gauss_next]`` of :func:`random.getstate`; ``numpy``:
+    ``{"keys": [624 uint32 as ints], "pos", "has_gauss", "cached_gaussian"}`` of the legacy
+    MT19937 state; ``torch`` (and ``cuda``): byte tensors.
+    """
+    version, internal, gauss_next = random.getstate()
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)  # noqa: NPY002
+    assert kind == "MT19937"
+    state = {"python": [version, list(internal), gauss_next],
+             "numpy": {"keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
+                       "cached_gaussian": float(cached_gaussian)},
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -115,9 +126,15 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore states saved by :func:`rng_state`."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])  # noqa: NPY002
+    """Restore states saved by :func:`rng_state` exactly (also the tuples that checkpoints
+    written before weights-only loading stored)."""
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    numpy = state["numpy"]
+    if isinstance(numpy, dict):
+        numpy = ("MT19937", np.array(numpy["keys"], dtype=np.uint32), numpy["pos"], numpy["has_gauss"],
+                 numpy["cached_gaussian"])
+    np.random.set_state(numpy)  # noqa: NPY002
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -245,7 +262,7 @@ class Run:
     def inference(self, checkpoint: Path) -> int:
         """Evaluate the validation set once with ``checkpoint``; print and save the metrics."""
         val_set = self.recipe.build_val(self.cfg)
-        state = load_checkpoint(checkpoint)
+        state = load_checkpoint(checkpoint, self.cfg.allow_unsafe_checkpoint)
         load_model_state(self.model, state["model"], checkpoint)
         self.log(f"loaded {checkpoint} (epoch {state.get('epoch', '?')}); evaluating {len(val_set)} slices")
         summary, rows, samples = evaluate(self.model, val_set, self.cfg, self.device, self.recipe.isbi_metrics)
@@ -262,7 +279,7 @@ class Run:
 
     def visualize(self, checkpoint: Path) -> int:
         """Plot every convolution's float and quantized weight distribution."""
-        state = load_checkpoint(checkpoint)
+        state = load_checkpoint(checkpoint, self.cfg.allow_unsafe_checkpoint)
         load_model_state(self.model, state["model"], checkpoint)
         path = self.run_dir / "weights.png"
         save_weight_histograms(path, self.model, f"{self.cfg.experiment_name} ({checkpoint.name}, "
@@ -297,7 +314,7 @@ class Run:
             start_epoch = state["epoch"]
             self.log(f"resuming after epoch {start_epoch} of {cfg.num_epochs}")
         elif init_checkpoint is not None:
-            state = load_checkpoint(init_checkpoint)
+            state = load_checkpoint(init_checkpoint, self.cfg.allow_unsafe_checkpoint)
             load_model_state(self.model, state["model"], init_checkpoint)
             self.log(f"retrain: weights from {init_checkpoint} (epoch {state.get('epoch', '?')}), fresh optimizer")
         if not resume:
@@ -436,7 +453,7 @@ def run(cfg: Config, recipe: Recipe, script: str, new_run: bool = False) -> int:
     if mode == "resume":
         if not (run_dir / "last.pt").is_file():
             raise UserError(f"nothing to resume: {run_dir / 'last.pt'} does not exist")
-        resume_state = load_checkpoint(run_dir / "last.pt")
+        resume_state = load_checkpoint(run_dir / "last.pt", cfg.allow_unsafe_checkpoint)
         saved = resume_state.get("config", {})
         changed = [k for k, v in cfg.to_plain().items() if k not in RESUME_FREE_KEYS and saved.get(k, v) != v]
         if changed:
