@@ -105,3 +105,51 @@ def test_checkpoints_we_write_load_safely_and_old_ones_load_with_the_opt_in(tmp_
     result = train(folder, *args, "-o", "allow_unsafe_checkpoint=true")
     assert result.returncode == 0, result.stderr
     assert f"warning: loading {old}" in result.stderr and "inference: dice" in result.stdout
+
+
+# --- normal mode never replaces a trained_model file that another run wrote (issue 12, item 2) -------------
+
+
+@pytest.mark.slow
+def test_trained_model_of_someone_else_is_refused_unless_overwrite_is_asked(tmp_path: Path) -> None:
+    data = pair_folder(tmp_path / "data", n_train=2, n_val=1)
+    folder = make_experiment(tmp_path, "em", "a6.0_w0.4")
+    target = tmp_path / "models" / "mine.pt"
+    target.parent.mkdir()
+    target.write_bytes(b"a colleague's model")
+    args = tiny(data, "-o", f"trained_model={target}")
+    result = train(folder, *args)
+    assert_one_line_error(result, str(target), "not written by this run", "--overwrite-trained-model")
+    assert target.read_bytes() == b"a colleague's model"
+    assert not (folder / "runs").exists()  # refused before training started
+    result = train(folder, *args, "--overwrite-trained-model")
+    assert result.returncode == 0, result.stderr
+    assert target.read_bytes() == (folder / "runs" / "exp" / "best.pt").read_bytes()
+    # the next normal run (another folder, another run id) must not replace the first run's model
+    result = train(folder, *args, "--new-run")
+    assert_one_line_error(result, str(target), "--overwrite-trained-model")
+    assert target.read_bytes() == (folder / "runs" / "exp" / "best.pt").read_bytes()
+
+
+@pytest.mark.slow
+def test_resumed_run_keeps_copying_its_best_model(tmp_path: Path) -> None:
+    data = pair_folder(tmp_path / "data", n_train=2, n_val=1)
+    folder = make_experiment(tmp_path, "em", "a6.0_w0.4")
+    target = tmp_path / "model.pt"
+    args = tiny(data, "-o", f"trained_model={target}", "-o", "num_epochs=2")
+    assert train(folder, *args).returncode == 0
+    run = folder / "runs" / "exp"
+    run_id = torch.load(run / "last.pt", weights_only=True)["run_id"]
+    assert len(run_id) == 32 and torch.load(target, weights_only=True)["run_id"] == run_id
+    # make the run look interrupted after epoch 1, with epoch 2 sure to be a new best
+    last = torch.load(run / "last.pt", weights_only=True)
+    torch.save({**last, "epoch": 1, "history": last["history"][:1], "best": {"dice": -1.0, "epoch": 0}},
+               run / "last.pt")
+    (run / "summary.json").unlink()
+    copy = torch.load(target, weights_only=True)
+    torch.save({**copy, "epoch": -1}, target)  # this run's file, marked to see it replaced
+    result = train(folder, *args, "-o", "operation_mode=resume")
+    assert result.returncode == 0, result.stderr
+    resumed = torch.load(target, weights_only=True)
+    assert resumed["epoch"] == 2 and resumed["run_id"] == run_id
+    assert target.read_bytes() == (run / "best.pt").read_bytes()

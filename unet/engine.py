@@ -140,6 +140,23 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def new_run_id() -> str:
+    """A fresh run id (uuid4 hex) that every checkpoint of the run carries as ``run_id``."""
+    import uuid
+
+    return uuid.uuid4().hex
+
+
+def checkpoint_run_id(path: Path) -> str | None:
+    """The ``run_id`` of the checkpoint at ``path`` (read safely); None when the file has none or
+    is not a readable checkpoint."""
+    try:
+        run_id = load_checkpoint(path).get("run_id")
+    except DataError:
+        return None
+    return run_id if isinstance(run_id, str) else None
+
+
 def holds_run(run_dir: Path) -> bool:
     """Whether ``run_dir`` already holds (part of) a training run."""
     return any((run_dir / name).exists() for name in ("metrics.csv", "last.pt", "best.pt"))
@@ -243,14 +260,20 @@ def evaluate(
 class Run:
     """State of one invocation of a trainer."""
 
-    def __init__(self, cfg: Config, recipe: Recipe, run_dir: Path, script: str) -> None:
+    def __init__(self, cfg: Config, recipe: Recipe, run_dir: Path, script: str, run_id: str | None = None,
+                 best_copy: Path | None = None) -> None:
+        """``run_id`` identifies the run in its checkpoints (a new one when None); ``best_copy`` is
+        where each new best model is also copied (normal mode's ``trained_model``)."""
         self.cfg = cfg
         self.recipe = recipe
         self.run_dir = run_dir
         self.script = script
+        self.run_id = run_id or new_run_id()
+        self.best_copy = best_copy
         self.log = RunLog(run_dir / "train.log")
         self.device, device_note = select_device(cfg.gpu_core_num)
-        self.log(f"{recipe.name} trainer, operation_mode {cfg.operation_mode}, run folder {run_dir}")
+        self.log(f"{recipe.name} trainer, operation_mode {cfg.operation_mode}, run folder {run_dir}, "
+                 f"run id {self.run_id}")
         self.log(device_note)
         seed_everything(cfg.seed)
         self.model = build_model(cfg).to(self.device)
@@ -396,14 +419,13 @@ class Run:
 
     def _model_state(self, epoch: int) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "epoch": epoch, "beta": self.model.beta(),
-                "config": self.cfg.to_plain(), "dataset": self.recipe.name}
+                "config": self.cfg.to_plain(), "dataset": self.recipe.name, "run_id": self.run_id}
 
     def _save_best(self, epoch: int, summary: dict[str, float]) -> None:
         state = {**self._model_state(epoch), "metrics": summary}
         save_checkpoint(self.run_dir / "best.pt", state)
-        target = self.cfg.trained_model
-        if self.cfg.operation_mode == "normal" and target is not None:
-            with atomic_path(target) as tmp:
+        if self.best_copy is not None:
+            with atomic_path(self.best_copy) as tmp:
                 shutil.copyfile(self.run_dir / "best.pt", tmp)
 
     def _save_last(self, epoch, optimizer, scheduler, generator, history, best) -> None:
@@ -433,11 +455,13 @@ def _raise_on_sigterm(signum, frame) -> None:  # noqa: ARG001
     raise KeyboardInterrupt
 
 
-def run(cfg: Config, recipe: Recipe, script: str, new_run: bool = False) -> int:
+def run(cfg: Config, recipe: Recipe, script: str, new_run: bool = False, overwrite_trained_model: bool = False) -> int:
     """Carry out ``cfg.operation_mode``; return the process exit status.
 
     normal / retrain refuse a run folder that already holds a run unless ``new_run``
     (then the next free ``<name>-N`` folder is used); resume needs the folder's last.pt.
+    A run started in normal mode copies its best model to ``trained_model``: an existing file
+    there that this run did not write is refused unless ``overwrite_trained_model``.
     """
     mode = cfg.operation_mode
     run_dir = Path(cfg.log_output_dir) / cfg.experiment_name
@@ -461,6 +485,8 @@ def run(cfg: Config, recipe: Recipe, script: str, new_run: bool = False) -> int:
                             f"{', '.join(changed)}; restore those keys (the run's config.yaml has them)")
         if (run_dir / "summary.json").is_file():
             raise UserError(f"run {run_dir} already finished; nothing to resume")
+    run_id = (resume_state or {}).get("run_id") or new_run_id()
+    best_copy = _best_model_copy(cfg, resume_state, run_id, overwrite_trained_model)
     if mode in ("retrain", "inference", "visualize") and not checkpoint.is_file():
         raise DataError(f"checkpoint {checkpoint} does not exist; set trained_model to a best.pt "
                         "of an earlier run (or run operation_mode: normal first)")
@@ -473,7 +499,7 @@ def run(cfg: Config, recipe: Recipe, script: str, new_run: bool = False) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
-        session = Run(cfg, recipe, run_dir, script)
+        session = Run(cfg, recipe, run_dir, script, run_id, best_copy)
         if mode == "inference":
             return session.inference(checkpoint)
         if mode == "visualize":
@@ -489,6 +515,23 @@ def run(cfg: Config, recipe: Recipe, script: str, new_run: bool = False) -> int:
         if threading_main():
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+
+def _best_model_copy(cfg: Config, resume_state: dict[str, Any] | None, run_id: str, overwrite: bool) -> Path | None:
+    """Where the run copies its best model: ``trained_model`` when the run started in normal mode
+    (a resumed run keeps its original mode), else None. UserError when a file there was not
+    written by this run (``run_id``) and ``overwrite`` is not set."""
+    started_as = resume_state.get("config", {}).get("operation_mode") if resume_state else cfg.operation_mode
+    if started_as != "normal" or cfg.trained_model is None:
+        return None
+    target = Path(cfg.trained_model)
+    if target.is_dir():
+        raise UserError(f"trained_model {target} is a folder; set it to a file path such as {target / 'best.pt'}")
+    if target.exists() and not overwrite and checkpoint_run_id(target) != run_id:
+        raise UserError(f"trained_model {target} already exists and was not written by this run; normal mode "
+                        "would replace it with this run's best model: pass --overwrite-trained-model to replace "
+                        "it, or set trained_model to a new path (or null)")
+    return target
 
 
 def _topmost_missing(path: Path) -> Path:
