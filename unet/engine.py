@@ -217,6 +217,16 @@ def _sample_name(dataset: Dataset, index: int) -> str:
 # --- evaluation ---------------------------------------------------------------------------
 
 
+def set_validation_mode(model: torch.nn.Module, batchnorm_train: bool) -> None:
+    """Put ``model`` in eval mode (Dropout off), then its BatchNorm layers in train mode (batch
+    statistics, running statistics updated) when ``batchnorm_train``."""
+    model.eval()
+    if batchnorm_train:
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.train()
+
+
 @torch.no_grad()
 def evaluate(
     model: UNet,
@@ -228,9 +238,9 @@ def evaluate(
 ) -> tuple[dict[str, float], list[dict[str, Any]], list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]]:
     """One pass over ``dataset``: summary metrics (with ``val_loss``), per-slice rows and the
     overlay samples. BatchNorm runs in ``cfg.val_bn_mode`` (train mode also updates its
-    running statistics, as the original EM code did)."""
+    running statistics, as the original EM code did); Dropout is always off."""
     loss_fn = get_loss(cfg.loss)
-    model.train(cfg.val_bn_mode == "train")
+    set_validation_mode(model, batchnorm_train=cfg.val_bn_mode == "train")
     loader = make_loader(dataset, cfg.val_batch_size, False, cfg, None)
     n = len(dataset)
     wanted = set(np.unique(np.linspace(0, n - 1, min(N_OVERLAY_SAMPLES, n)).round().astype(int)).tolist())
