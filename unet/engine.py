@@ -292,11 +292,38 @@ class Run:
 
     # -- modes --
 
+    def normal(self) -> int:
+        """Train from scratch to ``num_epochs``, checkpointing every epoch."""
+        self._prepare_training()
+        self._start_fresh()
+        return self._epoch_loop()
+
+    def retrain(self, checkpoint: Path) -> int:
+        """Train from ``checkpoint``'s weights with a fresh optimizer and schedules."""
+        self._prepare_training()
+        state = self._load_weights(checkpoint)
+        self.log(f"retrain: weights from {checkpoint} (epoch {state.get('epoch', '?')}), fresh optimizer")
+        self._start_fresh()
+        return self._epoch_loop()
+
+    def resume(self, state: dict[str, Any]) -> int:
+        """Continue the run folder's interrupted run from its last.pt (``state``, already read)."""
+        self._prepare_training()
+        load_model_state(self.model, state["model"], self.run_dir / "last.pt")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["loader_rng"])
+        set_rng_state(state["rng"])
+        self.history = state["history"]
+        self.best = state["best"]
+        self.start_epoch = state["epoch"]
+        self.log(f"resuming after epoch {self.start_epoch} of {self.cfg.num_epochs}")
+        return self._epoch_loop()
+
     def inference(self, checkpoint: Path) -> int:
         """Evaluate the validation set once with ``checkpoint``; print and save the metrics."""
         val_set = self.recipe.build_val(self.cfg)
-        state = load_checkpoint(checkpoint, self.cfg.allow_unsafe_checkpoint)
-        load_model_state(self.model, state["model"], checkpoint)
+        state = self._load_weights(checkpoint)
         self.log(f"loaded {checkpoint} (epoch {state.get('epoch', '?')}); evaluating {len(val_set)} slices")
         summary, rows, samples = evaluate(self.model, val_set, self.cfg, self.device, self.recipe.isbi_metrics)
         _write_csv(self.run_dir / "inference_slices.csv", rows)
@@ -312,79 +339,52 @@ class Run:
 
     def visualize(self, checkpoint: Path) -> int:
         """Plot every convolution's float and quantized weight distribution."""
-        state = load_checkpoint(checkpoint, self.cfg.allow_unsafe_checkpoint)
-        load_model_state(self.model, state["model"], checkpoint)
+        state = self._load_weights(checkpoint)
         path = self.run_dir / "weights.png"
         save_weight_histograms(path, self.model, f"{self.cfg.experiment_name} ({checkpoint.name}, "
                                                  f"epoch {state.get('epoch', '?')})")
         self.log(f"visualize: wrote {path}")
         return 0
 
-    def train(self, init_checkpoint: Path | None = None, resume_state: dict[str, Any] | None = None) -> int:
-        """normal / retrain / resume: train to ``num_epochs``, checkpointing every epoch.
+    # -- helpers --
 
-        ``resume_state`` is the run folder's last.pt, already read, to continue from."""
+    def _load_weights(self, checkpoint: Path) -> dict[str, Any]:
+        """Load ``checkpoint``'s weights into the model; return the whole checkpoint."""
+        state = load_checkpoint(checkpoint, self.cfg.allow_unsafe_checkpoint)
+        load_model_state(self.model, state["model"], checkpoint)
+        return state
+
+    def _prepare_training(self) -> None:
+        """Datasets, optimizer, schedules and loader RNG of a run at epoch 0."""
         cfg = self.cfg
-        train_set = self.recipe.build_train(cfg)
-        val_set = self.recipe.build_val(cfg)
-        self.log(f"data: {len(train_set)} training and {len(val_set)} validation slices from {cfg.dataset_path}")
-        generator = torch.Generator().manual_seed(cfg.seed)
-        optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
-        scheduler = make_lr_scheduler(optimizer, cfg.lr_scheduler, cfg.num_epochs)
-        history: list[dict[str, Any]] = []
-        best = {"dice": -math.inf, "epoch": 0}
-        start_epoch = 0
-        resume = resume_state is not None
-        if resume:
-            state = resume_state
-            load_model_state(self.model, state["model"], self.run_dir / "last.pt")
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            generator.set_state(state["loader_rng"])
-            set_rng_state(state["rng"])
-            history = state["history"]
-            best = state["best"]
-            start_epoch = state["epoch"]
-            self.log(f"resuming after epoch {start_epoch} of {cfg.num_epochs}")
-        elif init_checkpoint is not None:
-            state = load_checkpoint(init_checkpoint, self.cfg.allow_unsafe_checkpoint)
-            load_model_state(self.model, state["model"], init_checkpoint)
-            self.log(f"retrain: weights from {init_checkpoint} (epoch {state.get('epoch', '?')}), fresh optimizer")
-        if not resume:
-            atomic_write_text(self.run_dir / "config.yaml", cfg.to_yaml())
-            self._save_last(0, optimizer, scheduler, generator, history, best)
-        loader = make_loader(train_set, cfg.batch_size, True, cfg, generator)
+        self.train_set = self.recipe.build_train(cfg)
+        self.val_set = self.recipe.build_val(cfg)
+        self.log(f"data: {len(self.train_set)} training and {len(self.val_set)} validation slices from "
+                 f"{cfg.dataset_path}")
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.scheduler = make_lr_scheduler(self.optimizer, cfg.lr_scheduler, cfg.num_epochs)
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"dice": -math.inf, "epoch": 0}
+        self.start_epoch = 0
+
+    def _start_fresh(self) -> None:
+        """A new run's config.yaml and epoch-0 last.pt."""
+        atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
+        self._save_last(0)
+
+    def _epoch_loop(self) -> int:
+        """Train from ``start_epoch`` to ``num_epochs``; the exit status (0, interrupted, diverged)."""
+        cfg = self.cfg
+        loader = make_loader(self.train_set, cfg.batch_size, True, cfg, self.generator)
         loss_fn = get_loss(cfg.loss)
-        has_beta = self.model.beta() is not None
-        epoch = start_epoch
-        bar = tqdm(range(start_epoch + 1, cfg.num_epochs + 1), desc=self.cfg.experiment_name, unit="epoch",
-                   initial=start_epoch, total=cfg.num_epochs, mininterval=0.5)
+        epoch = self.start_epoch
+        bar = tqdm(range(self.start_epoch + 1, cfg.num_epochs + 1), desc=cfg.experiment_name, unit="epoch",
+                   initial=self.start_epoch, total=cfg.num_epochs, mininterval=0.5)
         try:
             for epoch in bar:
-                started = time.perf_counter()
-                if has_beta:
-                    self.model.set_beta(ternary_beta(epoch, cfg.num_epochs))
-                lr = optimizer.param_groups[0]["lr"]
-                train_loss = self._train_epoch(epoch, loader, optimizer, loss_fn)
-                summary, _, samples = evaluate(self.model, val_set, cfg, self.device, self.recipe.isbi_metrics)
-                scheduler.step()
-                row = {"epoch": epoch, "lr": lr, "beta": self.model.beta() if has_beta else "",
-                       "train_loss": train_loss, "val_loss": summary["val_loss"], "dice": summary["dice"],
-                       "dice_std": summary["dice_std"], **{m: summary[m] for m in self.metric_names[1:]},
-                       "seconds": time.perf_counter() - started}
-                history.append(row)
-                if summary["dice"] > best["dice"]:
-                    best = {"dice": summary["dice"], "epoch": epoch}
-                    self._save_best(epoch, summary)
-                self._save_last(epoch, optimizer, scheduler, generator, history, best)
-                _write_csv(self.run_dir / "metrics.csv", history)
-                if epoch % cfg.overlay_every == 0 or epoch == cfg.num_epochs:
-                    save_overlay_figure(self.run_dir / "overlays" / f"epoch_{epoch:03d}.png", samples,
-                                        cfg.threshold, f"{cfg.experiment_name}, epoch {epoch}")
-                bar.set_postfix(dice=f"{summary['dice']:.2f}", best=f"{best['dice']:.2f}")
-                self.log(f"epoch {epoch}/{cfg.num_epochs}  lr {lr:.3g}  train_loss {train_loss:.4f}  "
-                         f"val_loss {summary['val_loss']:.4f}  dice {summary['dice']:.2f}  "
-                         f"(best {best['dice']:.2f} @ {best['epoch']})  {row['seconds']:.1f}s")
+                self._epoch(epoch, loader, loss_fn)
+                bar.set_postfix(dice=f"{self.history[-1]['dice']:.2f}", best=f"{self.best['dice']:.2f}")
         except KeyboardInterrupt:
             bar.close()
             self.log(f"interrupted during epoch {epoch}: {self.run_dir / 'last.pt'} holds the end of epoch "
@@ -396,14 +396,45 @@ class Run:
             self.log(f"error: {exc}; the checkpoints of the last good epoch are kept in {self.run_dir}")
             return EXIT_DIVERGED
         bar.close()
+        return self._finish()
+
+    def _epoch(self, epoch: int, loader: DataLoader, loss_fn) -> None:
+        """Train one epoch, validate, step the LR, then write checkpoints, metrics and overlays."""
+        cfg = self.cfg
+        started = time.perf_counter()
+        has_beta = self.model.beta() is not None
+        if has_beta:
+            self.model.set_beta(ternary_beta(epoch, cfg.num_epochs))
+        lr = self.optimizer.param_groups[0]["lr"]
+        train_loss = self._train_epoch(epoch, loader, self.optimizer, loss_fn)
+        summary, _, samples = evaluate(self.model, self.val_set, cfg, self.device, self.recipe.isbi_metrics)
+        self.scheduler.step()
+        row = {"epoch": epoch, "lr": lr, "beta": self.model.beta() if has_beta else "",
+               "train_loss": train_loss, "val_loss": summary["val_loss"], "dice": summary["dice"],
+               "dice_std": summary["dice_std"], **{m: summary[m] for m in self.metric_names[1:]},
+               "seconds": time.perf_counter() - started}
+        self.history.append(row)
+        if summary["dice"] > self.best["dice"]:
+            self.best = {"dice": summary["dice"], "epoch": epoch}
+            self._save_best(epoch, summary)
+        self._save_last(epoch)
+        _write_csv(self.run_dir / "metrics.csv", self.history)
+        if epoch % cfg.overlay_every == 0 or epoch == cfg.num_epochs:
+            save_overlay_figure(self.run_dir / "overlays" / f"epoch_{epoch:03d}.png", samples,
+                                cfg.threshold, f"{cfg.experiment_name}, epoch {epoch}")
+        self.log(f"epoch {epoch}/{cfg.num_epochs}  lr {lr:.3g}  train_loss {train_loss:.4f}  "
+                 f"val_loss {summary['val_loss']:.4f}  dice {summary['dice']:.2f}  "
+                 f"(best {self.best['dice']:.2f} @ {self.best['epoch']})  {row['seconds']:.1f}s")
+
+    def _finish(self) -> int:
+        """summary.json (which marks the run finished) and the closing log line."""
+        best = self.best
         atomic_write_text(self.run_dir / "summary.json", json.dumps({
             "finished": True, "best_dice": best["dice"], "best_epoch": best["epoch"],
-            "num_epochs": cfg.num_epochs, "experiment_name": cfg.experiment_name,
-            "total_seconds": sum(r["seconds"] for r in history)}, indent=2) + "\n")
+            "num_epochs": self.cfg.num_epochs, "experiment_name": self.cfg.experiment_name,
+            "total_seconds": sum(r["seconds"] for r in self.history)}, indent=2) + "\n")
         self.log(f"done: best val Dice {best['dice']:.2f} at epoch {best['epoch']}; results in {self.run_dir}")
         return 0
-
-    # -- helpers --
 
     def _train_epoch(self, epoch: int, loader: DataLoader, optimizer, loss_fn) -> float:
         self.model.train()
@@ -438,10 +469,11 @@ class Run:
             with atomic_path(self.best_copy) as tmp:
                 shutil.copyfile(self.run_dir / "best.pt", tmp)
 
-    def _save_last(self, epoch, optimizer, scheduler, generator, history, best) -> None:
+    def _save_last(self, epoch: int) -> None:
         save_checkpoint(self.run_dir / "last.pt", {
-            **self._model_state(epoch), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "loader_rng": generator.get_state(), "rng": rng_state(), "history": history, "best": best})
+            **self._model_state(epoch), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "loader_rng": self.generator.get_state(), "rng": rng_state(),
+            "history": self.history, "best": self.best})
 
 
 def _format_metrics(summary: dict[str, float], names: tuple[str, ...]) -> str:
@@ -515,8 +547,10 @@ def run(cfg: Config, recipe: Recipe, script: str, new_run: bool = False, overwri
         if mode == "visualize":
             return session.visualize(checkpoint)
         if mode == "retrain":
-            return session.train(init_checkpoint=checkpoint)
-        return session.train(resume_state=resume_state)
+            return session.retrain(checkpoint)
+        if mode == "resume":
+            return session.resume(resume_state)
+        return session.normal()
     except UserError:
         if created is not None and not (run_dir / "metrics.csv").exists():
             shutil.rmtree(created, ignore_errors=True)  # a failed start leaves no run folder behind
