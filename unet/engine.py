@@ -114,8 +114,7 @@ def rng_state() -> dict[str, Any]:
     MT19937 state; ``torch`` (and ``cuda``): byte tensors.
     """
     version, internal, gauss_next = random.getstate()
-    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)  # noqa: NPY002
-    assert kind == "MT19937"
+    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)  # noqa: NPY002 - MT19937
     state = {"python": [version, list(internal), gauss_next],
              "numpy": {"keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
                        "cached_gaussian": float(cached_gaussian)},
