@@ -88,7 +88,7 @@ def test_killed_then_resumed_run_ends_like_an_uninterrupted_one(tmp_path: Path, 
     process.send_signal(signal.SIGKILL)
     process.communicate()
     assert not (run / "summary.json").exists()
-    done = torch.load(run / "last.pt", weights_only=False)["epoch"]
+    done = torch.load(run / "last.pt", weights_only=True)["epoch"]
     assert 1 <= done < 4
 
     result = train(folder, *args, "-o", "experiment_name=killed", "-o", "operation_mode=resume")
@@ -96,8 +96,8 @@ def test_killed_then_resumed_run_ends_like_an_uninterrupted_one(tmp_path: Path, 
     assert f"resuming after epoch {done} of 4" in result.stdout
     assert metrics_without_time(run / "metrics.csv") == metrics_without_time(folder / "runs" / "straight" /
                                                                             "metrics.csv")
-    straight = torch.load(folder / "runs" / "straight" / "last.pt", weights_only=False)["model"]
-    resumed = torch.load(run / "last.pt", weights_only=False)["model"]
+    straight = torch.load(folder / "runs" / "straight" / "last.pt", weights_only=True)["model"]
+    resumed = torch.load(run / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
@@ -115,7 +115,7 @@ def test_interrupt_keeps_a_valid_last_checkpoint_and_says_how_to_resume(tmp_path
         process.kill()
     assert process.returncode == 130, stderr
     assert "interrupted during epoch" in stdout and "-o operation_mode=resume" in stdout
-    state = torch.load(run / "last.pt", weights_only=False)
+    state = torch.load(run / "last.pt", weights_only=True)
     assert state["epoch"] >= 1 and len(state["history"]) == state["epoch"]
     assert not (run / "summary.json").exists()
 
@@ -133,7 +133,7 @@ def test_sigkill_at_any_moment_leaves_loadable_checkpoints(tmp_path: Path) -> No
         process.send_signal(signal.SIGKILL)
         process.communicate()
         for checkpoint in ("last.pt", "best.pt"):
-            state = torch.load(run / checkpoint, weights_only=False)
+            state = torch.load(run / checkpoint, weights_only=True)
             assert "model" in state and state["epoch"] >= 1
         assert read_metrics(run / "metrics.csv")
 
@@ -146,7 +146,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
     assert "error: the " in result.stdout and "became" in result.stdout and " at epoch " in result.stdout
     assert ", batch " in result.stdout and "checkpoints of the last good epoch are kept" in result.stdout
     run = folder / "runs" / "exp"
-    state = torch.load(run / "last.pt", weights_only=False)
+    state = torch.load(run / "last.pt", weights_only=True)
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     assert not (run / "summary.json").exists()
 

@@ -25,6 +25,9 @@ def build_parser(recipe: Recipe, prog: str) -> argparse.ArgumentParser:
                         help="override a config key (repeatable; the value is read as YAML)")
     parser.add_argument("--new-run", action="store_true",
                         help="if the run folder already holds a run, start a numbered new one beside it")
+    parser.add_argument("--overwrite-trained-model", action="store_true",
+                        help="normal mode: replace an existing trained_model file that another run (or no run) "
+                        "wrote with this run's best model")
     return parser
 
 
@@ -37,7 +40,8 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> int:
     args = build_parser(recipe, prog).parse_args(argv)
     try:
         cfg = load_config(recipe.base_config, args.config, args.top_key, args.override, recipe.extra_keys)
-        return run(cfg, recipe, script=prog, new_run=args.new_run)
+        return run(cfg, recipe, script=prog, new_run=args.new_run,
+                   overwrite_trained_model=args.overwrite_trained_model)
     except MissingDataError as exc:
         print(f"error: {exc}; prepare it with: {recipe.prepare_command}", file=sys.stderr)
         return 2

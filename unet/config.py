@@ -63,6 +63,9 @@ COMMON_KEYS: tuple[Key, ...] = (
     Key("operation_mode", "choice", "normal, retrain, inference, visualize or resume", choices=MODES),
     Key("trained_model", "path", "checkpoint to load (retrain, inference, visualize); in normal "
         "mode the best model is also copied here. Unset: the run folder's best.pt", nullable=True),
+    Key("allow_unsafe_checkpoint", "bool", "read a checkpoint that holds pickled Python objects (written before "
+        "weights-only loading) with torch.load(weights_only=False), after a warning: it can run code, so only "
+        "for files you trust"),
     Key("experiment_name", "str", "run folder name (unset: the experiment folder's name)", nullable=True),
     Key("log_output_dir", "path", "parent of the run folder (unset: runs/ beside the experiment config)",
         nullable=True),

@@ -42,7 +42,7 @@ EXIT_INTERRUPTED = 130
 EXIT_DIVERGED = 3
 N_OVERLAY_SAMPLES = 4
 #: Keys that may differ between an interrupted run and the command that resumes it.
-RESUME_FREE_KEYS = ("operation_mode", "gpu_core_num", "num_workers", "trained_model")
+RESUME_FREE_KEYS = ("operation_mode", "gpu_core_num", "num_workers", "trained_model", "allow_unsafe_checkpoint")
 
 
 class TrainingDiverged(Exception):
@@ -87,8 +87,18 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    """The global RNG states, for exact resumption."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), # noqa: NPY002
+    """The global RNG states, for exact resumption, as lists, numbers and tensors only (what
+    ``weights_only`` checkpoint loading accepts).
+
+    ``python``: ``[version, [625 ints], gauss_next]`` of :func:`random.getstate`; ``numpy``:
+    ``{"keys": [624 uint32 as ints], "pos", "has_gauss", "cached_gaussian"}`` of the legacy
+    MT19937 state; ``torch`` (and ``cuda``): byte tensors.
+    """
+    version, internal, gauss_next = random.getstate()
+    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)  # noqa: NPY002 - MT19937
+    state = {"python": [version, list(internal), gauss_next],
+             "numpy": {"keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
+                       "cached_gaussian": float(cached_gaussian)},
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -96,12 +106,35 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore states saved by :func:`rng_state`."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])  # noqa: NPY002
+    """Restore states saved by :func:`rng_state` exactly (also the tuples that checkpoints
+    written before weights-only loading stored)."""
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    numpy = state["numpy"]
+    if isinstance(numpy, dict):
+        numpy = ("MT19937", np.array(numpy["keys"], dtype=np.uint32), numpy["pos"], numpy["has_gauss"],
+                 numpy["cached_gaussian"])
+    np.random.set_state(numpy)  # noqa: NPY002
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def new_run_id() -> str:
+    """A fresh run id (uuid4 hex) that every checkpoint of the run carries as ``run_id``."""
+    import uuid
+
+    return uuid.uuid4().hex
+
+
+def checkpoint_run_id(path: Path) -> str | None:
+    """The ``run_id`` of the checkpoint at ``path`` (read safely); None when the file has none or
+    is not a readable checkpoint."""
+    try:
+        run_id = load_checkpoint(path).get("run_id")
+    except DataError:
+        return None
+    return run_id if isinstance(run_id, str) else None
 
 
 def holds_run(run_dir: Path) -> bool:
@@ -164,6 +197,16 @@ def _sample_name(dataset: Dataset, index: int) -> str:
 # --- evaluation ---------------------------------------------------------------------------
 
 
+def set_validation_mode(model: torch.nn.Module, batchnorm_train: bool) -> None:
+    """Put ``model`` in eval mode (Dropout off), then its BatchNorm layers in train mode (batch
+    statistics, running statistics updated) when ``batchnorm_train``."""
+    model.eval()
+    if batchnorm_train:
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.train()
+
+
 @torch.no_grad()
 def evaluate(
     model: UNet,
@@ -175,9 +218,9 @@ def evaluate(
 ) -> tuple[dict[str, float], list[dict[str, Any]], list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]]:
     """One pass over ``dataset``: summary metrics (with ``val_loss``), per-slice rows and the
     overlay samples. BatchNorm runs in ``cfg.val_bn_mode`` (train mode also updates its
-    running statistics, as the original EM code did)."""
+    running statistics, as the original EM code did); Dropout is always off."""
     loss_fn = get_loss(cfg.loss)
-    model.train(cfg.val_bn_mode == "train")
+    set_validation_mode(model, batchnorm_train=cfg.val_bn_mode == "train")
     loader = make_loader(dataset, cfg.val_batch_size, False, cfg, None)
     n = len(dataset)
     wanted = set(np.unique(np.linspace(0, n - 1, min(N_OVERLAY_SAMPLES, n)).round().astype(int)).tolist())
@@ -207,14 +250,20 @@ def evaluate(
 class Run:
     """State of one invocation of a trainer."""
 
-    def __init__(self, cfg: Config, recipe: Recipe, run_dir: Path, script: str) -> None:
+    def __init__(self, cfg: Config, recipe: Recipe, run_dir: Path, script: str, run_id: str | None = None,
+                 best_copy: Path | None = None) -> None:
+        """``run_id`` identifies the run in its checkpoints (a new one when None); ``best_copy`` is
+        where each new best model is also copied (normal mode's ``trained_model``)."""
         self.cfg = cfg
         self.recipe = recipe
         self.run_dir = run_dir
         self.script = script
+        self.run_id = run_id or new_run_id()
+        self.best_copy = best_copy
         self.log = RunLog(run_dir / "train.log")
         self.device, device_note = select_device(cfg.gpu_core_num)
-        self.log(f"{recipe.name} trainer, operation_mode {cfg.operation_mode}, run folder {run_dir}")
+        self.log(f"{recipe.name} trainer, operation_mode {cfg.operation_mode}, run folder {run_dir}, "
+                 f"run id {self.run_id}")
         self.log(device_note)
         seed_everything(cfg.seed)
         self.model = build_model(cfg).to(self.device)
@@ -223,11 +272,38 @@ class Run:
 
     # -- modes --
 
+    def normal(self) -> int:
+        """Train from scratch to ``num_epochs``, checkpointing every epoch."""
+        self._prepare_training()
+        self._start_fresh()
+        return self._epoch_loop()
+
+    def retrain(self, checkpoint: Path) -> int:
+        """Train from ``checkpoint``'s weights with a fresh optimizer and schedules."""
+        self._prepare_training()
+        state = self._load_weights(checkpoint)
+        self.log(f"retrain: weights from {checkpoint} (epoch {state.get('epoch', '?')}), fresh optimizer")
+        self._start_fresh()
+        return self._epoch_loop()
+
+    def resume(self, state: dict[str, Any]) -> int:
+        """Continue the run folder's interrupted run from its last.pt (``state``, already read)."""
+        self._prepare_training()
+        load_model_state(self.model, state["model"], self.run_dir / "last.pt")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["loader_rng"])
+        set_rng_state(state["rng"])
+        self.history = state["history"]
+        self.best = state["best"]
+        self.start_epoch = state["epoch"]
+        self.log(f"resuming after epoch {self.start_epoch} of {self.cfg.num_epochs}")
+        return self._epoch_loop()
+
     def inference(self, checkpoint: Path) -> int:
         """Evaluate the validation set once with ``checkpoint``; print and save the metrics."""
         val_set = self.recipe.build_val(self.cfg)
-        state = load_checkpoint(checkpoint)
-        load_model_state(self.model, state["model"], checkpoint)
+        state = self._load_weights(checkpoint)
         self.log(f"loaded {checkpoint} (epoch {state.get('epoch', '?')}); evaluating {len(val_set)} slices")
         summary, rows, samples = evaluate(self.model, val_set, self.cfg, self.device, self.recipe.isbi_metrics)
         _write_csv(self.run_dir / "inference_slices.csv", rows)
@@ -243,79 +319,52 @@ class Run:
 
     def visualize(self, checkpoint: Path) -> int:
         """Plot every convolution's float and quantized weight distribution."""
-        state = load_checkpoint(checkpoint)
-        load_model_state(self.model, state["model"], checkpoint)
+        state = self._load_weights(checkpoint)
         path = self.run_dir / "weights.png"
         save_weight_histograms(path, self.model, f"{self.cfg.experiment_name} ({checkpoint.name}, "
                                                  f"epoch {state.get('epoch', '?')})")
         self.log(f"visualize: wrote {path}")
         return 0
 
-    def train(self, init_checkpoint: Path | None = None, resume_state: dict[str, Any] | None = None) -> int:
-        """normal / retrain / resume: train to ``num_epochs``, checkpointing every epoch.
+    # -- helpers --
 
-        ``resume_state`` is the run folder's last.pt, already read, to continue from."""
+    def _load_weights(self, checkpoint: Path) -> dict[str, Any]:
+        """Load ``checkpoint``'s weights into the model; return the whole checkpoint."""
+        state = load_checkpoint(checkpoint, self.cfg.allow_unsafe_checkpoint)
+        load_model_state(self.model, state["model"], checkpoint)
+        return state
+
+    def _prepare_training(self) -> None:
+        """Datasets, optimizer, schedules and loader RNG of a run at epoch 0."""
         cfg = self.cfg
-        train_set = self.recipe.build_train(cfg)
-        val_set = self.recipe.build_val(cfg)
-        self.log(f"data: {len(train_set)} training and {len(val_set)} validation slices from {cfg.dataset_path}")
-        generator = torch.Generator().manual_seed(cfg.seed)
-        optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
-        scheduler = make_lr_scheduler(optimizer, cfg.lr_scheduler, cfg.num_epochs)
-        history: list[dict[str, Any]] = []
-        best = {"dice": -math.inf, "epoch": 0}
-        start_epoch = 0
-        resume = resume_state is not None
-        if resume:
-            state = resume_state
-            load_model_state(self.model, state["model"], self.run_dir / "last.pt")
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            generator.set_state(state["loader_rng"])
-            set_rng_state(state["rng"])
-            history = state["history"]
-            best = state["best"]
-            start_epoch = state["epoch"]
-            self.log(f"resuming after epoch {start_epoch} of {cfg.num_epochs}")
-        elif init_checkpoint is not None:
-            state = load_checkpoint(init_checkpoint)
-            load_model_state(self.model, state["model"], init_checkpoint)
-            self.log(f"retrain: weights from {init_checkpoint} (epoch {state.get('epoch', '?')}), fresh optimizer")
-        if not resume:
-            atomic_write_text(self.run_dir / "config.yaml", cfg.to_yaml())
-            self._save_last(0, optimizer, scheduler, generator, history, best)
-        loader = make_loader(train_set, cfg.batch_size, True, cfg, generator)
+        self.train_set = self.recipe.build_train(cfg)
+        self.val_set = self.recipe.build_val(cfg)
+        self.log(f"data: {len(self.train_set)} training and {len(self.val_set)} validation slices from "
+                 f"{cfg.dataset_path}")
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.scheduler = make_lr_scheduler(self.optimizer, cfg.lr_scheduler, cfg.num_epochs)
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"dice": -math.inf, "epoch": 0}
+        self.start_epoch = 0
+
+    def _start_fresh(self) -> None:
+        """A new run's config.yaml and epoch-0 last.pt."""
+        atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
+        self._save_last(0)
+
+    def _epoch_loop(self) -> int:
+        """Train from ``start_epoch`` to ``num_epochs``; the exit status (0, interrupted, diverged)."""
+        cfg = self.cfg
+        loader = make_loader(self.train_set, cfg.batch_size, True, cfg, self.generator)
         loss_fn = get_loss(cfg.loss)
-        has_beta = self.model.beta() is not None
-        epoch = start_epoch
-        bar = tqdm(range(start_epoch + 1, cfg.num_epochs + 1), desc=self.cfg.experiment_name, unit="epoch",
-                   initial=start_epoch, total=cfg.num_epochs, mininterval=0.5)
+        epoch = self.start_epoch
+        bar = tqdm(range(self.start_epoch + 1, cfg.num_epochs + 1), desc=cfg.experiment_name, unit="epoch",
+                   initial=self.start_epoch, total=cfg.num_epochs, mininterval=0.5)
         try:
             for epoch in bar:
-                started = time.perf_counter()
-                if has_beta:
-                    self.model.set_beta(ternary_beta(epoch, cfg.num_epochs))
-                lr = optimizer.param_groups[0]["lr"]
-                train_loss = self._train_epoch(epoch, loader, optimizer, loss_fn)
-                summary, _, samples = evaluate(self.model, val_set, cfg, self.device, self.recipe.isbi_metrics)
-                scheduler.step()
-                row = {"epoch": epoch, "lr": lr, "beta": self.model.beta() if has_beta else "",
-                       "train_loss": train_loss, "val_loss": summary["val_loss"], "dice": summary["dice"],
-                       "dice_std": summary["dice_std"], **{m: summary[m] for m in self.metric_names[1:]},
-                       "seconds": time.perf_counter() - started}
-                history.append(row)
-                if summary["dice"] > best["dice"]:
-                    best = {"dice": summary["dice"], "epoch": epoch}
-                    self._save_best(epoch, summary)
-                self._save_last(epoch, optimizer, scheduler, generator, history, best)
-                _write_csv(self.run_dir / "metrics.csv", history)
-                if epoch % cfg.overlay_every == 0 or epoch == cfg.num_epochs:
-                    save_overlay_figure(self.run_dir / "overlays" / f"epoch_{epoch:03d}.png", samples,
-                                        cfg.threshold, f"{cfg.experiment_name}, epoch {epoch}")
-                bar.set_postfix(dice=f"{summary['dice']:.2f}", best=f"{best['dice']:.2f}")
-                self.log(f"epoch {epoch}/{cfg.num_epochs}  lr {lr:.3g}  train_loss {train_loss:.4f}  "
-                         f"val_loss {summary['val_loss']:.4f}  dice {summary['dice']:.2f}  "
-                         f"(best {best['dice']:.2f} @ {best['epoch']})  {row['seconds']:.1f}s")
+                self._epoch(epoch, loader, loss_fn)
+                bar.set_postfix(dice=f"{self.history[-1]['dice']:.2f}", best=f"{self.best['dice']:.2f}")
         except KeyboardInterrupt:
             bar.close()
             self.log(f"interrupted during epoch {epoch}: {self.run_dir / 'last.pt'} holds the end of epoch "
@@ -327,14 +376,45 @@ class Run:
             self.log(f"error: {exc}; the checkpoints of the last good epoch are kept in {self.run_dir}")
             return EXIT_DIVERGED
         bar.close()
+        return self._finish()
+
+    def _epoch(self, epoch: int, loader: DataLoader, loss_fn) -> None:
+        """Train one epoch, validate, step the LR, then write checkpoints, metrics and overlays."""
+        cfg = self.cfg
+        started = time.perf_counter()
+        has_beta = self.model.beta() is not None
+        if has_beta:
+            self.model.set_beta(ternary_beta(epoch, cfg.num_epochs))
+        lr = self.optimizer.param_groups[0]["lr"]
+        train_loss = self._train_epoch(epoch, loader, self.optimizer, loss_fn)
+        summary, _, samples = evaluate(self.model, self.val_set, cfg, self.device, self.recipe.isbi_metrics)
+        self.scheduler.step()
+        row = {"epoch": epoch, "lr": lr, "beta": self.model.beta() if has_beta else "",
+               "train_loss": train_loss, "val_loss": summary["val_loss"], "dice": summary["dice"],
+               "dice_std": summary["dice_std"], **{m: summary[m] for m in self.metric_names[1:]},
+               "seconds": time.perf_counter() - started}
+        self.history.append(row)
+        if summary["dice"] > self.best["dice"]:
+            self.best = {"dice": summary["dice"], "epoch": epoch}
+            self._save_best(epoch, summary)
+        self._save_last(epoch)
+        _write_csv(self.run_dir / "metrics.csv", self.history)
+        if epoch % cfg.overlay_every == 0 or epoch == cfg.num_epochs:
+            save_overlay_figure(self.run_dir / "overlays" / f"epoch_{epoch:03d}.png", samples,
+                                cfg.threshold, f"{cfg.experiment_name}, epoch {epoch}")
+        self.log(f"epoch {epoch}/{cfg.num_epochs}  lr {lr:.3g}  train_loss {train_loss:.4f}  "
+                 f"val_loss {summary['val_loss']:.4f}  dice {summary['dice']:.2f}  "
+                 f"(best {self.best['dice']:.2f} @ {self.best['epoch']})  {row['seconds']:.1f}s")
+
+    def _finish(self) -> int:
+        """summary.json (which marks the run finished) and the closing log line."""
+        best = self.best
         atomic_write_text(self.run_dir / "summary.json", json.dumps({
             "finished": True, "best_dice": best["dice"], "best_epoch": best["epoch"],
-            "num_epochs": cfg.num_epochs, "experiment_name": cfg.experiment_name,
-            "total_seconds": sum(r["seconds"] for r in history)}, indent=2) + "\n")
+            "num_epochs": self.cfg.num_epochs, "experiment_name": self.cfg.experiment_name,
+            "total_seconds": sum(r["seconds"] for r in self.history)}, indent=2) + "\n")
         self.log(f"done: best val Dice {best['dice']:.2f} at epoch {best['epoch']}; results in {self.run_dir}")
         return 0
-
-    # -- helpers --
 
     def _train_epoch(self, epoch: int, loader: DataLoader, optimizer, loss_fn) -> float:
         self.model.train()
@@ -360,20 +440,20 @@ class Run:
 
     def _model_state(self, epoch: int) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "epoch": epoch, "beta": self.model.beta(),
-                "config": self.cfg.to_plain(), "dataset": self.recipe.name}
+                "config": self.cfg.to_plain(), "dataset": self.recipe.name, "run_id": self.run_id}
 
     def _save_best(self, epoch: int, summary: dict[str, float]) -> None:
         state = {**self._model_state(epoch), "metrics": summary}
         save_checkpoint(self.run_dir / "best.pt", state)
-        target = self.cfg.trained_model
-        if self.cfg.operation_mode == "normal" and target is not None:
-            with atomic_path(target) as tmp:
+        if self.best_copy is not None:
+            with atomic_path(self.best_copy) as tmp:
                 shutil.copyfile(self.run_dir / "best.pt", tmp)
 
-    def _save_last(self, epoch, optimizer, scheduler, generator, history, best) -> None:
+    def _save_last(self, epoch: int) -> None:
         save_checkpoint(self.run_dir / "last.pt", {
-            **self._model_state(epoch), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "loader_rng": generator.get_state(), "rng": rng_state(), "history": history, "best": best})
+            **self._model_state(epoch), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "loader_rng": self.generator.get_state(), "rng": rng_state(),
+            "history": self.history, "best": self.best})
 
 
 def _format_metrics(summary: dict[str, float], names: tuple[str, ...]) -> str:
@@ -397,11 +477,13 @@ def _raise_on_sigterm(signum, frame) -> None:  # noqa: ARG001
     raise KeyboardInterrupt
 
 
-def run(cfg: Config, recipe: Recipe, script: str, new_run: bool = False) -> int:
+def run(cfg: Config, recipe: Recipe, script: str, new_run: bool = False, overwrite_trained_model: bool = False) -> int:
     """Carry out ``cfg.operation_mode``; return the process exit status.
 
     normal / retrain refuse a run folder that already holds a run unless ``new_run``
     (then the next free ``<name>-N`` folder is used); resume needs the folder's last.pt.
+    A run started in normal mode copies its best model to ``trained_model``: an existing file
+    there that this run did not write is refused unless ``overwrite_trained_model``.
     """
     mode = cfg.operation_mode
     run_dir = Path(cfg.log_output_dir) / cfg.experiment_name
@@ -417,7 +499,7 @@ def run(cfg: Config, recipe: Recipe, script: str, new_run: bool = False) -> int:
     if mode == "resume":
         if not (run_dir / "last.pt").is_file():
             raise UserError(f"nothing to resume: {run_dir / 'last.pt'} does not exist")
-        resume_state = load_checkpoint(run_dir / "last.pt")
+        resume_state = load_checkpoint(run_dir / "last.pt", cfg.allow_unsafe_checkpoint)
         saved = resume_state.get("config", {})
         changed = [k for k, v in cfg.to_plain().items() if k not in RESUME_FREE_KEYS and saved.get(k, v) != v]
         if changed:
@@ -425,6 +507,8 @@ def run(cfg: Config, recipe: Recipe, script: str, new_run: bool = False) -> int:
                             f"{', '.join(changed)}; restore those keys (the run's config.yaml has them)")
         if (run_dir / "summary.json").is_file():
             raise UserError(f"run {run_dir} already finished; nothing to resume")
+    run_id = (resume_state or {}).get("run_id") or new_run_id()
+    best_copy = _best_model_copy(cfg, resume_state, run_id, overwrite_trained_model)
     if mode in ("retrain", "inference", "visualize") and not checkpoint.is_file():
         raise DataError(f"checkpoint {checkpoint} does not exist; set trained_model to a best.pt "
                         "of an earlier run (or run operation_mode: normal first)")
@@ -437,14 +521,16 @@ def run(cfg: Config, recipe: Recipe, script: str, new_run: bool = False) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
-        session = Run(cfg, recipe, run_dir, script)
+        session = Run(cfg, recipe, run_dir, script, run_id, best_copy)
         if mode == "inference":
             return session.inference(checkpoint)
         if mode == "visualize":
             return session.visualize(checkpoint)
         if mode == "retrain":
-            return session.train(init_checkpoint=checkpoint)
-        return session.train(resume_state=resume_state)
+            return session.retrain(checkpoint)
+        if mode == "resume":
+            return session.resume(resume_state)
+        return session.normal()
     except UserError:
         if created is not None and not (run_dir / "metrics.csv").exists():
             shutil.rmtree(created, ignore_errors=True)  # a failed start leaves no run folder behind
@@ -453,6 +539,23 @@ def run(cfg: Config, recipe: Recipe, script: str, new_run: bool = False) -> int:
         if threading_main():
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+
+def _best_model_copy(cfg: Config, resume_state: dict[str, Any] | None, run_id: str, overwrite: bool) -> Path | None:
+    """Where the run copies its best model: ``trained_model`` when the run started in normal mode
+    (a resumed run keeps its original mode), else None. UserError when a file there was not
+    written by this run (``run_id``) and ``overwrite`` is not set."""
+    started_as = resume_state.get("config", {}).get("operation_mode") if resume_state else cfg.operation_mode
+    if started_as != "normal" or cfg.trained_model is None:
+        return None
+    target = Path(cfg.trained_model)
+    if target.is_dir():
+        raise UserError(f"trained_model {target} is a folder; set it to a file path such as {target / 'best.pt'}")
+    if target.exists() and not overwrite and checkpoint_run_id(target) != run_id:
+        raise UserError(f"trained_model {target} already exists and was not written by this run; normal mode "
+                        "would replace it with this run's best model: pass --overwrite-trained-model to replace "
+                        "it, or set trained_model to a new path (or null)")
+    return target
 
 
 def _topmost_missing(path: Path) -> Path:
