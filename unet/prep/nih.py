@@ -47,7 +47,7 @@ from nibabel.filebasedimages import ImageFileError
 from tqdm import tqdm
 
 from unet.errors import ConfigError, DataError
-from unet.fileio import atomic_directory
+from unet.fileio import SYNTHETIC_SOURCE, atomic_directory
 from unet.prep.pngpairs import write_manifest, write_pair
 
 #: Default HU window of the original (its image conversions clipped to 0..255).
@@ -512,8 +512,10 @@ def prepare_nih(
     size: tuple[int, int] = DEFAULT_SIZE,
     seed: int = 0,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Report:
-    """Prepare NIH Pancreas-CT as PNG pairs in ``out_dir`` (replaced atomically) and report.
+    """Prepare NIH Pancreas-CT as PNG pairs in ``out_dir`` (atomically; a previous preparation
+    only with ``overwrite``, see :func:`unet.fileio.atomic_directory`) and report.
 
     Each usable case contributes its pancreas slices as ``case0001_z045`` pairs (see the
     module docstring for orientation, intensity and crop). Split:
@@ -545,7 +547,7 @@ def prepare_nih(
 
     out_dir = Path(out_dir)
     report = Report(out_dir=out_dir, split=split, skipped=list(rejected), warnings=list(notes))
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         names: dict[int, list[str]] = {}
         bar = tqdm(cases, desc="NIH cases", unit="case", disable=not progress)
         for case in bar:
@@ -715,9 +717,10 @@ def write_synthetic_nih(
     n_cases: int = 6,
     shape: tuple[int, int, int] = (192, 192, 40),
     seed: int = 0,
+    overwrite: bool = False,
 ) -> Path:
     """Write a synthetic NIH-like release: ``out_dir/images/PANCREAS_0001.nii.gz``, ...
-    and ``out_dir/labels/label0001.nii.gz``, ... (``out_dir`` is replaced atomically).
+    and ``out_dir/labels/label0001.nii.gz``, ... (atomically; an earlier one only with ``overwrite``).
 
     Each case is :func:`synthetic_case` (``shape`` = canonical (X, Y, Z) voxels, seed
     ``seed + case``) at 0.7 x 0.7 x 2.5 mm, stored the way DICOM converters store CT: not
@@ -731,7 +734,7 @@ def write_synthetic_nih(
         raise ConfigError(f"shape must be three positive integers, got {tuple(shape)}")
     out_dir = Path(out_dir)
     spacing = (0.7, 0.7, 2.5)
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, SYNTHETIC_SOURCE, overwrite=overwrite) as tmp:
         (tmp / "images").mkdir()
         (tmp / "labels").mkdir()
         for number in range(1, n_cases + 1):
