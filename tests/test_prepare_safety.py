@@ -172,7 +172,7 @@ def test_unmarked_synthetic_source_of_an_older_version_is_adopted(tmp_path: Path
     source = tmp_path / "em-synthetic-source"
     source.mkdir()
     (source / "train-volume.tif").write_bytes(b"old")
-    with pytest.raises(DataError, match="synthetic source data .1 files, no synthetic_source.json.*--overwrite"):
+    with pytest.raises(DataError, match="synthetic source data .1 file, no synthetic_source.json.*--overwrite"):
         check_output_dir(source, SYNTHETIC_SOURCE)
     check_output_dir(source, SYNTHETIC_SOURCE, overwrite=True)
     (source / "notes.txt").write_text("mine")

@@ -135,14 +135,15 @@ def check_output_dir(target: str | os.PathLike[str], layout: PreparedLayout = PA
 
 def describe_prepared(folder: Path, layout: PreparedLayout) -> str:
     """One phrase describing a previous preparation from its marker JSON, e.g.
-    ``a prepared data set (ISBI 2012 EM segmentation: 24 train / 6 val pairs, source
-    /data/train-volume.tif, /data/train-labels.tif)``; counts come from the ``pairs`` or
+    ``a prepared data set (ISBI 2012 EM segmentation: 24 train / 6 val pairs; source
+    /data/train-labels.tif, /data/train-volume.tif)``; counts come from the ``pairs`` or
     ``slices`` entry, the source from ``source``, GM releases list sites and subjects."""
     marker = folder / layout.marker
     if not marker.is_file():
         if (folder / layout.partial_marker).is_file():
             return f"{layout.kind} from an interrupted preparation"
-        return f"{layout.kind} ({_count_files(folder)} files, no {layout.marker})"
+        n = len(_relative_files(folder))
+        return f"{layout.kind} ({n} file{'' if n == 1 else 's'}, no {layout.marker})"
     try:
         info = json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -162,6 +163,7 @@ def describe_prepared(folder: Path, layout: PreparedLayout) -> str:
     if source:
         details.append(f"source {source}")
     name = info.get("dataset") or info.get("kind")
+    name = None if name == layout.kind else name
     text = f"{name}: {'; '.join(details)}" if name and details else (name or "; ".join(details))
     return f"{layout.kind} ({text})" if text else layout.kind
 
@@ -213,7 +215,7 @@ def _is_previous(folder: Path, layout: PreparedLayout) -> bool:
         return True
     if not layout.adopt_without_marker:
         return False
-    files = [rel for rel in _relative_files(folder)]
+    files = _relative_files(folder)
     return bool(files) and all(_matches(rel, layout) for rel in files)
 
 
@@ -225,10 +227,6 @@ def _relative_files(folder: Path) -> list[str]:
         out.extend((rel_root / name).as_posix() for name in files)
         out.extend((rel_root / name).as_posix() for name in dirs if (Path(root) / name).is_symlink())
     return sorted(out)
-
-
-def _count_files(folder: Path) -> int:
-    return len(_relative_files(folder))
 
 
 def _matches(rel: str, layout: PreparedLayout) -> bool:
