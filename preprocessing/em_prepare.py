@@ -7,7 +7,8 @@ Examples::
     python preprocessing/em_prepare.py --pairs-images imgs/ --pairs-masks masks/ --crop 200
 
 The output folder (default ``<repo>/data/em``) holds ``train/`` and ``val/`` PNG pairs and
-``prepare.json``; see :mod:`unet.prep.em` for what is done to each slice.
+``prepare.json``; see :mod:`unet.prep.em` for what is done to each slice. A non-empty output
+folder is refused unless it holds an earlier preparation and ``--overwrite`` is given.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from unet.errors import ConfigError, UserError
+from unet.fileio import PAIRS, SYNTHETIC_SOURCE, atomic_directory, check_output_dir
 from unet.prep.em import (
     parse_index_list,
     prepare_em,
@@ -48,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--pairs-images", type=Path, help="folder of image PNGs (paired by name)")
     src.add_argument("--pairs-masks", type=Path, help="folder of mask PNGs (0/255)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder ({DEFAULT_OUT})")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier preparation in --out (only its files; other files there are kept)",
+    )
     p.add_argument(
         "--val-slices",
         help="validation slice indices, e.g. 24-29 or 0,5,10 (default: the last fifth, 24-29 of 30)",
@@ -121,16 +128,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             resize=_optional_size(args.resize, None, "--resize"),
             augment_copies=args.augment_copies,
             seed=args.seed,
+            overwrite=args.overwrite,
         )
 
+    check_output_dir(out, PAIRS, args.overwrite)  # before minutes of work, not after
     if args.synthetic:
         if args.synthetic_slices < 2 or args.synthetic_size < 16:
             raise ConfigError("--synthetic-slices must be >= 2 and --synthetic-size >= 16")
         source = out.with_name(f"{out.name}-synthetic-source")
+        check_output_dir(source, SYNTHETIC_SOURCE, args.overwrite)
         volume_path, labels_path = source / "train-volume.tif", source / "train-labels.tif"
         volume, labels = synthetic_em_stack(args.synthetic_slices, args.synthetic_size, args.seed)
-        write_tiff_stack(volume_path, volume)
-        write_tiff_stack(labels_path, labels)
+        with atomic_directory(source, SYNTHETIC_SOURCE, overwrite=args.overwrite) as tmp:
+            write_tiff_stack(tmp / volume_path.name, volume)
+            write_tiff_stack(tmp / labels_path.name, labels)
         print(f"wrote synthetic stacks {volume_path} and {labels_path}")
     else:
         if args.volume is None or args.labels is None:
@@ -149,6 +160,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         augment_copies=args.augment_copies,
         seed=args.seed,
         source={"volume": str(volume_path), "labels": str(labels_path)},
+        overwrite=args.overwrite,
     )
 
 

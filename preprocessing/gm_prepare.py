@@ -6,6 +6,9 @@ only checks a downloaded release or writes a synthetic stand-in in the same form
     python preprocessing/gm_prepare.py --release /path/to/scgm_training   # check, exit 2 if unusable
     python preprocessing/gm_prepare.py --synthetic [--out data/gm] [--sites 1 2] [--slices 6]
 
+A non-empty ``--out`` is refused unless it holds an earlier synthetic release and
+``--overwrite`` is given (then only that release's files are replaced).
+
 Errors a user can fix print one line, ``error: <message>``, and exit with status 2.
 """
 
@@ -35,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="write a synthetic release in the same format")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
                         help=f"synthetic release folder (default {DEFAULT_OUT})")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier synthetic release in --out (only its files; "
+                        "other files there are kept)")
     parser.add_argument("--sites", type=int, nargs="+", default=[1, 2],
                         choices=sorted(SITE_PROFILES), help="synthetic sites (default 1 2)")
     parser.add_argument("--subjects", type=int, default=10, metavar="N",
@@ -60,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                 n_slices=args.slices,
                 size=args.size,
                 seed=args.seed,
+                overwrite=args.overwrite,
             )
             print(f"wrote a synthetic GM release (not real data) to {out}")
             print(inspect_release(out).summary())

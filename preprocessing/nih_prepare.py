@@ -7,7 +7,8 @@ Examples::
 
 The real release: CT volumes as one DICOM folder per case (``PANCREAS_0001/...``, as the
 TCIA download lays them out) or NIfTI files (``PANCREAS_0001.nii.gz``), and the labels
-``label0001.nii.gz``. See :mod:`unet.prep.nih` for what is done to them.
+``label0001.nii.gz``. See :mod:`unet.prep.nih` for what is done to them. A non-empty output
+folder is refused unless it holds an earlier preparation and ``--overwrite`` is given.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from unet.errors import UserError
+from unet.fileio import PAIRS, check_output_dir
 from unet.prep.nih import DEFAULT_SIZE, DEFAULT_WINDOW, prepare_nih, write_synthetic_nih
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", type=Path, help="folder of CT volumes (NIfTI or DICOM folders)")
     parser.add_argument("--labels", type=Path, help="folder of label0001.nii.gz files")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier preparation in --out (only its files; other files there are kept)",
+    )
     parser.add_argument(
         "--split",
         choices=("patient", "slice"),
@@ -103,11 +110,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.images or args.labels:
                 raise UserError("--synthetic writes its own CT volumes; drop --images/--labels")
             source = out.with_name(f"{out.name}-synthetic-source")
+            check_output_dir(out, PAIRS, args.overwrite)  # before writing the source, not after
             write_synthetic_nih(
                 source,
                 n_cases=args.synthetic_cases,
                 shape=tuple(args.synthetic_shape),
                 seed=args.seed,
+                overwrite=args.overwrite,
             )
             print(f"wrote synthetic NIH volumes to {source}")
             images, labels = source / "images", source / "labels"
@@ -126,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             size=tuple(args.crop_size),
             seed=args.seed,
             progress=not args.no_progress,
+            overwrite=args.overwrite,
         )
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,8 +1,10 @@
-"""GM online augmentation (unet.data.augment): alignment, binary masks, determinism, speed."""
+"""GM online augmentation (unet.data.augment): alignment, binary masks, determinism.
+
+Its speed is a target of ``benchmarks/bench_data.py``, not a test: wall-clock time on a shared
+machine says nothing about the code.
+"""
 
 from __future__ import annotations
-
-import time
 
 import numpy as np
 import pytest
@@ -113,17 +115,22 @@ def test_empty_and_full_masks():
         random_affine(image, np.zeros((64, 63), np.uint8), np.random.default_rng(0))
 
 
-def test_speed_200x200():
-    """Loose bound (CI machines vary): the budget is ~5 ms affine and ~10 ms elastic."""
-    image = _blob_image(0)
-    mask = (image > THRESHOLD).astype(np.uint8)
-    rng = np.random.default_rng(0)
-    timings = {}
-    for fn in (random_affine, elastic_deform):
-        fn(image, mask, rng)
-        start = time.perf_counter()
-        for _ in range(20):
-            fn(image, mask, rng)
-        timings[fn.__name__] = (time.perf_counter() - start) / 20
-    assert timings["random_affine"] < 0.025, timings
-    assert timings["elastic_deform"] < 0.05, timings
+
+def test_speed_benchmark_reports_its_targets(tmp_path, capsys):
+    """The benchmark that holds the speed targets runs and says whether they hold (no timing asserted)."""
+    import importlib.util
+    import json
+
+    from .conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("bench_data", REPO / "benchmarks" / "bench_data.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--reps", "2", "--size", "32", "--json", str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    assert "target random_affine <= 5 ms CPU per call: " in out
+    assert "target elastic_deform <= 10 ms CPU per call: " in out
+    saved = json.loads((tmp_path / "b.json").read_text())
+    assert set(saved["results"]) == {"random_affine", "elastic_deform", "augment_gm"}
+    targets = saved["targets_ms_cpu"]
+    assert saved["holds"] == {name: saved["results"][name]["cpu_ms"] <= ms for name, ms in targets.items()}

@@ -64,15 +64,21 @@ def start(folder: Path, *args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_epochs(run: Path, process: subprocess.Popen, epochs: int, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
+#: Only a hung process gets this far: no assertion here measures speed (a loaded machine may be
+#: slow by any factor; benchmarks/ hold the speed targets).
+HANG_GUARD_S = 1800
+
+
+def wait_for_epochs(run: Path, process: subprocess.Popen, epochs: int) -> None:
+    """Return once ``run``'s metrics.csv has ``epochs`` rows; fail if the process ends first."""
+    deadline = time.monotonic() + HANG_GUARD_S
     while time.monotonic() < deadline:
         csv_file = run / "metrics.csv"
         if csv_file.exists() and len(read_metrics(csv_file)) >= epochs:
             return
         assert process.poll() is None, process.communicate()
         time.sleep(0.02)
-    raise AssertionError("the run did not reach the epoch in time")
+    raise AssertionError(f"the run wrote fewer than {epochs} epochs in {HANG_GUARD_S} s: it hangs")
 
 
 @pytest.mark.parametrize("experiment", ["a6.0_w0.4", "ternary"])
@@ -82,16 +88,20 @@ def test_killed_then_resumed_run_ends_like_an_uninterrupted_one(tmp_path: Path, 
     args = em_args(data, "-o", "num_epochs=4", "-o", "dropout=0.1", "-o", "crop_size=[64,64]")
     assert train(folder, *args, "-o", "experiment_name=straight").returncode == 0
 
-    process = start(folder, *args, "-o", "experiment_name=killed")
-    run = folder / "runs" / "killed"
-    wait_for_epochs(run, process, 1)
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
+    for attempt in range(5):  # a descheduled test may see the kill land only after the last epoch: try again
+        name = f"killed{attempt}"
+        process = start(folder, *args, "-o", f"experiment_name={name}")
+        run = folder / "runs" / name
+        wait_for_epochs(run, process, 1)
+        process.send_signal(signal.SIGKILL)
+        process.communicate()
+        done = torch.load(run / "last.pt", weights_only=True)["epoch"]
+        if done < 4:
+            break
     assert not (run / "summary.json").exists()
-    done = torch.load(run / "last.pt", weights_only=True)["epoch"]
     assert 1 <= done < 4
 
-    result = train(folder, *args, "-o", "experiment_name=killed", "-o", "operation_mode=resume")
+    result = train(folder, *args, "-o", f"experiment_name={name}", "-o", "operation_mode=resume")
     assert result.returncode == 0, result.stderr
     assert f"resuming after epoch {done} of 4" in result.stdout
     assert metrics_without_time(run / "metrics.csv") == metrics_without_time(folder / "runs" / "straight" /
@@ -110,7 +120,7 @@ def test_interrupt_keeps_a_valid_last_checkpoint_and_says_how_to_resume(tmp_path
     try:
         wait_for_epochs(run, process, 1)
         process.send_signal(signum)
-        stdout, stderr = process.communicate(timeout=120)
+        stdout, stderr = process.communicate(timeout=HANG_GUARD_S)
     finally:
         process.kill()
     assert process.returncode == 130, stderr

@@ -55,16 +55,40 @@ def test_hausdorff_is_geometric_not_row_based() -> None:
 
 def test_empty_slices() -> None:
     empty = np.zeros((8, 8))
-    assert slice_metrics(empty, empty, 0.5, empty_dice=0)["dice"] == 0.0
-    assert slice_metrics(empty, empty, 0.5, empty_dice=1)["dice"] == 100.0
-    assert slice_metrics(empty, empty, 0.5)["hausdorff"] == 0.0
+    for empty_dice in (0, 1):  # IoU follows Dice's rule when both are empty
+        both = slice_metrics(empty, empty, 0.5, empty_dice=empty_dice)
+        assert both["dice"] == both["iou"] == 100.0 * empty_dice
+        assert both["hausdorff"] == 0.0 and both["hausdorff_one_empty"] == 0.0
     only_truth = empty.copy()
     only_truth[1, 1] = 1
-    m = slice_metrics(empty, only_truth, 0.5)
-    assert m["dice"] == 0.0 and m["precision"] == 0.0 and math.isnan(m["hausdorff"])
-    summary = summarize([m, slice_metrics(only_truth, only_truth, 0.5)])
-    assert summary["hausdorff"] == 0.0  # NaN slices are left out of the mean
-    assert summary["dice"] == 50.0 and summary["dice_std"] == 50.0 and summary["n_slices"] == 2
+    m = slice_metrics(empty, only_truth, 0.5, empty_dice=1)  # the model predicts nothing on it
+    assert m["dice"] == 0.0 and m["iou"] == 0.0 and m["precision"] == 0.0
+    assert m["hausdorff"] == pytest.approx(math.sqrt(8**2 + 8**2)) and m["hausdorff_one_empty"] == 1.0
+
+
+def test_a_slice_with_one_empty_mask_counts_as_the_image_diagonal() -> None:
+    """Hand-made 6 x 8 masks: the missed slice costs sqrt(6^2 + 8^2) = 10 pixels, not nothing."""
+    truth = np.zeros((6, 8))
+    truth[1, 1] = 1
+    hit = truth.copy()
+    shifted = np.zeros((6, 8))
+    shifted[1, 4] = 1  # 3 pixels to the right
+    rows = [
+        slice_metrics(hit, truth, 0.5),  # 0
+        slice_metrics(shifted, truth, 0.5),  # 3
+        slice_metrics(np.zeros((6, 8)), truth, 0.5),  # prediction empty: 10
+        slice_metrics(truth, np.zeros((6, 8)), 0.5),  # truth empty: 10
+        slice_metrics(np.zeros((6, 8)), np.zeros((6, 8)), 0.5, empty_dice=1),  # both empty: 0
+    ]
+    assert [r["hausdorff"] for r in rows] == [0.0, 3.0, 10.0, 10.0, 0.0]
+    assert [r["hausdorff_one_empty"] for r in rows] == [0.0, 0.0, 1.0, 1.0, 0.0]
+    summary = summarize(rows)
+    assert summary["hausdorff"] == pytest.approx(23.0 / 5)  # every slice in the mean
+    assert summary["hausdorff_one_empty"] == 2.0  # a count of slices, not a mean
+    assert summary["iou"] == pytest.approx((100 + 0 + 0 + 0 + 100) / 5)
+    assert summary["dice"] == 40.0 and summary["dice_std"] == pytest.approx(np.std([100, 0, 0, 0, 100]))
+    assert summary["n_slices"] == 5
+    assert summarize(rows[:2])["hausdorff_one_empty"] == 0.0
 
 
 def test_isbi_measures() -> None:

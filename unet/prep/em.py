@@ -355,6 +355,7 @@ def prepare_em(
     augment_copies: int = 0,
     seed: int = 0,
     source: Mapping[str, str] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Turn an EM stack and its labels into the PNG-pair folder ``out_dir``; return the manifest.
 
@@ -366,7 +367,9 @@ def prepare_em(
     ``train``, named ``slice_00``...; each training slice also gets ``augment_copies``
     augmented copies ``slice_00_aug1``... (:func:`augment_pair`, seeded by ``seed``).
     The folder is written through :func:`unet.fileio.atomic_directory` and holds
-    ``prepare.json`` with the options, the split and the foreground fraction per split.
+    ``prepare.json`` with the options, the split and the foreground fraction per split. A
+    non-empty ``out_dir`` is refused unless it holds a previous preparation and ``overwrite``
+    is true; then only the previous preparation's files are replaced.
     Raises :class:`DataError` for shape mismatches or non-binary labels and
     :class:`ConfigError` for a bad split or crop larger than the resized slice.
     """
@@ -396,7 +399,7 @@ def prepare_em(
     rng = np.random.default_rng(seed)
     width = max(2, len(str(n - 1)))
     stats: dict[str, list[int]] = {"train": [0, 0, 0], "val": [0, 0, 0]}
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         for i in range(n):
             image, mask = images[i], masks[i]
             if resize is not None:
@@ -434,6 +437,7 @@ def prepare_em_from_pairs(
     resize: int | None = None,
     augment_copies: int = 0,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Turn a folder of image PNGs and a folder of mask PNGs (paired by stem) into ``out_dir``.
 
@@ -442,8 +446,8 @@ def prepare_em_from_pairs(
     ``max(1, round(val_fraction * n))`` stems in sorted order (serial sections named in order
     stay contiguous). Then, per pair: optional resize to ``resize x resize``, centre crop to
     ``crop x crop`` (an image smaller than the crop is an error), ``augment_copies``
-    augmented copies of training pairs, written like :func:`prepare_em` under their own
-    stems. Returns the manifest.
+    augmented copies of training pairs, written like :func:`prepare_em` (``overwrite`` too)
+    under their own stems. Returns the manifest.
     """
     from unet.data.pairs import list_pngs, pair_files, read_pair
 
@@ -479,7 +483,7 @@ def prepare_em_from_pairs(
     rng = np.random.default_rng(seed)
     stats: dict[str, list[int]] = {"train": [0, 0, 0], "val": [0, 0, 0]}
     val_set = set(val)
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         for name, image_path, mask_path in pairs:
             image, mask = read_pair(image_path, mask_path)
             if resize is not None:

@@ -25,7 +25,7 @@ from scipy import ndimage
 
 from unet.data.gm import list_release, load_volume
 from unet.errors import ConfigError, DataError
-from unet.fileio import atomic_directory
+from unet.fileio import GM_RELEASE, atomic_directory
 
 __all__ = [
     "SITE_PROFILES",
@@ -184,8 +184,13 @@ def write_synthetic_release(
     n_slices: int = 6,
     size: int = 100,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> Path:
-    """Write a synthetic SCGM-like training release into ``out_dir`` (replaced atomically).
+    """Write a synthetic SCGM-like training release into ``out_dir`` (atomically).
+
+    A non-empty ``out_dir`` is refused unless it holds an earlier synthetic release
+    (``synthetic_release.json``) and ``overwrite`` is true; then only the release's files are
+    replaced and other files in the folder are kept (:func:`unet.fileio.atomic_directory`).
 
     For every site in ``sites`` (1-4, profiles in :data:`SITE_PROFILES`) and subject number in
     ``subjects`` (default 01-10: 01-08 train, 09-10 validation) it writes
@@ -213,7 +218,7 @@ def write_synthetic_release(
             f"(a {MIN_FOV_MM:g} mm field of view at {REFERENCE_ZOOM_MM} mm), got {size}"
         )
     out_dir = Path(out_dir)
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, GM_RELEASE, overwrite=overwrite) as tmp:
         for site in sites:
             profile = SITE_PROFILES[site]
             for subject in subjects:

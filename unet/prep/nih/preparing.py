@@ -227,8 +227,10 @@ def prepare_nih(
     size: tuple[int, int] = DEFAULT_SIZE,
     seed: int = 0,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Report:
-    """Prepare NIH Pancreas-CT as PNG pairs in ``out_dir`` (replaced atomically) and report.
+    """Prepare NIH Pancreas-CT as PNG pairs in ``out_dir`` (atomically; a previous preparation
+    only with ``overwrite``, see :func:`unet.fileio.atomic_directory`) and report.
 
     Each usable case contributes its pancreas slices as ``case0001_z045`` pairs (see the
     module docstring for orientation, intensity and crop). Split:
@@ -260,7 +262,7 @@ def prepare_nih(
 
     out_dir = Path(out_dir)
     report = Report(out_dir=out_dir, split=split, skipped=list(rejected), warnings=list(notes))
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         names: dict[int, list[str]] = {}
         bar = tqdm(cases, desc="NIH cases", unit="case", disable=not progress)
         for case in bar:

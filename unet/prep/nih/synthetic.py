@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 
 from unet.errors import ConfigError
-from unet.fileio import atomic_directory
+from unet.fileio import SYNTHETIC_SOURCE, atomic_directory
 
 
 def synthetic_case(shape: tuple[int, int, int] = (192, 192, 40), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -80,9 +80,10 @@ def write_synthetic_nih(
     n_cases: int = 6,
     shape: tuple[int, int, int] = (192, 192, 40),
     seed: int = 0,
+    overwrite: bool = False,
 ) -> Path:
     """Write a synthetic NIH-like release: ``out_dir/images/PANCREAS_0001.nii.gz``, ...
-    and ``out_dir/labels/label0001.nii.gz``, ... (``out_dir`` is replaced atomically).
+    and ``out_dir/labels/label0001.nii.gz``, ... (atomically; an earlier one only with ``overwrite``).
 
     Each case is :func:`synthetic_case` (``shape`` = canonical (X, Y, Z) voxels, seed
     ``seed + case``) at 0.7 x 0.7 x 2.5 mm, stored the way DICOM converters store CT: not
@@ -96,7 +97,7 @@ def write_synthetic_nih(
         raise ConfigError(f"shape must be three positive integers, got {tuple(shape)}")
     out_dir = Path(out_dir)
     spacing = (0.7, 0.7, 2.5)
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, SYNTHETIC_SOURCE, overwrite=overwrite) as tmp:
         (tmp / "images").mkdir()
         (tmp / "labels").mkdir()
         for number in range(1, n_cases + 1):
