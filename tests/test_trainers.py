@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from unet import cli
-from unet.sweep import load_recipe
+from unet.experiments import load_recipe
 
 from .conftest import REPO, run_command
 
