@@ -163,8 +163,8 @@ def read_image(path: str | Path) -> ImageStack:
     """Read a PNG or TIFF as an :class:`ImageStack`.
 
     PNG (Pillow): one 2-D image, 1-, 8- or 16-bit grey or colour. TIFF (tifffile): the first
-    series; axes ``YX`` is an image, one more leading axis (pages) a stack, a trailing ``S``
-    axis colour samples. Colour is turned grey by :func:`to_grey`. Raises DataError for an
+    series; axes ``YX`` is an image, one more leading axis (pages) a stack, an ``S`` axis
+    colour samples (interleaved or planar). Colour is turned grey by :func:`to_grey`. Raises DataError for an
     unreadable file or another layout (e.g. a multi-channel hyperstack).
     """
     path = Path(path)
@@ -183,7 +183,9 @@ def read_image(path: str | Path) -> ImageStack:
                 series = tif.series[0]
                 axes = series.axes
                 pixels = np.asarray(series.asarray())
-            colour = axes.endswith("S")
+            colour = "S" in axes  # colour samples, interleaved (YXS) or in planes (SYX)
+            if colour:
+                pixels = np.moveaxis(pixels, axes.index("S"), -1)
             leading = len(axes) - 2 - int(colour)
     except Exception as exc:  # noqa: BLE001 - any decoder failure means an unreadable file
         raise DataError(f"cannot read {path} ({_reason(exc)}); the file is corrupt or not a {kind} image") from None
