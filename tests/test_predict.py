@@ -354,13 +354,14 @@ def test_predicting_gm_volumes_gives_the_inference_dice(runs, tmp_path: Path) ->
 def test_mask_is_the_probability_above_the_threshold(runs, tmp_path: Path) -> None:
     source = runs["em"]["source"] / "train-volume.tif"
     assert predict("-m", runs["em"]["run"], "-i", source, "-o", tmp_path, "--probabilities",
-                   "--threshold", "0.5") == 0
+                   "--threshold", "0.5", "--tta") == 0
     mask = tifffile.imread(tmp_path / "train-volume.tif")
     prob = tifffile.imread(tmp_path / "probabilities" / "train-volume.tif")
     assert mask.shape == prob.shape == (8, 128, 128) and mask.dtype == np.uint8 and prob.dtype == np.float32
     np.testing.assert_array_equal(mask, np.where(prob > 0.5, 255, 0))
     manifest = json.loads((tmp_path / "predict.json").read_text())
-    assert manifest["options"]["threshold"] == 0.5 and manifest["files"][0]["ok"] is True
+    assert manifest["options"]["threshold"] == 0.5 and manifest["options"]["tta"] is True
+    assert manifest["files"][0]["ok"] is True and manifest["input_transform"]["resize_factor"] == [0.5, 0.5]
 
 
 # --------------------------------------------------------------------------- volumes: geometry
