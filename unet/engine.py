@@ -28,6 +28,7 @@ from .checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from .config import Config
 from .errors import DataError, UserError
 from .fileio import atomic_path, atomic_write_text
+from .input_transform import input_transform_record
 from .losses import get_loss
 from .memory import BITS_PER_MIB, weight_memory_bits
 from .metrics import BASE_METRICS, ISBI_METRICS, slice_metrics, summarize
@@ -440,7 +441,8 @@ class Run:
 
     def _model_state(self, epoch: int) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "epoch": epoch, "beta": self.model.beta(),
-                "config": self.cfg.to_plain(), "dataset": self.recipe.name, "run_id": self.run_id}
+                "config": self.cfg.to_plain(), "dataset": self.recipe.name, "run_id": self.run_id,
+                "input_transform": input_transform_record(self.cfg, self.recipe.name)}
 
     def _save_best(self, epoch: int, summary: dict[str, float]) -> None:
         state = {**self._model_state(epoch), "metrics": summary}
