@@ -81,6 +81,7 @@ def build_model(cfg: Config) -> UNet:
         cfg.weight_f_width,
         cfg.fixed_rounding,
         cfg.fixed_overflow,
+        cfg.pow2_min_exponent,
     )
     model = UNet(cfg.base_channels, weight_quant, act_quant, cfg.activation, cfg.dropout)
     return model.to(memory_format=torch.channels_last)  # ~10% faster steps on CPU: benchmarks/bench_training.py

@@ -105,7 +105,7 @@ def model_memory(cfg: Config | dict[str, Any], base_channels: int | None = None)
 
     width = int(cfg["base_channels"] if base_channels is None else base_channels)
     keys = ("quantization", "activation_i_width", "activation_f_width", "weight_i_width", "weight_f_width",
-            "fixed_rounding", "fixed_overflow", "activation", "dropout")
+            "fixed_rounding", "fixed_overflow", "pow2_min_exponent", "activation", "dropout")
     cache_key = (width, *(cfg[k] for k in keys))
     if cache_key not in _MEMORY_CACHE:
         model = build_model(Config({**cfg, "base_channels": width}, getattr(cfg, "sources", {})))
@@ -152,7 +152,7 @@ class Result:
 
         c = self.cfg
         return quant_specs(c.quantization, c.activation_i_width, c.activation_f_width, c.weight_i_width,
-                           c.weight_f_width, c.fixed_rounding, c.fixed_overflow)
+                           c.weight_f_width, c.fixed_rounding, c.fixed_overflow, c.pow2_min_exponent)
 
     def change(self) -> tuple[float, float] | None:
         """Dice change against the full-precision row: ``(dice - dice_fp, 100 (dice - dice_fp) / dice_fp)``;
