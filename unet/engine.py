@@ -29,9 +29,9 @@ from tqdm.auto import tqdm
 from .checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from .config import Config, Key
 from .errors import DataError, UserError
+from .export.packed import float32_size_bytes, packed_size_bytes
 from .fileio import atomic_path, atomic_write_text
 from .losses import get_loss
-from .memory import BITS_PER_MIB, weight_memory_bits
 from .metrics import BASE_METRICS, ISBI_METRICS, slice_metrics, summarize
 from .model import UNet, quant_specs
 from .plots import save_overlay_figure, save_weight_histograms
@@ -154,12 +154,13 @@ class RunLog:
 
 
 def describe_model(model: UNet) -> str:
-    """One line: quantization formats, parameter count and weight memory."""
+    """One line: quantization formats, parameter count and weight memory (the packed export's
+    tensors, :func:`unet.export.packed.packed_size_bytes`, against the same tensors in float32)."""
     params = sum(p.numel() for p in model.parameters())
-    bits = weight_memory_bits(model)
+    packed, full = packed_size_bytes(model), float32_size_bytes(model)
     return (
         f"model: U-Net, weights {model.weight_quant}, activations {model.act_quant}, {params:,} parameters, "
-        f"weight memory {bits['total'] / BITS_PER_MIB:.3f} MiB (float: {params * 32 / BITS_PER_MIB:.3f} MiB)"
+        f"weight memory {packed / 2**20:.3f} MiB packed (float32: {full / 2**20:.3f} MiB)"
     )
 
 

@@ -12,10 +12,12 @@ the sweep got) and writes, into the output folder (default: the first FOLDER):
   (the best model of every experiment on the same validation slices) and
   ``weights_<experiment>.png`` (per-layer float and quantized weight distributions).
 
-Weight memory (:func:`model_memory`): every quantized convolution's weights at their storage
-width (FIXED sign-magnitude ``1 + i + f`` bits, INT ``i + 1``, BNN 1, ternary 2 plus one 32-bit
-scale per output channel); the float first block and head, all biases and BatchNorm at 32 bits.
-``MiB = bits / 2^23``; the reduction factor is ``32 * params / bits`` (the same model in float).
+Weight memory (:func:`model_memory`): the measured size of the model's packed export
+(:func:`unet.export.packed.packed_size_bytes`, the file's tensors without its JSON header):
+every quantized convolution's weights bit-packed at ``QuantSpec.storage_bits`` (ternary plus one
+float32 scale per output channel), the float first block and head, biases and BatchNorm (with
+its running statistics) in float32. ``MiB = bytes / 2^20``; the reduction factor is the same
+tensors in float32 over the packed size.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import numpy as np
 
 from .config import Config, load_config
 from .errors import ConfigError, UserError
+from .export.packed import float32_size_bytes, packed_size_bytes
 from .fileio import atomic_path, atomic_write_text
 from .memory import BITS_PER_MIB, weight_memory_bits
 from .sweep import Experiment, collect, is_finished
@@ -63,21 +66,18 @@ CSV_FIELDS = (
 
 @dataclass(frozen=True)
 class Memory:
-    """Parameter count and weight storage of one model.
+    """Parameter count and measured packed size of one model.
 
-    ``bits`` counts quantized conv weights at their storage width and everything else at 32
-    bits; ``float_bits = 32 * params``; ``reduction = float_bits / bits``.
+    ``bits = 8 * packed_size_bytes(model)`` (the packed export's tensors); ``quantized_bits``
+    the quantized weights alone at their storage widths; ``float_bits`` the same tensors in
+    float32; ``reduction = float_bits / bits``.
     """
 
     base_channels: int
     params: int
     bits: int
     quantized_bits: int
-
-    @property
-    def float_bits(self) -> int:
-        """``32 * params``: the same model stored in float."""
-        return 32 * self.params
+    float_bits: int
 
     @property
     def mib(self) -> float:
@@ -86,12 +86,12 @@ class Memory:
 
     @property
     def float_mib(self) -> float:
-        """``32 * params / 2^23``."""
+        """``float_bits / 2^23``."""
         return self.float_bits / BITS_PER_MIB
 
     @property
     def reduction(self) -> float:
-        """``32 * params / bits`` (1.0 for a float model)."""
+        """``float_bits / bits`` (1.0 for a float model)."""
         return self.float_bits / self.bits
 
 
@@ -100,7 +100,7 @@ _MEMORY_CACHE: dict[tuple, Memory] = {}
 
 def model_memory(cfg: Config | dict[str, Any], base_channels: int | None = None) -> Memory:
     """The weight memory of the U-Net ``cfg`` describes, at ``base_channels`` (default: the
-    config's own), from :func:`unet.memory.weight_memory_bits` on the real model."""
+    config's own): the packed export's size of the real model (to the byte, as written)."""
     from .engine import build_model
 
     width = int(cfg["base_channels"] if base_channels is None else base_channels)
@@ -109,9 +109,9 @@ def model_memory(cfg: Config | dict[str, Any], base_channels: int | None = None)
     cache_key = (width, *(cfg[k] for k in keys))
     if cache_key not in _MEMORY_CACHE:
         model = build_model(Config({**cfg, "base_channels": width}, getattr(cfg, "sources", {})))
-        bits = weight_memory_bits(model)
-        _MEMORY_CACHE[cache_key] = Memory(width, sum(p.numel() for p in model.parameters()), bits["total"],
-                                          bits["quantized"])
+        _MEMORY_CACHE[cache_key] = Memory(width, sum(p.numel() for p in model.parameters()),
+                                          8 * packed_size_bytes(model), weight_memory_bits(model)["quantized"],
+                                          8 * float32_size_bytes(model))
     return _MEMORY_CACHE[cache_key]
 
 
@@ -467,22 +467,24 @@ def describe_data(path: Path) -> str:
 
 def memory_note(groups: dict[str, list[Result]]) -> str:
     """How the memory columns are counted, with the headline numbers when a Q6.0 / Q0.4 row is present."""
-    note = ("Weight memory counts every parameter: the quantized convolutions' weights at their storage width "
-            "(FIXED sign-magnitude 1 + i + f bits, INT i + 1, BNN 1, ternary 2 plus a 32-bit scale per output "
-            "channel) and the float first block, 1-channel head, biases and BatchNorm at 32 bits; "
-            "MiB = bits / 2^23; reduction = the same model in float / this model. `c` is the width the run "
+    note = ("Weight memory is the measured size of the model's packed export (`python -m unet.export RUN`, "
+            "the file's tensors without its JSON header): the quantized convolutions' weights bit-packed at their "
+            "storage width (FIXED nearest saturate 1 + i + f bits, wrap 2 + i + f when f > 0, pow2 sign + exponent "
+            "index, INT i + 1, BNN 1, ternary 2 plus a float32 scale per output channel) and the float first "
+            "block, 1-channel head, biases and BatchNorm (with running statistics) in float32; MiB = bytes / 2^20; "
+            "reduction = the same tensors in float32 / the packed size. `c` is the width the run "
             "used; the c=64 columns are the paper's model in the same format. Δ Dice = Dice − Dice(full "
             "precision) in points, and 100 (Dice − Dice_FP) / Dice_FP in percent.")
     for results in groups.values():
         for r in results:
-            if formats(r) == ("Q6.0", "Q0.4") and r.memory64 is not None:
-                m = r.memory64
+            if formats(r) == ("Q6.0", "Q0.4") and r.memory64 is not None and r.specs is not None:
+                m, bits = r.memory64, r.specs[0].storage_bits
                 return note + (
-                    f" Headline Q6.0 / Q0.4 at c=64: {m.mib:.2f} MiB against {m.float_mib:.2f} MiB in float, "
-                    f"{m.reduction:.2f}x smaller. The paper's 8x compares 4-bit weights with 32-bit floats; "
-                    f"stored sign-magnitude a Q0.4 weight takes 5 bits (32/5 = 6.4x for those weights), and the "
-                    f"float first and last layers, biases and BatchNorm bring the whole model to "
-                    f"{m.reduction:.2f}x.")
+                    f" Headline Q6.0 / Q0.4 ({quantizer_label(r)}) at c=64: {m.mib:.2f} MiB against "
+                    f"{m.float_mib:.2f} MiB in float, {m.reduction:.2f}x smaller. The paper's 8x compares 4-bit "
+                    f"weights with 32-bit floats; stored, a Q0.4 weight here takes {bits} bits "
+                    f"(32/{bits} = {32 / bits:.1f}x for those weights), and the float first and last layers, "
+                    f"biases and BatchNorm bring the whole model to {m.reduction:.2f}x.")
     return note
 
 
@@ -525,10 +527,10 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 
 
 def plot_dice_vs_bits(path: Path, groups: dict[str, list[Result]]) -> None:
-    """Best val Dice against the weights' storage bits (1 + i + f; BNN 1, ternary 2, float 32),
+    """Best val Dice against the weights' storage bits (``QuantSpec.storage_bits``; float 32),
     one line per dataset; hollow markers are unfinished runs."""
-    _scatter_lines(path, groups, lambda r: weight_bits(r), "weight bits per value (sign-magnitude 1 + i + f; "
-                   "BNN 1, ternary 2, float 32)", "Best val Dice against weight precision", base=2)
+    _scatter_lines(path, groups, lambda r: weight_bits(r), "weight bits per value as stored (QuantSpec.storage_bits; "
+                   "float 32)", "Best val Dice against weight precision", base=2)
 
 
 def plot_dice_vs_memory(path: Path, groups: dict[str, list[Result]]) -> None:
