@@ -213,22 +213,23 @@ def _csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def test_command_refuses_to_overwrite_and_names_bad_sources(run: dict, tmp_path: Path):
+def test_command_refuses_to_overwrite_and_names_bad_sources(run: dict, tmp_path: Path, capsys):
     out = tmp_path / "m.uqp"
     out.write_bytes(b"keep me")
     result = run_command(["-m", "unet.export", str(run["run_dir"]), "-o", str(out)], cwd=REPO)
     assert result.returncode == 2 and result.stderr.startswith("error: ") and "--overwrite" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and out.read_bytes() == b"keep me"
-    again = run_command(["-m", "unet.export", str(run["run_dir"]), "-o", str(out), "--overwrite"], cwd=REPO)
-    assert again.returncode == 0 and out.read_bytes()[:8] == b"UNETQPK\0"
-    for source in (tmp_path / "nothing", tmp_path):  # missing path; folder without best.pt
-        bad = run_command(["-m", "unet.export", str(source), "-o", str(tmp_path / "n.uqp")], cwd=REPO)
-        assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
-        assert not (tmp_path / "n.uqp").exists()
+    assert cli.main([str(run["run_dir"]), "-o", str(out), "--overwrite"]) == 0
+    assert out.read_bytes()[:8] == b"UNETQPK\0"
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    bad = run_command(["-m", "unet.export", str(junk), "-o", str(tmp_path / "n.uqp")], cwd=REPO)
-    assert bad.returncode == 2 and "junk.pt" in bad.stderr and not (tmp_path / "n.uqp").exists()
+    # a missing path, a folder without best.pt, a file that is no checkpoint
+    for source, words in ((tmp_path / "nothing", "does not exist"), (tmp_path, "no best.pt"), (junk, "junk.pt")):
+        capsys.readouterr()
+        assert cli.main([str(source), "-o", str(tmp_path / "n.uqp")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and words in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "n.uqp").exists()
 
 
 def test_onnx_formats_dispatch_lazily(run: dict, tmp_path: Path, monkeypatch, capsys):
