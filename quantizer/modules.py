@@ -118,7 +118,7 @@ class QuantSpec:
         ``sign(c) * pow2_levels()[|c|]`` (exact: every level is a float32 number)."""
         codes = codes.to(torch.int64)
         if self.is_pow2:
-            levels = torch.tensor(self.pow2_levels(), dtype=torch.float32)
+            levels = torch.tensor(self.pow2_levels(), dtype=torch.float32, device=codes.device)
             return levels[codes.abs()] * torch.sign(codes).to(torch.float32)
         return codes.to(torch.float32) * scale
 
