@@ -21,14 +21,15 @@ from . import functional as F
 
 class _FixedPointSTE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: Tensor, i_bits: int, f_bits: int, rounding: str, overflow: str, inplace: bool):
+    def forward(ctx: Any, x: Tensor, i_bits: int, f_bits: int, rounding: str, overflow: str, inplace: bool,
+                pow2_min_exponent: int | None):
         if inplace:
             ctx.mark_dirty(x)
-        return F.fixed_point_forward(x, i_bits, f_bits, rounding, overflow, inplace)
+        return F.fixed_point_forward(x, i_bits, f_bits, rounding, overflow, inplace, pow2_min_exponent)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor):
-        return grad, None, None, None, None, None
+        return grad, None, None, None, None, None, None
 
 
 class _IntMinMaxSTE(torch.autograd.Function):
@@ -71,14 +72,21 @@ class _TernarySTE(torch.autograd.Function):
 
 
 def fixed_point(
-    x: Tensor, i_bits: int, f_bits: int, rounding: str = "nearest", overflow: str = "wrap", inplace: bool = False
+    x: Tensor,
+    i_bits: int,
+    f_bits: int,
+    rounding: str = "nearest",
+    overflow: str = "wrap",
+    inplace: bool = False,
+    pow2_min_exponent: int | None = None,
 ) -> Tensor:
     """Fixed-point Qi.f quantization with a straight-through (identity) gradient.
 
     ``rounding="nearest"``: sign-magnitude grid of step ``2^-f``; ``overflow="wrap"`` is the
     original formula (:func:`quantizer.functional.fixed_point_nearest_wrap`), ``"saturate"``
-    the textbook clamp to ``2^i - 2^-f``. ``rounding="pow2"``: nearest power of two, clamped
-    to ``±M`` (:func:`quantizer.functional.fixed_point_pow2`).
+    the textbook clamp to ``2^i - 2^-f``. ``rounding="pow2"``: nearest power of two, 0 below
+    ``2^pow2_min_exponent`` (``None``: no bound), clamped to ``±M``
+    (:func:`quantizer.functional.fixed_point_pow2`).
 
     ``inplace=True`` overwrites ``x`` with the result (like ``nn.ReLU(inplace=True)``): it
     saves a full-size allocation; autograd raises if ``x`` was needed by another backward.
@@ -87,7 +95,8 @@ def fixed_point(
         raise ValueError(f"rounding must be one of {F.ROUNDINGS}, got {rounding!r}")
     if overflow not in F.OVERFLOWS:
         raise ValueError(f"overflow must be one of {F.OVERFLOWS}, got {overflow!r}")
-    return _FixedPointSTE.apply(x, int(i_bits), int(f_bits), rounding, overflow, bool(inplace))
+    bound = None if pow2_min_exponent is None else int(pow2_min_exponent)
+    return _FixedPointSTE.apply(x, int(i_bits), int(f_bits), rounding, overflow, bool(inplace), bound)
 
 
 def int_minmax(x: Tensor, bits: int, inplace: bool = False) -> Tensor:
@@ -98,8 +107,8 @@ def int_minmax(x: Tensor, bits: int, inplace: bool = False) -> Tensor:
 
 
 def binary(x: Tensor, inplace: bool = False) -> Tensor:
-    """``sign(x)`` with the BNN gradient ``dL/dx = dL/dq * [|x| <= 1]``; ``inplace`` as in
-    :func:`fixed_point`."""
+    """``-1`` where ``x < 0`` else ``+1`` (exact zeros give +1) with the BNN gradient
+    ``dL/dx = dL/dq * [|x| <= 1]``; ``inplace`` as in :func:`fixed_point`."""
     return _BinarySTE.apply(x, bool(inplace))
 
 

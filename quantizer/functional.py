@@ -10,7 +10,7 @@ rule overwrites its input (the activation quantizers of the U-Net do, on the fre
 output), which saves the allocation of a full-size output tensor.
 
 Notation: ``i`` integer bits, ``f`` fractional bits, ``round`` is round-half-to-even
-(``torch.round``), ``sign(0) = 0``.
+(``torch.round``), ``sign(0) = 0`` (except in :func:`binary_forward`, where 0 gives +1).
 
 Each rule also has a ``*_codes`` form returning the integer codes ``c`` and the scale ``s``
 of the quantized tensor, with ``q == c * s`` exactly; a hardware export reads these.
@@ -122,16 +122,22 @@ def pow2_limit(i_bits: int, f_bits: int) -> float:
 
 
 @torch.no_grad()
-def fixed_point_pow2(x: Tensor, i_bits: int, f_bits: int, inplace: bool = False) -> Tensor:
-    """Power-of-two rounding of the original EM code.
+def fixed_point_pow2(
+    x: Tensor, i_bits: int, f_bits: int, inplace: bool = False, min_exponent: int | None = None
+) -> Tensor:
+    """Power-of-two rounding of the original EM code, with a bounded exponent range.
 
-    ``p = sign(x) * 2^round(log2 |x|)`` (0 stays 0), then clamped to ``[-M, M]`` with
-    ``M = pow2_limit(i, f)``. There is no grid: small magnitudes stay small powers of two
-    (0.001 -> 2^-10 at any width). ``inplace=True`` writes into ``x``.
+    ``p = sign(x) * 2^e`` with ``e = round(log2 |x|)`` (0 stays 0); ``p = 0`` when
+    ``e < min_exponent`` (flush to zero; ``None``: no bound, the original rule, where
+    0.001 -> 2^-10 at any width); then clamped to ``[-M, M]`` with ``M = pow2_limit(i, f)``.
+    The magnitudes are :func:`pow2_levels`. ``inplace=True`` writes into ``x``.
     """
     limit = pow2_limit(i_bits, f_bits)
     p = torch.abs(x)  # |x| = 0: log2 = -inf, 2^-inf = 0
     _round_pow2_(p)
+    if min_exponent is not None:
+        # p is exactly 0 or 2^e here, so p < 2^min_exponent <=> e < min_exponent (NaN stays NaN)
+        p.masked_fill_(p < 2.0**min_exponent, 0.0)
     p.clamp_max_(limit)
     return torch.copysign(p, x, out=x) if inplace else p.copysign_(x)
 
@@ -155,16 +161,44 @@ def _round_pow2_(t: Tensor) -> Tensor:
     return t.log2_().round_().exp2_()
 
 
+def pow2_levels(i_bits: int, f_bits: int, min_exponent: int) -> list[float]:
+    """The magnitudes :func:`fixed_point_pow2` can return, ascending: ``0``, every ``2^e``
+    with ``min_exponent <= e`` and ``2^e <= M``, and ``M = pow2_limit(i, f)`` itself when it
+    is not one of those powers (an input rounding to a power above ``M`` is clamped to ``M``).
+
+    ``M = 0`` (Q0.0) gives ``[0.0]``. The signed values are ``±`` these (a signed zero is 0).
+    """
+    limit = pow2_limit(i_bits, f_bits)
+    if limit == 0:
+        return [0.0]
+    levels = [0.0]
+    e = min_exponent
+    while 2.0**e <= limit:
+        levels.append(2.0**e)
+        e += 1
+    if levels[-1] != limit:
+        levels.append(limit)
+    return levels
+
+
 def fixed_point_forward(
-    x: Tensor, i_bits: int, f_bits: int, rounding: str = "nearest", overflow: str = "wrap", inplace: bool = False
+    x: Tensor,
+    i_bits: int,
+    f_bits: int,
+    rounding: str = "nearest",
+    overflow: str = "wrap",
+    inplace: bool = False,
+    pow2_min_exponent: int | None = None,
 ) -> Tensor:
     """Dispatch to the FIXED variant named by ``rounding`` and ``overflow``.
 
-    ``rounding="pow2"`` ignores ``overflow`` (it always clamps to ``±M``). ``inplace=True``
-    writes the result into ``x``.
+    ``rounding="pow2"`` ignores ``overflow`` (it always clamps to ``±M``) and flushes
+    magnitudes whose rounded exponent is below ``pow2_min_exponent`` to 0 (``None``: no
+    bound); nearest rounding ignores ``pow2_min_exponent``. ``inplace=True`` writes the
+    result into ``x``.
     """
     if rounding == "pow2":
-        return fixed_point_pow2(x, i_bits, f_bits, inplace)
+        return fixed_point_pow2(x, i_bits, f_bits, inplace, pow2_min_exponent)
     if rounding != "nearest":
         raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
     if overflow == "wrap":
@@ -210,8 +244,15 @@ def int_minmax_forward(x: Tensor, bits: int, inplace: bool = False) -> Tensor:
 
 @torch.no_grad()
 def binary_forward(x: Tensor, inplace: bool = False) -> Tensor:
-    """Binarization ``q = sign(x)`` (values -1, 0 for exact zeros, +1); ``inplace`` writes into ``x``."""
-    return x.sign_() if inplace else torch.sign(x)
+    """Binarization to two levels: ``q = -1`` where ``x < 0``, else ``+1``.
+
+    Exact zeros (``+0`` and ``-0``) give ``+1``, so a binary value always fits one bit (the
+    original's ``sign(0) = 0`` was a third level). NaN gives ``+1`` as well
+    (``torch.sign(NaN) = 0``). ``inplace`` writes into ``x``.
+    """
+    q = x.sign_() if inplace else torch.sign(x)
+    # sign(sign(x) + 1/2) maps -1, 0, 1 to -1, 1, 1 in two cheap in-place passes
+    return q.add_(0.5).sign_()
 
 
 def _ternary_parts(w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -252,27 +293,52 @@ def ternary_forward(w: Tensor) -> Tensor:
 
 
 def fixed_point_codes(
-    x: Tensor, i_bits: int, f_bits: int, rounding: str = "nearest", overflow: str = "wrap"
+    x: Tensor,
+    i_bits: int,
+    f_bits: int,
+    rounding: str = "nearest",
+    overflow: str = "wrap",
+    pow2_min_exponent: int | None = None,
 ) -> tuple[Tensor, float]:
     """Integer codes ``c`` (int64) and scale ``s`` with ``fixed_point_forward(x, ...) == c * s``.
 
-    Nearest rounding: ``s = 2^-f`` and ``|c| <= 2^(i+f)``. Pow2 rounding: ``s = 2^e`` with
-    ``e`` the smallest of ``-f`` and the smallest exponent present, so every value (powers of
-    two and the bound ``M``) is an integer multiple of ``s``; a tensor whose magnitudes span
-    more than 2^62 has no such int64 codes and raises ``ValueError``.
+    Nearest rounding: ``s = 2^-f`` and ``|c| <= 2^(i+f)`` (wrap reaches ``2^(i+f)`` when
+    ``f > 0``; saturate stops at ``2^(i+f) - 1``). Pow2 rounding with an exponent bound:
+    the fixed scale ``s = 2^min(pow2_min_exponent, -f)``, on which every level (the powers of
+    two and ``M``) is an integer; without a bound (``None``, the original rule) ``s = 2^e``
+    with ``e`` the smallest of ``-f`` and the smallest exponent present (data dependent).
+    Codes that would not fit int64 (a span beyond 2^62) raise ``ValueError``.
+    The packed format stores pow2 values as :func:`pow2_exponent_codes` instead.
     """
-    q = fixed_point_forward(x, i_bits, f_bits, rounding, overflow)
+    q = fixed_point_forward(x, i_bits, f_bits, rounding, overflow, pow2_min_exponent=pow2_min_exponent)
     if rounding == "pow2":
         nonzero = q[q != 0].abs()
-        smallest = int(torch.log2(nonzero.min()).item()) if nonzero.numel() else 0
+        if pow2_min_exponent is not None:  # every level, whatever the data
+            smallest, largest = pow2_min_exponent, pow2_limit(i_bits, f_bits)
+        else:
+            smallest = int(torch.log2(nonzero.min()).item()) if nonzero.numel() else 0
+            largest = float(nonzero.max()) if nonzero.numel() else 0.0
         scale = 2.0 ** min(-f_bits, smallest)
-        if nonzero.numel() and float(nonzero.max()) / scale >= 2.0**62:
-            raise ValueError(
-                f"pow2 values from 2^{smallest} to {float(nonzero.max())} span more than 2^62: no int64 codes"
-            )
+        if largest / scale >= 2.0**62:
+            raise ValueError(f"pow2 values from 2^{smallest} to {largest} span more than 2^62: no int64 codes")
     else:
         scale = 2.0**-f_bits
     return torch.round(q / scale).to(torch.int64), scale
+
+
+def pow2_exponent_codes(x: Tensor, i_bits: int, f_bits: int, pow2_min_exponent: int) -> Tensor:
+    """Signed level indices of the pow2 quantization of ``x`` (int64), as the packed format
+    stores them: ``c = sign(q) * k`` where ``|q| = pow2_levels(i, f, pow2_min_exponent)[k]``.
+
+    ``0 <= |c| <= len(levels) - 1``, so ``c`` fits ``1 + ceil(log2 len(levels))`` bits
+    sign-magnitude. Decode: ``q = sign(c) * levels[|c|]``. NaN inputs raise ``ValueError``.
+    """
+    q = fixed_point_pow2(x.detach(), i_bits, f_bits, False, pow2_min_exponent)
+    if bool(torch.isnan(q).any()):
+        raise ValueError("NaN has no pow2 level index")
+    levels = torch.tensor(pow2_levels(i_bits, f_bits, pow2_min_exponent), dtype=q.dtype, device=q.device)
+    index = torch.searchsorted(levels, q.abs().contiguous())  # exact: |q| is one of the levels
+    return (index * torch.sign(q).to(torch.int64)).to(torch.int64)
 
 
 def ternary_codes(w: Tensor) -> tuple[Tensor, Tensor]:

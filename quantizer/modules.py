@@ -6,6 +6,7 @@ math stays in :mod:`quantizer.functional` and the gradients in :mod:`quantizer.a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -16,13 +17,21 @@ from . import functional as F
 
 KINDS = ("float", "fixed", "int", "binary", "ternary")
 
+#: Default smallest exponent of pow2 rounding (``pow2_min_exponent``): magnitudes that round to
+#: ``2^e`` with ``e`` below it are flushed to 0. Chosen by measurement on the EM pow2 quick start
+#: (README, "Memory, and the paper's 8x").
+DEFAULT_POW2_MIN_EXPONENT = -8
+#: Range accepted for ``pow2_min_exponent`` (float32 normal exponents).
+POW2_MIN_EXPONENT_RANGE = (-126, 126)
+
 
 @dataclass(frozen=True)
 class QuantSpec:
     """One quantizer and its format.
 
-    ``kind``: ``float`` (identity), ``fixed`` (Qi.f with ``rounding`` and ``overflow``),
-    ``int`` (min-max, ``i_bits`` bits), ``binary`` (sign), ``ternary`` (TWN, weights only).
+    ``kind``: ``float`` (identity), ``fixed`` (Qi.f with ``rounding`` and ``overflow``; pow2
+    rounding flushes magnitudes below ``2^pow2_min_exponent`` to 0), ``int`` (min-max,
+    ``i_bits`` bits), ``binary`` (-1 / +1), ``ternary`` (TWN, weights only).
     """
 
     kind: str = "float"
@@ -30,6 +39,7 @@ class QuantSpec:
     f_bits: int = 0
     rounding: str = "nearest"
     overflow: str = "wrap"
+    pow2_min_exponent: int = DEFAULT_POW2_MIN_EXPONENT
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -40,6 +50,15 @@ class QuantSpec:
             raise ValueError(f"rounding must be one of {F.ROUNDINGS}, got {self.rounding!r}")
         if self.overflow not in F.OVERFLOWS:
             raise ValueError(f"overflow must be one of {F.OVERFLOWS}, got {self.overflow!r}")
+        low, high = POW2_MIN_EXPONENT_RANGE
+        e = self.pow2_min_exponent
+        if isinstance(e, bool) or not isinstance(e, int) or not low <= e <= high:
+            raise ValueError(f"pow2_min_exponent must be an integer in [{low}, {high}], got {e!r}")
+
+    @property
+    def is_pow2(self) -> bool:
+        """FIXED with power-of-two rounding."""
+        return self.kind == "fixed" and self.rounding == "pow2"
 
     def __call__(self, x: Tensor, inplace: bool = False) -> Tensor:
         """Quantize ``x`` (differentiable through the straight-through estimator).
@@ -48,7 +67,8 @@ class QuantSpec:
         (saving a full-size allocation); ``float`` returns ``x`` and ``ternary`` a new tensor.
         """
         if self.kind == "fixed":
-            return ste.fixed_point(x, self.i_bits, self.f_bits, self.rounding, self.overflow, inplace)
+            return ste.fixed_point(x, self.i_bits, self.f_bits, self.rounding, self.overflow, inplace,
+                                   self.pow2_min_exponent)
         if self.kind == "int":
             return ste.int_minmax(x, self.i_bits, inplace)
         if self.kind == "binary":
@@ -60,29 +80,96 @@ class QuantSpec:
     def codes(self, x: Tensor) -> tuple[Tensor, Tensor | float]:
         """Integer codes and scale with ``self(x) == codes * scale`` (for export).
 
-        ``fixed``: :func:`quantizer.functional.fixed_point_codes`; ``ternary``: codes in
-        {-1, 0, 1} and per-channel scales; ``int`` and ``binary`` are integers already
-        (scale 1); ``float`` has no codes and raises ``ValueError``.
+        ``fixed``: :func:`quantizer.functional.fixed_point_codes` (pow2: the fixed scale
+        ``2^min(pow2_min_exponent, -f)``); ``ternary``: codes in {-1, 0, 1} and per-channel
+        scales; ``int`` and ``binary`` are integers already (scale 1); ``float`` has no codes
+        and raises ``ValueError``.
         """
         with torch.no_grad():
             if self.kind == "fixed":
-                return F.fixed_point_codes(x, self.i_bits, self.f_bits, self.rounding, self.overflow)
+                return F.fixed_point_codes(x, self.i_bits, self.f_bits, self.rounding, self.overflow,
+                                           self.pow2_min_exponent)
             if self.kind == "ternary":
                 return F.ternary_codes(x)
             if self.kind in ("int", "binary"):
                 return self(x).to(torch.int64), 1.0
         raise ValueError("a float tensor has no integer codes")
 
+    def pow2_levels(self) -> list[float]:
+        """The magnitudes a pow2 spec can produce (:func:`quantizer.functional.pow2_levels`)."""
+        return F.pow2_levels(self.i_bits, self.f_bits, self.pow2_min_exponent)
+
+    def storage_codes(self, x: Tensor) -> tuple[Tensor, Tensor | float]:
+        """The signed integer codes (int64) a storage format keeps, and their scale.
+
+        Every code fits :attr:`storage_bits` bits sign-magnitude, ``|c| <= 2^(bits-1) - 1``
+        (binary: ``c`` in {-1, +1}, one bit). As :meth:`codes`, except pow2, whose codes are
+        level indices (:func:`quantizer.functional.pow2_exponent_codes`; scale 1.0).
+        :meth:`decode` inverts it.
+        """
+        if self.is_pow2:
+            with torch.no_grad():
+                return F.pow2_exponent_codes(x, self.i_bits, self.f_bits, self.pow2_min_exponent), 1.0
+        codes, scale = self.codes(x)
+        return codes.to(torch.int64), scale
+
+    def decode(self, codes: Tensor, scale: Tensor | float) -> Tensor:
+        """The quantized float32 values of :meth:`storage_codes`: ``codes * scale``, or for pow2
+        ``sign(c) * pow2_levels()[|c|]`` (exact: every level is a float32 number)."""
+        codes = codes.to(torch.int64)
+        if self.is_pow2:
+            levels = torch.tensor(self.pow2_levels(), dtype=torch.float32, device=codes.device)
+            return levels[codes.abs()] * torch.sign(codes).to(torch.float32)
+        return codes.to(torch.float32) * scale
+
+    def float_for(self, q: Tensor) -> Tensor:
+        """A float tensor ``w`` that this spec quantizes to ``q`` exactly (``self(w) == q``),
+        for ``q`` a quantized tensor of this spec: a reader rebuilds the float weights from it.
+
+        ``q`` itself except where re-quantizing ``q`` would move it: nearest wrap with
+        ``f > 0`` maps ``±2^i`` to ``2^i - 1``, so those become ``±(2^i - 2^-(f+1))`` (which
+        round up to ``2^i``); pow2 maps a clamp value ``M`` that is not a power of two (or below
+        ``2^pow2_min_exponent``) elsewhere, so ``±M`` becomes ``±2^max(min_exponent,
+        floor(log2 M) + 1)``, which clamps to ``M``. Every other spec is idempotent.
+        """
+        w = q.detach().clone()
+        if self.kind != "fixed":
+            return w
+        if self.is_pow2:
+            limit = F.pow2_limit(self.i_bits, self.f_bits)
+            if limit > 0:
+                above = 2.0 ** max(self.pow2_min_exponent, math.floor(math.log2(limit)) + 1)
+                w = torch.where(w.abs() == limit, torch.copysign(torch.full_like(w, above), w), w)
+            return w
+        if self.overflow == "wrap" and self.f_bits > 0:
+            top = 2.0**self.i_bits
+            inside = top - 2.0 ** -(self.f_bits + 1)
+            w = torch.where(w.abs() == top, torch.copysign(torch.full_like(w, inside), w), w)
+        return w
+
     @property
     def storage_bits(self) -> int:
-        """Bits to store one value: sign-magnitude ``1 + i + f`` for fixed, ``i + 1`` for int
-        (its range ``[-2^(i-1), 2^(i-1)]`` is inclusive), 1 binary, 2 ternary, 32 float."""
-        return {
-            "fixed": 1 + self.i_bits + self.f_bits,
-            "int": self.i_bits + 1,
-            "binary": 1,
-            "ternary": 2,
-        }.get(self.kind, 32)
+        """Bits per value of a real encoding (the one definition; the memory figures, the
+        results table and the packed export use it), sign-magnitude unless noted:
+
+        * FIXED nearest saturate: ``1 + i + f`` (``|c| <= 2^(i+f) - 1``);
+        * FIXED nearest wrap: ``2 + i + f`` when ``f > 0``: the fraction can round up to a whole
+          one, so ``|c|`` reaches ``2^(i+f)`` (Q0.4: 1.0, code 16; 33 levels do not fit 5 bits,
+          and saturating that code would change the model); ``1 + i`` when ``f = 0`` (truncation);
+        * FIXED pow2: ``1 + ceil(log2 L)``, sign and level index, ``L`` the number of magnitudes
+          :meth:`pow2_levels` (0, the powers ``2^e`` from ``2^pow2_min_exponent`` to ``M`` and
+          ``M`` itself);
+        * INT ``b``: ``b + 1`` (its range ``[-2^(b-1), 2^(b-1)]`` is inclusive);
+        * binary: 1 (-1 / +1); ternary: 2 (plus one float32 scale per output channel);
+        * float: 32.
+        """
+        if self.kind == "fixed":
+            if self.is_pow2:
+                return 1 + (len(self.pow2_levels()) - 1).bit_length()
+            if self.overflow == "wrap" and self.f_bits > 0:
+                return 2 + self.i_bits + self.f_bits
+            return 1 + self.i_bits + self.f_bits
+        return {"int": self.i_bits + 1, "binary": 1, "ternary": 2}.get(self.kind, 32)
 
     def __str__(self) -> str:
         if self.kind == "fixed":

@@ -36,8 +36,11 @@ def test_quantspec_dispatches_to_the_functional_quantizers():
         QuantSpec("fixed", 3, 3, overflow="saturate")(x),
         fixed_point(x, 3, 3, "nearest", "saturate"),
     )
-    assert torch.equal(QuantSpec("fixed", 4, 0, rounding="pow2")(x), fixed_point(x, 4, 0, "pow2"))
-    assert torch.equal(QuantSpec("binary")(x), x.sign())
+    pow2 = QuantSpec("fixed", 4, 0, rounding="pow2", pow2_min_exponent=-3)
+    assert torch.equal(pow2(x), fixed_point(x, 4, 0, "pow2", pow2_min_exponent=-3))
+    assert not torch.equal(pow2(x), fixed_point(x, 4, 0, "pow2"))  # 2^-4 is flushed
+    # binary: two levels, exact zeros give +1 (x holds 0.0)
+    assert torch.equal(QuantSpec("binary")(x), torch.where(x < 0, -1.0, 1.0))
     w = x[:96].reshape(4, 24)
     assert torch.equal(QuantSpec("ternary")(w), ternary(w))
     assert QuantSpec("float")(x) is x
@@ -63,10 +66,18 @@ def test_quantspec_rejects_invalid(kwargs):
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
-        (QuantSpec("fixed", 0, 4), 5),
-        (QuantSpec("fixed", 6, 0), 7),
-        (QuantSpec("fixed", 8, 8), 17),
-        (QuantSpec("fixed", 0, 2, rounding="pow2"), 3),
+        (QuantSpec("fixed", 0, 4), 6),  # wrap: the fraction rounds up to code 16 (33 levels)
+        (QuantSpec("fixed", 0, 4, overflow="saturate"), 5),
+        (QuantSpec("fixed", 6, 0), 7),  # wrap with f = 0 truncates: no extra code
+        (QuantSpec("fixed", 8, 8), 18),
+        (QuantSpec("fixed", 8, 8, overflow="saturate"), 17),
+        # levels 0, 2^-8 ... 2^-1, M = 0.75: 10 magnitudes, 4 bits, plus the sign
+        (QuantSpec("fixed", 0, 2, rounding="pow2", pow2_min_exponent=-8), 5),
+        # 0, 2^-6 ... 2^-1, 0.75: 8 magnitudes
+        (QuantSpec("fixed", 0, 2, rounding="pow2", pow2_min_exponent=-6), 4),
+        # Q6.0: M = 32 is a power of two: 0, 2^-9 ... 2^5 = 16 magnitudes
+        (QuantSpec("fixed", 6, 0, rounding="pow2", pow2_min_exponent=-9), 5),
+        (QuantSpec("fixed", 0, 0, rounding="pow2"), 1),  # M = 0: only zeros
         (QuantSpec("int", 4), 5),  # [-8, 8] has 17 levels
         (QuantSpec("binary"), 1),
         (QuantSpec("ternary"), 2),

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quantizer import QuantSpec, binary, fixed_point, int_minmax, ternary
+from quantizer import functional as Fn
 from quantizer.functional import pow2_limit, ternary_threshold_and_scale
 
 # per-test settings (not a global profile, so other test files keep theirs)
@@ -171,8 +172,8 @@ def test_int_min_maps_to_lowest_code(x, b):
 @given(tensors(finite))
 def test_binary_values(x):
     q = binary(x)
-    assert set(q.tolist()) <= {-1.0, 0.0, 1.0}
-    assert torch.equal(q == 0, x == 0)
+    assert set(q.tolist()) <= {-1.0, 1.0}
+    assert torch.equal(q == 1, x >= 0)
 
 
 weights = st.tuples(st.integers(1, 4), st.integers(1, 3), st.integers(1, 3)).flatmap(
@@ -226,7 +227,9 @@ def test_finite_output_for_finite_input(name, x):
 def test_finite_output_for_constant_tensor(name, value):
     q = QUANTIZERS[name](torch.full((2, 5), value))
     assert bool(torch.isfinite(q).all())
-    if name in ("int4",) or value == 0.0:
+    if name == "binary" and value == 0.0:
+        assert torch.equal(q, torch.ones_like(q))  # exact zeros give +1
+    elif name in ("int4",) or value == 0.0:
         assert torch.equal(q, torch.zeros_like(q))
 
 
@@ -282,16 +285,26 @@ def test_ternary_codes(w):
 
 
 def test_pow2_codes_tiny_and_large_values():
-    """One scale 2^e serves the whole tensor: a dynamic range beyond int64 is refused, not wrapped.
+    """Unbounded pow2 (the original rule): one data-dependent scale 2^e serves the whole tensor,
+    and a dynamic range beyond int64 is refused, not wrapped.
 
     x = [1e-30, 1.0] at pow2 (0, 2): q = [2^-100, 0.75] would need the code 0.75 * 2^100.
     """
-    spec = QuantSpec("fixed", 0, 2, rounding="pow2")
     with pytest.raises(ValueError, match="no int64 codes"):
-        spec.codes(torch.tensor([1e-30, 1.0]))
+        Fn.fixed_point_codes(torch.tensor([1e-30, 1.0]), 0, 2, "pow2")
     x = torch.tensor([2.0**-50, 1.0])  # 2^50 apart: fits
-    codes, scale = spec.codes(x)
-    assert torch.equal(codes * scale, spec(x))
+    codes, scale = Fn.fixed_point_codes(x, 0, 2, "pow2")
+    assert scale == 2.0**-50 and torch.equal(codes * scale, fixed_point(x, 0, 2, "pow2"))
+
+
+def test_bounded_pow2_codes_have_a_fixed_scale():
+    """With pow2_min_exponent the scale is 2^min(e_min, -f) whatever the data (1e-30 is flushed)."""
+    spec = QuantSpec("fixed", 0, 2, rounding="pow2", pow2_min_exponent=-6)
+    for x in (torch.tensor([1e-30, 1.0]), torch.tensor([0.3]), torch.zeros(2)):
+        codes, scale = spec.codes(x)
+        assert scale == 2.0**-6 and torch.equal(codes * scale, spec(x))
+    assert spec.codes(torch.tensor([1e-30, 1.0]))[0].tolist() == [0, 48]  # 0.75 = 48 * 2^-6
+    assert QuantSpec("fixed", 0, 10, rounding="pow2", pow2_min_exponent=-6).codes(torch.ones(1))[1] == 2.0**-10
 
 
 def test_float_spec_has_no_codes():

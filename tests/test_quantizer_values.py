@@ -233,8 +233,11 @@ def test_int_no_nan_for_extreme_finite_range(xs):
 
 
 def test_binary_sign_values():
-    x = t([-2.0, -1.0, -0.5, -1e-30, 0.0, 1e-30, 0.5, 1.0, 2.0])
-    assert_exact(binary(x), [-1, -1, -1, -1, 0, 1, 1, 1, 1])
+    """Two levels: exact zeros (either sign) give +1, not the original's sign(0) = 0 (README,
+    differences); NaN gives +1 too (torch.sign(NaN) = 0)."""
+    x = t([-2.0, -1.0, -0.5, -1e-30, 0.0, -0.0, 1e-30, 0.5, 1.0, 2.0, float("nan")])
+    assert_exact(binary(x), [-1, -1, -1, -1, 1, 1, 1, 1, 1, 1, 1])
+    assert_exact(binary(x.clone(), inplace=True), [-1, -1, -1, -1, 1, 1, 1, 1, 1, 1, 1])
 
 
 # --- Ternary --------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from .conftest import REPO, run_command
 
 SLOW = pytest.mark.slow
 FULL_PRECISION_PARAMS = 4_837_249
-MIB = 8 * 1024 * 1024
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -49,37 +48,61 @@ def headline_quantized_weights(c: int = 64) -> int:
     return sum(i * o * 9 for i, o in shapes)
 
 
+def running_stat_values(c: int = 64) -> int:
+    """BatchNorm running mean and variance: two values per channel of the 14 conv units (36 c)."""
+    return 2 * 2 * (c + 2 * c + 4 * c + 4 * c + 4 * c + 2 * c + c)
+
+
 def test_headline_memory_by_hand() -> None:
+    """EM Q6.0 / Q0.4 (pow2, exponents from 2^-8): weights stored as sign + index of 10 magnitudes
+    (0, 2^-8 ... 2^-1, 0.9375) = 5 bits, bit-packed; every other tensor in float32."""
     cfg = load_config(REPO / "EM_BASE" / "config.yaml", REPO / "em" / "a6.0_w0.4" / "config.yaml")
     fp_cfg = load_config(REPO / "EM_BASE" / "config.yaml", REPO / "em" / "full_precision" / "config.yaml")
+    assert cfg.pow2_min_exponent == -8
     quantized = headline_quantized_weights()
     assert quantized == 4_792_320
-    expected_bits = quantized * (1 + 0 + 4) + (FULL_PRECISION_PARAMS - quantized) * 32
-    assert expected_bits == 25_399_328
+    float_bytes = 4 * (FULL_PRECISION_PARAMS + running_stat_values())
+    expected_bytes = quantized * 5 // 8 + 4 * (FULL_PRECISION_PARAMS - quantized + running_stat_values())
+    assert expected_bytes == 3_193_348
     q = model_memory(cfg, 64)
     fp = model_memory(fp_cfg, 64)
     assert q.params == fp.params == FULL_PRECISION_PARAMS
-    assert fp.bits == 32 * FULL_PRECISION_PARAMS and fp.reduction == 1.0
-    assert q.bits == expected_bits and q.quantized_bits == quantized * 5
-    assert q.mib == pytest.approx(expected_bits / MIB) == pytest.approx(3.0278, abs=1e-4)
-    assert fp.mib == pytest.approx(18.4526, abs=1e-4)
-    assert q.reduction == pytest.approx(32 * FULL_PRECISION_PARAMS / expected_bits) == pytest.approx(6.0943, abs=1e-4)
+    assert fp.bits == fp.float_bits == 8 * float_bytes and fp.reduction == 1.0
+    assert q.bits == 8 * expected_bytes and q.quantized_bits == quantized * 5
+    assert q.mib == pytest.approx(expected_bytes / 2**20) == pytest.approx(3.0454, abs=1e-4)
+    assert fp.mib == pytest.approx(18.4703, abs=1e-4)
+    assert q.reduction == pytest.approx(float_bytes / expected_bytes) == pytest.approx(6.0649, abs=1e-4)
 
 
 def test_other_formats_by_hand() -> None:
     base = REPO / "EM_BASE" / "config.yaml"
     quantized = headline_quantized_weights()
-    rest = FULL_PRECISION_PARAMS - quantized
+    rest = 4 * (FULL_PRECISION_PARAMS - quantized + running_stat_values())  # float32 bytes
+    betas = 14  # ternarytanh (ternary and Q8.0 / Q0.8 rows): one float32 b per conv unit
     bnn = model_memory(load_config(base, REPO / "em" / "bnn" / "config.yaml"), 64)
-    assert bnn.bits == quantized * 1 + rest * 32
+    assert bnn.bits == 8 * (quantized // 8 + rest)
     ternary = model_memory(load_config(base, REPO / "em" / "ternary" / "config.yaml"), 64)
     scales = sum(o for o in (128, 128, 256, 256, 256, 256, 256, 256, 128, 128, 64, 64))  # one per out channel
-    assert ternary.bits == quantized * 2 + (rest + scales) * 32
+    assert ternary.bits == 8 * (quantized * 2 // 8 + rest + 4 * scales + 4 * betas)
+    # Q0.8 pow2: 0, 2^-8 ... 2^-1 and M = 1 - 2^-8: 10 magnitudes, 5 bits like Q0.4
     q8 = model_memory(load_config(base, REPO / "em" / "a8.0_w0.8" / "config.yaml"), 64)
-    assert q8.bits == quantized * 9 + rest * 32
+    assert q8.bits == 8 * (quantized * 5 // 8 + rest + 4 * betas)
+    # nearest wrap Q0.8 needs 2 + 0 + 8 bits; saturate 1 + 0 + 8
+    for overflow, bits in (("wrap", 10), ("saturate", 9)):
+        cfg = load_config(base, REPO / "em" / "a8.0_w0.8" / "config.yaml",
+                          overrides=["fixed_rounding=nearest", f"fixed_overflow={overflow}"])
+        assert model_memory(cfg, 64).bits == 8 * (quantized * bits // 8 + rest + 4 * betas)
     narrow = model_memory(load_config(base, REPO / "em" / "a6.0_w0.4" / "config.yaml"), 2)
     assert narrow.base_channels == 2
-    assert narrow.bits == headline_quantized_weights(2) * 5 + (narrow.params - headline_quantized_weights(2)) * 32
+    packed = sum(-(-n * 5 // 8) for n in conv_weights(2))  # each tensor padded to whole bytes
+    assert narrow.bits == 8 * (packed + 4 * (narrow.params - headline_quantized_weights(2) + running_stat_values(2)))
+
+
+def conv_weights(c: int) -> list[int]:
+    """The element counts of the 12 quantized convolutions' weights."""
+    shapes = [(c, 2 * c), (2 * c, 2 * c), (2 * c, 4 * c), (4 * c, 4 * c), (4 * c, 4 * c), (4 * c, 4 * c),
+              (8 * c, 4 * c), (4 * c, 4 * c), (6 * c, 2 * c), (2 * c, 2 * c), (3 * c, c), (c, c)]
+    return [i * o * 9 for i, o in shapes]
 
 
 def test_paper_order_of_the_real_folders() -> None:
@@ -172,17 +195,20 @@ def test_results_table(swept: dict) -> None:
     # memory at the run's width (2) and at the paper's (64)
     assert q["base_channels"] == "2" and float(fp["memory_reduction"]) == 1.0
     small = headline_quantized_weights(2)
-    assert float(q["weight_memory_mib"]) * MIB == pytest.approx(small * 5 + (int(q["params"]) - small) * 32)
+    packed = sum(-(-n * 5 // 8) for n in conv_weights(2))
+    expected = packed + 4 * (int(q["params"]) - small + running_stat_values(2))
+    assert float(q["weight_memory_mib"]) * 2**20 == pytest.approx(expected)
     assert int(q["params_c64"]) == FULL_PRECISION_PARAMS
-    assert float(q["weight_memory_mib_c64"]) * MIB == pytest.approx(25_399_328)
-    assert float(q["memory_reduction_c64"]) == pytest.approx(32 * FULL_PRECISION_PARAMS / 25_399_328)
-    assert float(bnn["weight_memory_mib_c64"]) * MIB == pytest.approx(4_792_320 + 44_929 * 32)
+    assert float(q["weight_memory_mib_c64"]) * 2**20 == pytest.approx(3_193_348)
+    assert float(q["memory_reduction_c64"]) == pytest.approx(19_367_428 / 3_193_348)
+    rest = 4 * (FULL_PRECISION_PARAMS - 4_792_320 + running_stat_values())
+    assert float(bnn["weight_memory_mib_c64"]) * 2**20 == pytest.approx(4_792_320 // 8 + rest)
 
     md = (root / "results.md").read_text()
     assert md.index("`full_precision`") < md.index("`a6.0_w0.4`") < md.index("`bnn`")
     assert "Q6.0 / Q0.4" in md and "| missing |" in md and "reference" in md
     assert "synthetic" in md and "num_epochs 2" in md and "base_channels 2" in md
-    assert "6.09x" in md and "8x" in md
+    assert "6.06x" in md and "8x" in md
     for name in ("dice_vs_bits.png", "dice_vs_memory.png", "training_curves.png", "overlays.png",
                  "weights_full_precision.png", "weights_a6.0_w0.4.png"):
         assert (root / name).stat().st_size > 5_000, name

@@ -132,12 +132,13 @@ def test_beta_schedule() -> None:
 
 
 def test_weight_memory_of_the_headline_model() -> None:
-    """Q0.4 weights: 5 bits each in the 12 quantized convs; the rest at 32 bits."""
+    """Q0.4 weights (nearest, wrap): 6 bits each in the 12 quantized convs (the fraction can round
+    up to 1.0, code 16); the rest at 32 bits."""
     model = UNet(64, *quant_specs("FIXED", 6, 0, 0, 4))
     quantized_weights = sum(c.weight.numel() for c in model.quantized_convs())
     total = 4_837_249
     bits = weight_memory_bits(model)
-    assert bits["quantized"] == quantized_weights * 5
+    assert bits["quantized"] == quantized_weights * 6
     assert bits["float"] == (total - quantized_weights) * 32
     assert weight_memory_bits(UNet(64))["total"] == total * 32
     assert bits["total"] / BITS_PER_MIB < total * 32 / BITS_PER_MIB / 5

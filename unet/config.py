@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from quantizer.modules import POW2_MIN_EXPONENT_RANGE
+
 from .errors import ConfigError
 
 QUANTIZATIONS = ("normal", "fixed", "int", "bnn", "ternary")
@@ -47,6 +49,10 @@ def _open_interval(low: float, high: float) -> Check:
 
 def _half_open(low: float, high: float) -> Check:
     return lambda v: None if low <= v < high else f"must satisfy {low} <= value < {high}"
+
+
+def _between(low: float, high: float) -> Check:
+    return lambda v: None if low <= v <= high else f"must be between {low} and {high}"
 
 
 COMMON_KEYS: tuple[Key, ...] = (
@@ -94,6 +100,8 @@ COMMON_KEYS: tuple[Key, ...] = (
         choices=("nearest", "pow2")),
     Key("fixed_overflow", "choice", "FIXED nearest overflow: wrap (original) or saturate",
         choices=("wrap", "saturate")),
+    Key("pow2_min_exponent", "int", "FIXED pow2: smallest exponent e of 2^e; magnitudes rounding below "
+        "it become 0 (bounds the stored exponent range)", check=_between(*POW2_MIN_EXPONENT_RANGE)),
     Key("dropout", "float", "Dropout2d probability after each BatchNorm (0 = off)", check=_half_open(0, 1)),
     Key("base_channels", "int", "U-Net width (64 = the paper)", check=_at_least(1)),
     Key("seed", "int", "seed of every RNG"),

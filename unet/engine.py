@@ -27,10 +27,10 @@ from tqdm.auto import tqdm
 from .checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from .config import Config
 from .errors import DataError, UserError
+from .export.packed import float32_size_bytes, packed_size_bytes
 from .fileio import atomic_path, atomic_write_text
 from .input_transform import input_transform_record
 from .losses import get_loss
-from .memory import BITS_PER_MIB, weight_memory_bits
 from .metrics import BASE_METRICS, ISBI_METRICS, slice_metrics, summarize
 from .model import UNet, quant_specs
 from .plots import save_overlay_figure, save_weight_histograms
@@ -63,6 +63,7 @@ def build_model(cfg: Config) -> UNet:
         cfg.weight_f_width,
         cfg.fixed_rounding,
         cfg.fixed_overflow,
+        cfg.pow2_min_exponent,
     )
     model = UNet(cfg.base_channels, weight_quant, act_quant, cfg.activation, cfg.dropout)
     return model.to(memory_format=torch.channels_last)  # ~10% faster steps on CPU: benchmarks/bench_training.py
@@ -168,12 +169,13 @@ class RunLog:
 
 
 def describe_model(model: UNet) -> str:
-    """One line: quantization formats, parameter count and weight memory."""
+    """One line: quantization formats, parameter count and weight memory (the packed export's
+    tensors, :func:`unet.export.packed.packed_size_bytes`, against the same tensors in float32)."""
     params = sum(p.numel() for p in model.parameters())
-    bits = weight_memory_bits(model)
+    packed, full = packed_size_bytes(model), float32_size_bytes(model)
     return (
         f"model: U-Net, weights {model.weight_quant}, activations {model.act_quant}, {params:,} parameters, "
-        f"weight memory {bits['total'] / BITS_PER_MIB:.3f} MiB (float: {params * 32 / BITS_PER_MIB:.3f} MiB)"
+        f"weight memory {packed / 2**20:.3f} MiB packed (float32: {full / 2**20:.3f} MiB)"
     )
 
 

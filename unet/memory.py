@@ -11,8 +11,8 @@ BITS_PER_MIB = 8 * 1024 * 1024
 
 def weight_memory_bits(model: nn.Module) -> dict[str, int]:
     """Bits to store every parameter: a quantized convolution's weight at its format's
-    ``storage_bits`` (sign-magnitude 1 + i + f, binary 1, ternary 2), everything else
-    (float convolutions, biases, BatchNorm) at 32 bits.
+    :attr:`quantizer.QuantSpec.storage_bits` (the one definition of a stored width), everything
+    else (float convolutions, biases, BatchNorm) at 32 bits.
 
     Returns ``{"quantized": bits, "float": bits, "total": bits}``. Ternary per-channel scales
     are counted as float (one 32-bit value per output channel).

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from quantizer import FLOAT, ActivationQuantizer, QuantConv2d, QuantSpec
+from quantizer.modules import DEFAULT_POW2_MIN_EXPONENT
 
 ACTIVATIONS = ("relu", "tanh", "ternarytanh")
 
@@ -172,10 +173,12 @@ def quant_specs(
     weight_f_width: int,
     fixed_rounding: str = "nearest",
     fixed_overflow: str = "wrap",
+    pow2_min_exponent: int = DEFAULT_POW2_MIN_EXPONENT,
 ) -> tuple[QuantSpec, QuantSpec]:
     """Map the config's quantization mode to ``(weight_quant, act_quant)`` specs.
 
-    Normal: float/float. FIXED: Qwi.wf weights and Qai.af activations. INT: ``weight_i_width``
+    Normal: float/float. FIXED: Qwi.wf weights and Qai.af activations (pow2 rounding flushes
+    magnitudes below ``2^pow2_min_exponent`` to 0, weights and activations). INT: ``weight_i_width``
     and ``activation_i_width`` bits (fractional widths unused). BNN: sign/sign. Ternary:
     TWN weights, float activations.
     """
@@ -184,8 +187,9 @@ def quant_specs(
         return FLOAT, FLOAT
     if mode == "fixed":
         return (
-            QuantSpec("fixed", weight_i_width, weight_f_width, fixed_rounding, fixed_overflow),
-            QuantSpec("fixed", activation_i_width, activation_f_width, fixed_rounding, fixed_overflow),
+            QuantSpec("fixed", weight_i_width, weight_f_width, fixed_rounding, fixed_overflow, pow2_min_exponent),
+            QuantSpec("fixed", activation_i_width, activation_f_width, fixed_rounding, fixed_overflow,
+                      pow2_min_exponent),
         )
     if mode == "int":
         return QuantSpec("int", weight_i_width), QuantSpec("int", activation_i_width)

@@ -51,10 +51,10 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 
 
 def plot_dice_vs_bits(path: Path, groups: dict[str, list[Result]]) -> None:
-    """Best val Dice against the weights' storage bits (1 + i + f; BNN 1, ternary 2, float 32),
+    """Best val Dice against the weights' storage bits (``QuantSpec.storage_bits``; float 32),
     one line per dataset; hollow markers are unfinished runs."""
-    _scatter_lines(path, groups, lambda r: weight_bits(r), "weight bits per value (sign-magnitude 1 + i + f; "
-                   "BNN 1, ternary 2, float 32)", "Best val Dice against weight precision", base=2)
+    _scatter_lines(path, groups, lambda r: weight_bits(r), "weight bits per value as stored (QuantSpec.storage_bits; "
+                   "float 32)", "Best val Dice against weight precision", base=2)
 
 
 def plot_dice_vs_memory(path: Path, groups: dict[str, list[Result]]) -> None:

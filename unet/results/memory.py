@@ -1,9 +1,11 @@
 """Weight memory of the model a run's config describes, at its own width and the paper's.
 
-Every quantized convolution's weights at their storage width (FIXED sign-magnitude ``1 + i + f``
-bits, INT ``i + 1``, BNN 1, ternary 2 plus one 32-bit scale per output channel); the float
-first block and head, all biases and BatchNorm at 32 bits. ``MiB = bits / 2^23``; the reduction
-factor is ``32 * params / bits`` (the same model in float).
+The memory is the measured size of the model's packed export
+(:func:`unet.export.packed.packed_size_bytes`, the file's tensors without its JSON header):
+every quantized convolution's weights bit-packed at ``QuantSpec.storage_bits`` (ternary plus one
+float32 scale per output channel), the float first block and head, biases and BatchNorm (with
+its running statistics) in float32. ``MiB = bytes / 2^20``; the reduction factor is the same
+tensors in float32 over the packed size.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Config
+from ..export.packed import float32_size_bytes, packed_size_bytes
 from ..memory import BITS_PER_MIB, weight_memory_bits
 
 #: The paper's U-Net width (SPEC §4).
@@ -20,21 +23,18 @@ PAPER_BASE_CHANNELS = 64
 
 @dataclass(frozen=True)
 class Memory:
-    """Parameter count and weight storage of one model.
+    """Parameter count and measured packed size of one model.
 
-    ``bits`` counts quantized conv weights at their storage width and everything else at 32
-    bits; ``float_bits = 32 * params``; ``reduction = float_bits / bits``.
+    ``bits = 8 * packed_size_bytes(model)`` (the packed export's tensors); ``quantized_bits``
+    the quantized weights alone at their storage widths; ``float_bits`` the same tensors in
+    float32; ``reduction = float_bits / bits``.
     """
 
     base_channels: int
     params: int
     bits: int
     quantized_bits: int
-
-    @property
-    def float_bits(self) -> int:
-        """``32 * params``: the same model stored in float."""
-        return 32 * self.params
+    float_bits: int
 
     @property
     def mib(self) -> float:
@@ -43,12 +43,12 @@ class Memory:
 
     @property
     def float_mib(self) -> float:
-        """``32 * params / 2^23``."""
+        """``float_bits / 2^23``."""
         return self.float_bits / BITS_PER_MIB
 
     @property
     def reduction(self) -> float:
-        """``32 * params / bits`` (1.0 for a float model)."""
+        """``float_bits / bits`` (1.0 for a float model)."""
         return self.float_bits / self.bits
 
 
@@ -57,16 +57,16 @@ _MEMORY_CACHE: dict[tuple, Memory] = {}
 
 def model_memory(cfg: Config | dict[str, Any], base_channels: int | None = None) -> Memory:
     """The weight memory of the U-Net ``cfg`` describes, at ``base_channels`` (default: the
-    config's own), from :func:`unet.memory.weight_memory_bits` on the real model."""
+    config's own): the packed export's size of the real model (to the byte, as written)."""
     from ..engine import build_model
 
     width = int(cfg["base_channels"] if base_channels is None else base_channels)
     keys = ("quantization", "activation_i_width", "activation_f_width", "weight_i_width", "weight_f_width",
-            "fixed_rounding", "fixed_overflow", "activation", "dropout")
+            "fixed_rounding", "fixed_overflow", "pow2_min_exponent", "activation", "dropout")
     cache_key = (width, *(cfg[k] for k in keys))
     if cache_key not in _MEMORY_CACHE:
         model = build_model(Config({**cfg, "base_channels": width}, getattr(cfg, "sources", {})))
-        bits = weight_memory_bits(model)
-        _MEMORY_CACHE[cache_key] = Memory(width, sum(p.numel() for p in model.parameters()), bits["total"],
-                                          bits["quantized"])
+        _MEMORY_CACHE[cache_key] = Memory(width, sum(p.numel() for p in model.parameters()),
+                                          8 * packed_size_bytes(model), weight_memory_bits(model)["quantized"],
+                                          8 * float32_size_bytes(model))
     return _MEMORY_CACHE[cache_key]

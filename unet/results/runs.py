@@ -50,7 +50,7 @@ class Result:
 
         c = self.cfg
         return quant_specs(c.quantization, c.activation_i_width, c.activation_f_width, c.weight_i_width,
-                           c.weight_f_width, c.fixed_rounding, c.fixed_overflow)
+                           c.weight_f_width, c.fixed_rounding, c.fixed_overflow, c.pow2_min_exponent)
 
     def change(self) -> tuple[float, float] | None:
         """Dice change against the full-precision row: ``(dice - dice_fp, 100 (dice - dice_fp) / dice_fp)``;

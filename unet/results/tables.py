@@ -243,20 +243,22 @@ def describe_data(path: Path) -> str:
 
 def memory_note(groups: dict[str, list[Result]]) -> str:
     """How the memory columns are counted, with the headline numbers when a Q6.0 / Q0.4 row is present."""
-    note = ("Weight memory counts every parameter: the quantized convolutions' weights at their storage width "
-            "(FIXED sign-magnitude 1 + i + f bits, INT i + 1, BNN 1, ternary 2 plus a 32-bit scale per output "
-            "channel) and the float first block, 1-channel head, biases and BatchNorm at 32 bits; "
-            "MiB = bits / 2^23; reduction = the same model in float / this model. `c` is the width the run "
+    note = ("Weight memory is the measured size of the model's packed export (`python -m unet.export RUN`, "
+            "the file's tensors without its JSON header): the quantized convolutions' weights bit-packed at their "
+            "storage width (FIXED nearest saturate 1 + i + f bits, wrap 2 + i + f when f > 0, pow2 sign + exponent "
+            "index, INT i + 1, BNN 1, ternary 2 plus a float32 scale per output channel) and the float first "
+            "block, 1-channel head, biases and BatchNorm (with running statistics) in float32; MiB = bytes / 2^20; "
+            "reduction = the same tensors in float32 / the packed size. `c` is the width the run "
             "used; the c=64 columns are the paper's model in the same format. Δ Dice = Dice − Dice(full "
             "precision) in points, and 100 (Dice − Dice_FP) / Dice_FP in percent.")
     for results in groups.values():
         for r in results:
-            if formats(r) == ("Q6.0", "Q0.4") and r.memory64 is not None:
-                m = r.memory64
+            if formats(r) == ("Q6.0", "Q0.4") and r.memory64 is not None and r.specs is not None:
+                m, bits = r.memory64, r.specs[0].storage_bits
                 return note + (
-                    f" Headline Q6.0 / Q0.4 at c=64: {m.mib:.2f} MiB against {m.float_mib:.2f} MiB in float, "
-                    f"{m.reduction:.2f}x smaller. The paper's 8x compares 4-bit weights with 32-bit floats; "
-                    f"stored sign-magnitude a Q0.4 weight takes 5 bits (32/5 = 6.4x for those weights), and the "
-                    f"float first and last layers, biases and BatchNorm bring the whole model to "
-                    f"{m.reduction:.2f}x.")
+                    f" Headline Q6.0 / Q0.4 ({quantizer_label(r)}) at c=64: {m.mib:.2f} MiB against "
+                    f"{m.float_mib:.2f} MiB in float, {m.reduction:.2f}x smaller. The paper's 8x compares 4-bit "
+                    f"weights with 32-bit floats; stored, a Q0.4 weight here takes {bits} bits "
+                    f"(32/{bits} = {32 / bits:.1f}x for those weights), and the float first and last layers, "
+                    f"biases and BatchNorm bring the whole model to {m.reduction:.2f}x.")
     return note
