@@ -38,7 +38,7 @@ SENTINEL = torch.iinfo(torch.int64).max
 #: A table is built over the whole reachable accumulator range when it has at most this many
 #: thresholds (all channels); wider formats (Q8.8, nearest wrap with fractions) build it over
 #: the accumulator range that batches reach, growing it as new batches need.
-STATIC_TABLE_LIMIT = 1 << 20
+STATIC_TABLE_LIMIT = 1 << 18
 #: Largest table built at all (all channels); beyond it the engine refuses the layer.
 TABLE_LIMIT = 1 << 24
 
