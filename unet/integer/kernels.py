@@ -62,10 +62,11 @@ def conv3x3_codes(a: Tensor, w: Tensor, kernel: str, w_float: dict[str, Tensor] 
         dtype = torch.float32 if kernel == "float32" else torch.float64
         wf = w_float.get(kernel) if w_float is not None else None
         if wf is None:
-            wf = w.to(dtype)
+            wf = w.to(dtype).contiguous(memory_format=torch.channels_last)
             if w_float is not None:
                 w_float[kernel] = wf
-        out = F.conv2d(a.to(dtype), wf, padding=1)
+        # channels_last: oneDNN's fast convolution on the CPU (any order of an exact sum is exact)
+        out = F.conv2d(a.to(dtype).contiguous(memory_format=torch.channels_last), wf, padding=1)
         return out.to(torch.int64)  # exact integers: the cast truncates nothing
     if kernel != "int64":
         raise ValueError(f"kernel must be float32, float64 or int64, got {kernel!r}")
