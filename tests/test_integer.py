@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from unet.errors import UserError
 from unet.integer import IntegerUNet, code_format, code_mismatches
 from unet.integer.compare import reference_codes, unit_mismatches
-from unet.integer.kernels import conv3x3_codes, conv_bound, maxpool2_codes, upsample2_codes
+from unet.integer.kernels import conv3x3_codes, conv_bound, maxpool2_codes, upsample2_codes, weight_limbs
 from unet.model import UNet, quant_specs
 
 SIZE = 32
@@ -151,7 +151,7 @@ def test_kernels_agree_and_float32_is_only_used_when_proven():
     auto = engine.forward_codes(VALIDATION)
     assert set(engine.kernels_used().values()) == {"float32"}
     assert all(u.static_bound < 2**24 for u in engine.units.values())
-    for kernel in ("int64", "float64", "float32"):
+    for kernel in ("int64", "limbs", "float64", "float32"):
         forced = IntegerUNet.from_model(model, kernel=kernel)
         codes = forced.forward_codes(VALIDATION)
         assert set(forced.kernels_used().values()) == {kernel}
@@ -168,6 +168,12 @@ def test_integer_conv_is_exact_and_its_bound_is_tight():
     expected = F.conv2d(a.double(), w.double(), padding=1).to(torch.int64)  # < 2^53: exact
     assert torch.equal(conv3x3_codes(a, w, "int64"), expected)
     assert torch.equal(conv3x3_codes(a, w, "float32"), expected)
+    # weights too wide for one float64 convolution: split into limbs, still exact
+    a_big = torch.randint(-2**40, 2**40, (1, 4, 6, 6), generator=g)
+    w_big = torch.randint(-2**20, 2**20, (2, 4, 3, 3), generator=g)
+    assert conv_bound(2**40, w_big) >= 2**53
+    assert len(weight_limbs(w_big, 2**40)) > 1
+    assert torch.equal(conv3x3_codes(a_big, w_big, "limbs"), conv3x3_codes(a_big, w_big, "int64"))
     # all inputs at the bound and the filter's signs: the centre sum reaches max|a| sum|w|
     worst = (torch.full((1, 5, 3, 3), 300) * w[1:2].sign()).to(torch.int64)
     assert int(conv3x3_codes(worst, w, "int64")[0, 1, 1, 1]) == conv_bound(300, w[1:2])

@@ -70,10 +70,11 @@ class IntegerUnit:
         if observed > self.max_input_code:
             raise ValueError(f"{self.name}: input code {observed} above the format's bound {self.max_input_code}")
         bound = observed * self.weight_sums  # this batch's proof (<= the static bound)
+        terms = self.weights[0].numel()
         if kernel == "auto":
-            kernel = choose_kernel(bound)
+            kernel = choose_kernel(bound, observed, terms)
         else:
-            check_kernel(kernel, bound)
+            check_kernel(kernel, bound, observed, terms)
         self.last_kernel = kernel
         acc = conv3x3_codes(a, self.weights, kernel, self.float_weights)
         return self.requant(acc)
@@ -132,8 +133,9 @@ class IntegerUNet:
         uses its running statistics, Dropout is off).
 
         ``kernel``: ``auto`` (per layer and batch, float32 where the bound proves exactness,
-        else float64, else int64), or force ``float32`` / ``float64`` / ``int64`` (a forced
-        float kernel raises ValueError on a batch where it is not proven exact).
+        else float64, else float64 on weight limbs, else int64), or force ``float32`` /
+        ``float64`` / ``limbs`` / ``int64`` (a forced float kernel raises ValueError on a
+        batch where it is not proven exact).
         Raises :class:`~unet.errors.UserError` for a model without integer arithmetic
         (quantization Normal) or a combination of quantizers the engine does not cover.
         """

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-KERNELS = ("auto", "float32", "float64", "int64")
+KERNELS = ("auto", "float32", "float64", "limbs", "int64")
 #: Every integer of magnitude below these is exact in the float type (24 / 53-bit significand).
 EXACT_FLOAT32 = 2**24
 EXACT_FLOAT64 = 2**53
@@ -27,25 +27,49 @@ def conv_bound(max_input_code: int, weight_codes: Tensor) -> int:
     return int(max_input_code) * int(per_channel.max()) if per_channel.numel() else 0
 
 
-def choose_kernel(bound: int) -> str:
+def choose_kernel(bound: int, max_input_code: int = 0, terms: int = 0) -> str:
     """The fastest exact kernel for partial sums bounded by ``bound``: ``float32`` when
-    ``bound < 2^24``, ``float64`` when ``bound < 2^53``, else ``int64``."""
+    ``bound < 2^24``, ``float64`` when ``bound < 2^53``, ``limbs`` when one-bit weight limbs
+    keep every float64 partial sum exact (``max|a| * terms < 2^52``; ``terms``: products per
+    output, C * 9), else ``int64``."""
     if bound < EXACT_FLOAT32:
         return "float32"
     if bound < EXACT_FLOAT64:
         return "float64"
+    if 2 * max_input_code * terms < EXACT_FLOAT64:
+        return "limbs"
     return "int64"
 
 
-def check_kernel(kernel: str, bound: int) -> None:
-    """Raise ValueError when ``kernel`` is not proven exact for partial sums up to ``bound``."""
-    limit = {"float32": EXACT_FLOAT32, "float64": EXACT_FLOAT64, "int64": INT64_LIMIT}.get(kernel)
+def check_kernel(kernel: str, bound: int, max_input_code: int = 0, terms: int = 0) -> None:
+    """Raise ValueError when ``kernel`` is not proven exact for partial sums up to ``bound``
+    (and, for ``limbs``, inputs up to ``max_input_code`` over ``terms`` products)."""
+    limit = {"float32": EXACT_FLOAT32, "float64": EXACT_FLOAT64, "limbs": INT64_LIMIT,
+             "int64": INT64_LIMIT}.get(kernel)
     if limit is None:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-    if bound >= limit:
+    if bound >= limit or (kernel == "limbs" and 2 * max_input_code * terms >= EXACT_FLOAT64):
         raise ValueError(
-            f"the {kernel} kernel is not exact here: partial sums may reach {bound} >= {limit}"
+            f"the {kernel} kernel is not exact here: partial sums may reach {bound} "
+            f"(inputs up to {max_input_code} over {terms} products)"
         )
+
+
+def weight_limbs(w: Tensor, max_input_code: int) -> list[tuple[Tensor, int]]:
+    """Split integer weights as ``w = sum_k limb_k 2^shift_k`` so that every limb's float64
+    convolution with inputs ``|a| <= max_input_code`` is exact (``max|a| max_c sum|limb_c|
+    < 2^53``): low limbs are ``w mod 2^L`` in ``[0, 2^L)`` with ``L`` the widest such width,
+    the top limb the signed rest."""
+    terms = w[0].numel()
+    bits = int(EXACT_FLOAT64 // max(1, max_input_code * terms)).bit_length() - 1
+    limbs, shift, rest = [], 0, w
+    while max_input_code * int(rest.abs().sum(dim=(1, 2, 3)).max()) >= EXACT_FLOAT64:
+        low = torch.remainder(rest, 2**bits)
+        limbs.append((low, shift))
+        rest = torch.div(rest - low, 2**bits, rounding_mode="floor")
+        shift += bits
+    limbs.append((rest, shift))
+    return limbs
 
 
 def conv3x3_codes(a: Tensor, w: Tensor, kernel: str, w_float: dict[str, Tensor] | None = None) -> Tensor:
@@ -68,8 +92,16 @@ def conv3x3_codes(a: Tensor, w: Tensor, kernel: str, w_float: dict[str, Tensor] 
         # channels_last: oneDNN's fast convolution on the CPU (any order of an exact sum is exact)
         out = F.conv2d(a.to(dtype).contiguous(memory_format=torch.channels_last), wf, padding=1)
         return out.to(torch.int64)  # exact integers: the cast truncates nothing
+    if kernel == "limbs":
+        # linearity: conv(a, w) = sum_k conv(a, limb_k) 2^shift_k, each limb exact in float64
+        max_a = int(a.abs().amax()) if a.numel() else 0
+        acc = None
+        for limb, shift in weight_limbs(w, max_a):
+            part = conv3x3_codes(a, limb, "float64") << shift
+            acc = part if acc is None else acc.add_(part)
+        return acc
     if kernel != "int64":
-        raise ValueError(f"kernel must be float32, float64 or int64, got {kernel!r}")
+        raise ValueError(f"kernel must be float32, float64, limbs or int64, got {kernel!r}")
     b, c, h, wd = a.shape
     padded = a.new_zeros(b, c, h + 2, wd + 2)
     padded[:, :, 1:-1, 1:-1] = a
