@@ -121,9 +121,10 @@ class IntegerUNet:
                 in_gain = gain if i == 0 else 1
                 in_max = self.fmt.max_code * in_gain
                 sums = codes.abs().sum(dim=(1, 2, 3))
+                # accumulators beyond 2^62 cannot occur in a batch the int64 kernels accept
+                bound = torch.where(sums.double() * in_max >= 2.0**62, 2**62, sums * in_max)
                 requant = ThresholdRequantizer(
-                    unit_name, conv.bias.detach(), self.fmt.scale / in_gain * w_scale, act, bn, self.fmt,
-                    in_max * sums,
+                    unit_name, conv.bias.detach(), self.fmt.scale / in_gain * w_scale, act, bn, self.fmt, bound
                 )
                 self.units[unit_name] = IntegerUnit(unit_name, codes, requant, in_max, int(sums.max()), w_scale)
 

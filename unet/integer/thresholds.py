@@ -145,7 +145,7 @@ class ThresholdRequantizer:
             active = low < high
             if not bool(active.any()):
                 break
-            mid = low + torch.div(high - low, 2, rounding_mode="floor")
+            mid = (low >> 1) + (high >> 1) + (low & high & 1)  # floor((low + high) / 2), no overflow
             p, _ = self._pieces_at(mid, int_range)
             reached = p >= target
             high = torch.where(active & reached, mid, high)
