@@ -211,6 +211,8 @@ def test_int_range_is_per_batch_like_the_model():
     engine = IntegerUNet.from_model(model)
     one = VALIDATION[:1]
     assert code_mismatches(model, engine, one) == dict.fromkeys(reference_codes(model, one), 0)
+    report = unit_mismatches(model, engine, VALIDATION)
+    assert all(r["range_differs"] is False and r["mismatches"] == 0 for r in report.values())
     # the min-max range depends on the batch: the first image's codes change with company
     alone = engine.forward_codes(one)["enc2.0"]
     together = engine.forward_codes(VALIDATION)["enc2.0"][:1]

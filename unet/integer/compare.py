@@ -57,6 +57,9 @@ def unit_mismatches(model: UNet, engine: IntegerUNet, x: Tensor) -> dict[str, di
     model's float32 convolution that differ from the exact integer sum plus bias rounded once
     to float32, i.e. where the model itself rounded) and ``unexplained`` (mismatching codes
     at positions where the model's convolution was exact; 0 when the engine is bit-true).
+    INT units also report ``range_differs``: the model's per-tensor min or max came from a
+    rounded element, which moves every code's thresholds; their ``unexplained`` count is then
+    taken with the model's range given to the engine.
     """
     fmt = engine.fmt
     if fmt is None:
@@ -75,11 +78,14 @@ def unit_mismatches(model: UNet, engine: IntegerUNet, x: Tensor) -> dict[str, di
         def post(module, inputs, output, parts=parts):  # noqa: ARG001
             parts["conv"] = output.detach().clone()
 
+        def quant_in(module, inputs, parts=parts):  # noqa: ARG001
+            parts["range"] = torch.aminmax(inputs[0])  # before the in-place quantizer
+
         def out(module, inputs, output, parts=parts, name=name):  # noqa: ARG001
-            seen[name] = (parts["in"], parts["conv"], values_to_codes(output, fmt))
+            seen[name] = (parts["in"], parts["conv"], values_to_codes(output, fmt), parts["range"])
 
         handles += [conv.register_forward_pre_hook(pre), conv.register_forward_hook(post),
-                    quant.register_forward_hook(out)]
+                    quant.register_forward_pre_hook(quant_in), quant.register_forward_hook(out)]
     try:
         model(x)
     finally:
@@ -87,7 +93,7 @@ def unit_mismatches(model: UNet, engine: IntegerUNet, x: Tensor) -> dict[str, di
             h.remove()
     report = {}
     for name, unit in engine.units.items():
-        inputs, conv_out, ref = seen[name]
+        inputs, conv_out, ref, (low, high) = seen[name]
         in_scale = unit.requant.acc_scale / unit.weight_scale
         a = torch.div(inputs.double(), in_scale, rounding_mode="trunc").to(torch.int64)
         acc = conv3x3_codes(a, unit.weights, "int64")
@@ -98,4 +104,13 @@ def unit_mismatches(model: UNet, engine: IntegerUNet, x: Tensor) -> dict[str, di
         wrong = got != ref
         report[name] = {"mismatches": int(wrong.sum()), "inexact": int(inexact.sum()),
                         "unexplained": int((wrong & ~inexact).sum())}
+        if fmt.spec.kind == "int":
+            c = acc.shape[1]
+            flat = acc.transpose(0, 1).reshape(c, -1) * unit.requant.orientation[:, None]
+            own = unit.requant._int_range(flat.amin(dim=1), flat.amax(dim=1))
+            differs = bool(own[0] != low or own[1] != high - low)
+            report[name]["range_differs"] = differs
+            if differs:
+                wrong = unit.requant(acc, (low, high - low)) != ref
+                report[name]["unexplained"] = int((wrong & ~inexact).sum())
     return report

@@ -174,13 +174,15 @@ class ThresholdRequantizer:
     # --- application ----------------------------------------------------------------------
 
     @torch.no_grad()
-    def __call__(self, acc: Tensor) -> Tensor:
-        """Codes (B, C, H, W) of accumulators ``acc`` (B, C, H, W), int64 only."""
+    def __call__(self, acc: Tensor, int_range: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Codes (B, C, H, W) of accumulators ``acc`` (B, C, H, W), int64 only. INT formats
+        take the range from ``acc`` (the model's rule) unless ``int_range = (min, max - min)``
+        is given (for diagnosis)."""
         b, c, h, w = acc.shape
         flat = (acc.transpose(0, 1).reshape(c, -1) * self.orientation[:, None]).contiguous()
         lo, hi = flat.amin(dim=1), flat.amax(dim=1)
         if self.fmt.spec.kind == "int":
-            table = self._build(lo, hi, self._int_range(lo, hi))
+            table = self._build(lo, hi, int_range if int_range is not None else self._int_range(lo, hi))
         else:
             table = self.table
             if table is None or bool((lo < table[0]).any() or (hi > table[1]).any()):
