@@ -235,8 +235,10 @@ def test_code_formats():
 
     assert code_format(QuantSpec("fixed", 6, 0)).max_code == 64
     assert code_format(QuantSpec("fixed", 6, 0, overflow="saturate")).max_code == 63
-    pow2 = code_format(QuantSpec("fixed", 0, 4, rounding="pow2"))
+    pow2 = code_format(QuantSpec("fixed", 0, 4, rounding="pow2", pow2_min_exponent=-24))
     assert pow2.scale == 2.0**-24 and pow2.max_code == 15 * 2**20  # M = 0.9375
+    bounded = code_format(QuantSpec("fixed", 0, 4, rounding="pow2"))  # the default bound 2^-8
+    assert bounded.scale == 2.0**-8 and bounded.max_code == 240
     assert int(pow2.levels[len(pow2.levels) // 2]) == 0 and torch.equal(pow2.levels, -pow2.levels.flip(0))
     assert code_format(QuantSpec("int", 8)).max_code == 128
     with pytest.raises(ValueError):
