@@ -716,3 +716,24 @@ def test_find_inputs_rules(tmp_path: Path) -> None:
     assert [p.name for p in unsupported] == ["c.doc"]
     with pytest.raises(DataError, match="unsupported file type"):
         io.find_inputs(tmp_path / "c.doc")
+
+
+@pytest.mark.parametrize("dataset", ["em", "nih"])
+def test_integer_and_onnx_engines_predict_what_the_float_model_predicts(runs, tmp_path: Path, dataset: str) -> None:
+    """``--engine integer`` (the bit-true integer engine) and ``--engine onnx`` (onnxruntime) give the
+    float model's masks pixel for pixel and its probabilities within 1e-5, through the command, on the
+    EM quick start's pow2 model and the NIH quick start's saturating fixed point (eval BatchNorm)."""
+    images = runs[dataset]["data"] / "val" / "images"
+    probabilities = {}
+    for engine in ("float", "integer", "onnx"):
+        out = tmp_path / engine
+        assert predict("-m", runs[dataset]["run"], "-i", images, "-o", out, "--prepared", "--engine", engine,
+                       "--probabilities", "--threshold", "0.5") == 0
+        probabilities[engine] = {p.name: tifffile.imread(p) for p in sorted((out / "probabilities").iterdir())}
+    names = sorted(probabilities["float"])
+    assert names and all(sorted(probabilities[e]) == names for e in probabilities)
+    for engine in ("integer", "onnx"):
+        for name in names:
+            expected, got = probabilities["float"][name], probabilities[engine][name]
+            assert np.abs(got - expected).max() <= 1e-5, (engine, name)
+            assert np.array_equal(got > 0.5, expected > 0.5), (engine, name)
