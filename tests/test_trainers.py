@@ -143,7 +143,7 @@ def test_existing_run_is_refused_then_new_run_numbered(tmp_path: Path, data: dic
     before = (folder / "runs" / "exp" / "metrics.csv").read_text()
     result = train(folder, *TINY, *data_overrides("em", data))
     assert result.returncode == 2
-    assert "already holds a run" in result.stderr and "--new-run" in result.stderr
+    assert "already holds a finished run" in result.stderr and "--new-run" in result.stderr
     assert (folder / "runs" / "exp" / "metrics.csv").read_text() == before
     result = train(folder, *TINY, "--new-run", *data_overrides("em", data))
     assert result.returncode == 0, result.stderr

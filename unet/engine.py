@@ -520,6 +520,7 @@ def run(cfg: Config, recipe: Recipe, script: str, new_run: bool = False, overwri
         if not new_run:
             raise UserError(existing_run_message(run_dir, cfg, recipe, invocation))
         run_dir = next_free_run_dir(run_dir)
+        cfg["experiment_name"] = run_dir.name  # its config.yaml and checkpoints name the folder it is in
     resume_state = None
     if mode == "resume":
         if not (run_dir / "last.pt").is_file():

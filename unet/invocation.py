@@ -167,7 +167,8 @@ def resume_command(invocation: Invocation, run_dir: Path, experiment_name: str,
     """The command that resumes the run in ``run_dir`` that ``invocation`` started (or resumed):
     the same command with ``-o operation_mode=resume``, without the start-only flags, and with
     ``-o experiment_name=<run folder name>`` when ``--new-run`` put it beside ``experiment_name``."""
-    name = Path(run_dir).name if Path(run_dir).name != experiment_name else None
+    moved = "--new-run" in invocation.flags or Path(run_dir).name != experiment_name
+    name = Path(run_dir).name if moved else None
     return invocation.with_mode("resume", name, drop_flags=START_ONLY_FLAGS).shell(keys)
 
 
