@@ -94,13 +94,11 @@ def _scatter_lines(path: Path, groups: dict[str, list[Result]], x_of, xlabel: st
             ax.annotate(text, (x, r.dice), textcoords="offset points", xytext=(4, 4), fontsize=7, color=colour)
     if xs_all:
         ax.set_xscale("log", base=base)
-        if base == 2:
-            ticks = sorted(set(xs_all))
-            ax.set_xticks(ticks)
-            ax.set_xticklabels([str(int(t)) for t in ticks])
-        else:
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+        ticks = _spread(sorted(set(xs_all)))  # the rows' own values, so each point reads off the axis
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([str(int(t)) if base == 2 else f"{t:.3g}" for t in ticks],
+                           rotation=0 if base == 2 else 35, ha="center" if base == 2 else "right")
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
         lo, hi = min(xs_all), max(xs_all)
         ax.set_xlim(lo / 1.5, hi * 1.5)
         y_lo, y_hi = ax.get_ylim()
@@ -117,35 +115,49 @@ def _scatter_lines(path: Path, groups: dict[str, list[Result]], x_of, xlabel: st
     _save(fig, path)
 
 
+def _spread(values: list[float], min_ratio: float = 1.12) -> list[float]:
+    """``values`` (sorted) without those closer than ``min_ratio`` to the previous kept one, so
+    tick labels on a log axis do not overlap."""
+    kept: list[float] = []
+    for v in values:
+        if not kept or v >= kept[-1] * min_ratio:
+            kept.append(v)
+    return kept
+
+
 def plot_training_curves(path: Path, groups: dict[str, list[Result]]) -> None:
-    """Val Dice, training loss and validation loss per epoch, one line per experiment."""
+    """Val Dice, training loss and validation loss per epoch: one row of panels per dataset
+    (folder), one line per experiment; an experiment keeps its colour in every row."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    several = len(groups) > 1
-    styles = ("-", "--", ":", "-.")
-    drawn = 0
-    for k, (group, results) in enumerate(groups.items()):
-        for j, r in enumerate(results):
+    labels = dataset_labels(groups)
+    drawn_groups = [(g, rs) for g, rs in groups.items() if any(r.history for r in rs)] or list(groups.items())[:1]
+    names = list(dict.fromkeys(r.experiment.name for _, rs in drawn_groups for r in rs if r.history))
+    colour = {name: f"C{i % 10}" for i, name in enumerate(names)}
+    nrows = max(len(drawn_groups), 1)
+    fig, axes = plt.subplots(nrows, 3, figsize=(15, 3.9 * nrows + 0.3), squeeze=False)
+    for row, (group, results) in enumerate(drawn_groups):
+        drawn = 0
+        for r in results:
             if not r.history:
                 continue
             epochs = [int(h["epoch"]) for h in r.history]
-            label = f"{group}/{r.experiment.name}" if several else r.experiment.name
-            label += f" ({short_label(r)})"
-            for ax, key in zip(axes, ("dice", "train_loss", "val_loss"), strict=True):
+            label = f"{r.experiment.name} ({short_label(r)})"
+            for ax, key in zip(axes[row], ("dice", "train_loss", "val_loss"), strict=True):
                 values = [h.get(key) if h.get(key) is not None else np.nan for h in r.history]
-                ax.plot(epochs, values, styles[k % len(styles)], color=f"C{j % 10}", marker="." if
-                        len(epochs) < 30 else None, label=label)
+                ax.plot(epochs, values, "-", color=colour[r.experiment.name],
+                        marker="." if len(epochs) < 30 else None, label=label)
             drawn += 1
-    for ax, name in zip(axes, ("val Dice (%)", "training loss", "validation loss"), strict=True):
-        ax.set_xlabel("epoch", fontsize=9)
-        ax.set_title(name, fontsize=10)
-        ax.grid(True, alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    if drawn:
-        axes[0].legend(fontsize=7, loc="best")
-    else:
-        axes[0].text(0.5, 0.5, "no run has logged an epoch yet", ha="center", va="center",
-                     transform=axes[0].transAxes)
+        for ax, name in zip(axes[row], ("val Dice (%)", "training loss", "validation loss"), strict=True):
+            ax.set_xlabel("epoch", fontsize=9)
+            ax.set_title(f"{labels.get(group, group)}: {name}", fontsize=10)
+            ax.grid(True, alpha=0.3)
+            ax.tick_params(labelsize=8)
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        if drawn:
+            axes[row, 0].legend(fontsize=7, loc="best", title="experiment (formats)", title_fontsize=7)
+        else:
+            axes[row, 0].text(0.5, 0.5, "no run has logged an epoch yet", ha="center", va="center",
+                              transform=axes[row, 0].transAxes)
     fig.tight_layout()
     _save(fig, path)
 
@@ -154,12 +166,15 @@ def _load_best_model(result: Result):
     import torch
 
     from ..checkpoint import load_checkpoint, load_model_state
+    from ..config import Config
     from ..engine import build_model
+    from ..modelkeys import checkpoint_model_config
 
     assert result.cfg is not None and result.run_dir is not None
     path = result.run_dir / "best.pt"
     state = load_checkpoint(path)
-    model = build_model(result.cfg)
+    unset = Config(dict(result.cfg), {})  # every model key from the checkpoint
+    model = build_model(checkpoint_model_config(unset, state, path, ""))
     load_model_state(model, state["model"], path)
     return model.to(torch.device("cpu")), state
 
