@@ -244,7 +244,8 @@ def test_force_reruns_and_a_failure_does_not_stop_the_sweep(swept: dict) -> None
 @SLOW
 def test_terminal_table_is_compact_and_the_wide_one_in_results_md(swept: dict) -> None:
     out = swept["table"].stdout
-    lines = out[out.index("experiment "):].split("\n\n")[0].splitlines()
+    lines = [line for line in out[out.index("experiment "):].split("\n\n")[0].splitlines()
+             if not line.startswith("note:")]
     assert [line.split()[0] for line in lines[1:]] == ["full_precision", "a6.0_w0.4", "bnn"]
     assert max(len(line) for line in lines) <= 120 and "|" not in "".join(lines)
     assert "Rand error" not in out and "Rand error" in (swept["root"] / "results.md").read_text()
@@ -270,3 +271,44 @@ def test_numbered_and_moved_aside_runs_are_listed(swept: dict, tmp_path: Path) -
     assert "Each row is the run in the experiment's own folder" in md
     assert "full_precision-2 (finished, best val Dice" in md and "full_precision-3 (unfinished, 2 epoch(s) logged" in md
     assert "full_precision_other" not in md
+
+
+@SLOW
+def test_figures_label_what_they_show(swept: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from unet import plots
+    from unet.results import collect_results, figures
+
+    drawn: dict[str, object] = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, path, **_: drawn.__setitem__(Path(path).name, fig))
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.__setitem__(Path(path).name, fig))
+    groups = collect_results([swept["root"]], swept["overrides"][1::2])
+    ran = [r for r in groups["em"] if r.dice is not None]
+    assert len(ran) == 2
+    try:
+        figures.plot_dice_vs_memory(tmp_path / "memory.png", groups)
+        ax = drawn["memory.png"].axes[0]
+        assert [t.get_text() for t in ax.get_xticklabels()] == [f"{m:.3g}" for m in sorted(r.memory.mib for r in ran)]
+        assert "threshold 0.999" in ax.get_ylabel() and "MiB" in ax.get_xlabel()
+
+        figures.plot_training_curves(tmp_path / "curves.png", groups)
+        colours: dict[str, set] = {}
+        for ax in drawn["curves.png"].axes:
+            for line in ax.get_lines():
+                colours.setdefault(line.get_label(), set()).add(line.get_color())
+        assert len(colours) == len(ran) and all(len(c) == 1 for c in colours.values())  # one colour each ...
+        assert len({c.pop() for c in colours.values()}) == len(ran)  # ... and a different one per experiment
+        assert drawn["curves.png"].axes[0].get_title() == "em: val Dice (%), threshold 0.999"
+
+        figures.write_weight_grids(tmp_path, groups)
+        fig = drawn["weights_a6.0_w0.4.png"]
+        panels = [ax for ax in fig.axes if ax.get_title()]
+        assert all(ax.get_xlabel() == "weight value" for ax in panels)
+        assert panels[0].get_ylabel() == "count (float)"
+        assert any(ax.get_ylabel() == "count (quantized)" for ax in fig.axes)
+        legend = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert legend[0].startswith("float weights") and legend[1].startswith("quantized values")
+        assert all(t.get_fontsize() >= 8 for ax in panels for t in ax.get_xticklabels())
+    finally:
+        plt.close("all")

@@ -324,7 +324,7 @@ class Run:
                    "val_bn_mode": cfg.val_bn_mode, "dataset_path": str(cfg.dataset_path), **summary}
         atomic_write_text(out / "metrics.json", json.dumps(record_, indent=2) + "\n")
         save_overlay_figure(out / "overlay.png", samples, cfg.threshold,
-                            f"{cfg.experiment_name}: inference with {checkpoint.name}, threshold {cfg.threshold:g}, "
+                            f"{cfg.experiment_name}: inference with {checkpoint.name}, "
                             f"BatchNorm {cfg.val_bn_mode} mode")
         _append_csv(self.run_dir / "inference.csv", {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "folder": tag,
                                                      **record_})

@@ -48,33 +48,34 @@ def save_overlay_figure(
 ) -> None:
     """Save one row per sample ``(name, image, truth, prob)``: the image and its overlay.
 
-    The prediction is ``prob > threshold``; each overlay is titled with the slice's Dice.
+    The prediction is ``prob > threshold`` (stated under ``title``); each overlay is titled with
+    the slice's Dice.
     """
     rows = len(samples)
-    fig, axes = plt.subplots(rows, 2, figsize=(6, 3 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, 2, figsize=(6.4, 3 * rows + 0.4), squeeze=False)
     for row, (name, image, truth, prob) in enumerate(samples):
         gt = truth > 0.5
         pred = prob > threshold
         inter = np.count_nonzero(gt & pred)
         total = np.count_nonzero(gt) + np.count_nonzero(pred)
         dice = 100.0 * 2 * inter / total if total else float("nan")
-        axes[row, 0].imshow(image, cmap="gray")
-        axes[row, 0].set_title(name, fontsize=8)
-        axes[row, 1].imshow(overlay_rgb(image, gt, pred))
-        axes[row, 1].set_title(f"Dice {dice:.1f}", fontsize=8)
+        axes[row, 0].imshow(image, cmap="gray", interpolation="nearest")
+        axes[row, 0].set_title(f"{name}: image", fontsize=8)
+        axes[row, 1].imshow(overlay_rgb(image, gt, pred), interpolation="nearest")
+        axes[row, 1].set_title(f"{name}: prediction vs truth, Dice {dice:.1f}", fontsize=8)
         for ax in axes[row]:
             ax.axis("off")
     fig.legend(
         handles=[
             Patch(color=AGREE, label="agree"),
             Patch(color=MISSED, label="missed (truth only)"),
-            Patch(color=FALSE_POSITIVE, label="false positive"),
+            Patch(color=FALSE_POSITIVE, label="false positive (prediction only)"),
         ],
         loc="lower center",
         ncol=3,
         fontsize=8,
     )
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(f"{title}\nprediction: probability > {threshold:g}", fontsize=9)
     fig.tight_layout(rect=(0, 0.04, 1, 0.97))
     _save(fig, path)
 

@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     for group, results in written["groups"].items():
         print(f"\n{group}:\n{compact_table(results)}")
         if runs_note(results):
-            print(runs_note(results))
+            print(runs_note(results).replace("`", ""))
     for note in written["notes"]:
         print(f"note: {note}")
     print("\nall columns (precision, recall, IoU, Hausdorff, memory at c=64 ...) in "

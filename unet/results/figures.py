@@ -62,7 +62,8 @@ def plot_dice_vs_memory(path: Path, groups: dict[str, list[Result]]) -> None:
     dataset, each point labelled with its formats and reduction factor."""
     _scatter_lines(path, groups, lambda r: r.memory.mib if r.memory else None,
                    "weight memory of the trained model (MiB, log scale)",
-                   "Accuracy against weight memory", base=10, show_factor=True)
+                   "Best val Dice against weight memory (label: formats, reduction vs float)", base=10,
+                   show_factor=True)
 
 
 def _scatter_lines(path: Path, groups: dict[str, list[Result]], x_of, xlabel: str, title: str, base: int,
@@ -108,11 +109,17 @@ def _scatter_lines(path: Path, groups: dict[str, list[Result]], x_of, xlabel: st
     else:
         ax.text(0.5, 0.5, "no run has logged an epoch yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel(xlabel, fontsize=9)
-    ax.set_ylabel("best val Dice (%)", fontsize=9)
+    ax.set_ylabel(f"best val Dice (%){_at_threshold(groups)}", fontsize=9)
     ax.set_title(title, fontsize=10)
-    ax.grid(True, alpha=0.3, which="both")
+    ax.grid(True, alpha=0.3, which="major")
     fig.tight_layout()
     _save(fig, path)
+
+
+def _at_threshold(groups: dict[str, list[Result]]) -> str:
+    """``", threshold 0.999"`` when every run with a config shares one threshold, else ``""``."""
+    values = {r.cfg.threshold for results in groups.values() for r in results if r.cfg is not None}
+    return f", threshold {values.pop():g}" if len(values) == 1 else ""
 
 
 def _spread(values: list[float], min_ratio: float = 1.12) -> list[float]:
@@ -147,7 +154,8 @@ def plot_training_curves(path: Path, groups: dict[str, list[Result]]) -> None:
                 ax.plot(epochs, values, "-", color=colour[r.experiment.name],
                         marker="." if len(epochs) < 30 else None, label=label)
             drawn += 1
-        for ax, name in zip(axes[row], ("val Dice (%)", "training loss", "validation loss"), strict=True):
+        dice_title = f"val Dice (%){_at_threshold({group: results})}"
+        for ax, name in zip(axes[row], (dice_title, "training loss", "validation loss"), strict=True):
             ax.set_xlabel("epoch", fontsize=9)
             ax.set_title(f"{labels.get(group, group)}: {name}", fontsize=10)
             ax.grid(True, alpha=0.3)
@@ -222,7 +230,7 @@ def plot_overlays(path: Path, group: str, results: Sequence[Result]) -> str:
         return note
     ncols = max(len(s) for _, s, _, _ in rows)
     nrows = len(rows) + 1
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.9 * ncols + 1.0, 1.9 * nrows + 0.6), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(1.9 * ncols + 1.0, 6.0), 1.9 * nrows + 0.8), squeeze=False)
     for c, (name, image, _truth, _prob) in enumerate(rows[0][1]):
         axes[0, c].imshow(image, cmap="gray", interpolation="nearest")
         axes[0, c].set_title(name, fontsize=7)
@@ -231,7 +239,7 @@ def plot_overlays(path: Path, group: str, results: Sequence[Result]) -> str:
         for c, (name, image, truth, prob) in enumerate(samples):
             ax = axes[i, c]
             ax.imshow(overlay_rgb(image, truth > 0.5, prob > r.cfg.threshold), interpolation="nearest")
-            ax.set_title(f"{name}: Dice {dice.get(name, float('nan')):.1f}", fontsize=6)
+            ax.set_title(f"{name}: Dice {dice.get(name, float('nan')):.1f}", fontsize=7)
         axes[i, 0].set_ylabel(f"{r.experiment.name}\n{short_label(r)}\nmean Dice {mean:.1f}", fontsize=7)
     for ax in axes.flat:
         ax.set_xticks([])
@@ -241,7 +249,9 @@ def plot_overlays(path: Path, group: str, results: Sequence[Result]) -> str:
     fig.legend(handles=[Patch(color=AGREE, label="agree"), Patch(color=MISSED, label="missed (truth only)"),
                         Patch(color=FALSE_POSITIVE, label="false positive (prediction only)")],
                loc="lower center", ncol=3, fontsize=8)
-    fig.suptitle(f"{group}: each experiment's best.pt on the same validation slices", fontsize=9)
+    thresholds = sorted({f"{r.cfg.threshold:g}" for r, _, _, _ in rows})
+    fig.suptitle(f"{group}: each experiment's best.pt on the same validation slices\n"
+                 f"prediction: probability > {' / '.join(thresholds)}", fontsize=9)
     fig.tight_layout(rect=(0, 0.03, 1, 0.98))
     _save(fig, path, palette=(AGREE, MISSED, FALSE_POSITIVE))
     note = f"overlays of {len(rows)} experiment(s)"
