@@ -73,7 +73,7 @@ def test_model_keys_not_set_come_from_the_checkpoint_and_thresholds_do_not_overw
     assert folders == ["best_t0.5_bn-eval", "best_t0.5_bn-train", "best_t0.999_bn-train"]
     for name in folders:
         metrics = json.loads((run / "inference" / name / "metrics.json").read_text())
-        assert f"best_t{metrics['threshold']:g}_bn-{metrics['val_bn_mode']}" == name
+        assert f"best_t{metrics['threshold']}_bn-{metrics['val_bn_mode']}" == name
         assert metrics["checkpoint"] == str((run / "best.pt").resolve())
         assert (run / "inference" / name / "overlay.png").is_file()
         assert (run / "inference" / name / "slices.csv").is_file()

@@ -296,7 +296,7 @@ def _inference_dice(runs, dataset: str, threshold: float) -> float:
                        *TRAIN_ARGS[dataset])
     assert status == 0
     bn_mode = "train" if dataset == "em" else "eval"
-    tag = f"best_t{threshold:g}_bn-{bn_mode}"
+    tag = f"best_t{threshold}_bn-{bn_mode}"
     return json.loads((runs[dataset]["run"] / "inference" / tag / "metrics.json").read_text())["dice"]
 
 

@@ -257,6 +257,8 @@ class Run:
 
     #: The command line (set by :func:`run`); hints are built from it.
     invocation: Invocation | None = None
+    #: The checkpoint :func:`run` already read (inference, visualize), so it is read once.
+    preloaded: dict[str, Any] | None = None
 
     def __init__(self, cfg: Config, recipe: Recipe, run_dir: Path, script: str, run_id: str | None = None,
                  best_copy: Path | None = None) -> None:
@@ -317,7 +319,7 @@ class Run:
         state = self._load_weights(checkpoint)
         self.log(f"loaded {checkpoint} (epoch {state.get('epoch', '?')}); evaluating {len(val_set)} slices")
         summary, rows, samples = evaluate(self.model, val_set, cfg, self.device, self.recipe.isbi_metrics)
-        tag = f"{checkpoint_tag(checkpoint, self.run_dir)}_t{cfg.threshold:g}_bn-{cfg.val_bn_mode}"
+        tag = f"{checkpoint_tag(checkpoint, self.run_dir)}_t{cfg.threshold}_bn-{cfg.val_bn_mode}"
         out = self.run_dir / "inference" / tag
         _write_csv(out / "slices.csv", rows)
         record_ = {"checkpoint": str(checkpoint.resolve()), "epoch": state.get("epoch"), "threshold": cfg.threshold,
@@ -353,7 +355,7 @@ class Run:
 
     def _load_weights(self, checkpoint: Path) -> dict[str, Any]:
         """Load ``checkpoint``'s weights into the model; return the whole checkpoint."""
-        state = load_checkpoint(checkpoint, self.cfg.allow_unsafe_checkpoint)
+        state = self.preloaded or load_checkpoint(checkpoint, self.cfg.allow_unsafe_checkpoint)
         load_model_state(self.model, state["model"], checkpoint)
         return state
 
@@ -539,9 +541,10 @@ def run(cfg: Config, recipe: Recipe, script: str, new_run: bool = False, overwri
     if mode in ("retrain", "inference", "visualize") and not checkpoint.is_file():
         raise DataError(f"checkpoint {checkpoint} does not exist; set trained_model to a best.pt "
                         "of an earlier run (or run operation_mode: normal first)")
+    preloaded = None
     if mode in ("inference", "visualize"):
-        cfg = checkpoint_model_config(cfg, load_checkpoint(checkpoint, cfg.allow_unsafe_checkpoint), checkpoint,
-                                      str(recipe.base_config))
+        preloaded = load_checkpoint(checkpoint, cfg.allow_unsafe_checkpoint)
+        cfg = checkpoint_model_config(cfg, preloaded, checkpoint, str(recipe.base_config))
     created = None if run_dir.exists() else _topmost_missing(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if invocation is not None:
@@ -555,6 +558,7 @@ def run(cfg: Config, recipe: Recipe, script: str, new_run: bool = False, overwri
     try:
         session = Run(cfg, recipe, run_dir, script, run_id, best_copy)
         session.invocation = invocation
+        session.preloaded = preloaded
         if mode == "inference":
             return session.inference(checkpoint)
         if mode == "visualize":
