@@ -77,7 +77,8 @@ def measure(dataset: str, work: Path) -> dict[str, object]:
     if spec["threshold_05"]:
         _run([str(spec["trainer"]), "-f", "config.yaml", "-t", "UNET", *overrides,
               "-o", "operation_mode=inference", "-o", "threshold=0.5"], folder)
-        metrics = sorted(run_dir.rglob("inference*metrics*.json"), key=lambda p: p.stat().st_mtime)
+        metrics = sorted([*run_dir.rglob("inference*metrics*.json"), *run_dir.glob("inference/*_t0.5_*/metrics.json")],
+                         key=lambda p: p.stat().st_mtime)
         result["dice_at_0.5"] = round(float(json.loads(metrics[-1].read_text())["dice"]), 2)
     return result
 

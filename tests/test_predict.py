@@ -295,7 +295,9 @@ def _inference_dice(runs, dataset: str, threshold: float) -> float:
                        "-o", f"threshold={threshold!r}", "-o", f"dataset_path={runs[dataset]['data']}",
                        *TRAIN_ARGS[dataset])
     assert status == 0
-    return json.loads((runs[dataset]["run"] / "inference_metrics.json").read_text())["dice"]
+    bn_mode = "train" if dataset == "em" else "eval"
+    tag = f"best_t{threshold}_bn-{bn_mode}"
+    return json.loads((runs[dataset]["run"] / "inference" / tag / "metrics.json").read_text())["dice"]
 
 
 @pytest.mark.parametrize("dataset", ["em", "nih"])

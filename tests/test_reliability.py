@@ -272,8 +272,12 @@ def test_missing_or_incompatible_trained_model(tmp_path: Path) -> None:
     assert train(folder, *em_args(data, "-o", "num_epochs=1")).returncode == 0
     best = folder / "runs" / "exp" / "best.pt"
     result = train(folder, *em_args(data, "-o", "operation_mode=inference", "-o", "base_channels=4",
-                                    "-o", f"trained_model={best}"))
+                                    "-o", f"trained_model={best}"))  # inference takes the model from best.pt
+    assert_one_line_error(result, "'base_channels' is 4 (set by -o) but the checkpoint was trained with 2")
+    result = train(folder, *em_args(data, "-o", "operation_mode=retrain", "-o", "base_channels=4",
+                                    "-o", f"trained_model={best}", "-o", "experiment_name=wider"))
     assert_one_line_error(result, "does not fit this model", "enc1.0.0.weight")
+    assert not (folder / "runs" / "wider").exists()
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(os.urandom(256))
     result = train(folder, *em_args(data, "-o", "operation_mode=visualize", "-o", f"trained_model={garbage}"))

@@ -151,13 +151,13 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> dict:
     assert result.returncode == 0, result.stdout + result.stderr
     table = run_command(["-m", "unet.results", str(root), *overrides], cwd=REPO)
     assert table.returncode == 0, table.stdout + table.stderr
-    return {"root": root, "overrides": overrides, "first": result, "data": data}
+    return {"root": root, "overrides": overrides, "first": result, "data": data, "table": table}
 
 
 @SLOW
 def test_sweep_output_and_run_folders(swept: dict) -> None:
     root, result = swept["root"], swept["first"]
-    assert "sweep" in result.stderr and "experiment/s" in result.stderr  # the overall progress bar
+    assert "experiment/s" not in result.stderr  # its progress bar shows only on a terminal
     assert "[em/full_precision] epoch 2/2" in result.stdout
     for name in ("full_precision", "a6.0_w0.4"):
         assert (root / name / "runs" / name / "summary.json").is_file()
@@ -209,7 +209,7 @@ def test_results_table(swept: dict) -> None:
     assert "Q6.0 / Q0.4" in md and "| missing |" in md and "reference" in md
     assert "synthetic" in md and "num_epochs 2" in md and "base_channels 2" in md
     assert "6.06x" in md and "8x" in md
-    for name in ("dice_vs_bits.png", "dice_vs_memory.png", "training_curves.png", "overlays.png",
+    for name in ("dice_vs_bits.png", "dice_vs_memory.png", "training_curves.png", "overlays_em.png",
                  "weights_full_precision.png", "weights_a6.0_w0.4.png"):
         assert (root / name).stat().st_size > 5_000, name
         assert f"({name})" in md
@@ -230,7 +230,7 @@ def test_second_sweep_skips_finished_runs_then_writes_results(swept: dict, tmp_p
     rows = read_csv(tmp_path / "results.csv")  # --only reaches the results too
     assert [r["experiment"] for r in rows] == ["full_precision", "a6.0_w0.4"]
     assert rows == [r for r in read_csv(root / "results.csv") if r["experiment"] != "bnn"]
-    for name in ("results.md", "dice_vs_memory.png", "overlays.png"):
+    for name in ("results.md", "dice_vs_memory.png", "overlays_em.png"):
         assert (tmp_path / name).stat().st_size > 1_000
 
 
@@ -265,3 +265,76 @@ def test_force_reruns_and_a_failure_does_not_stop_the_sweep(swept: dict) -> None
     assert len(old) == 1 and (old[0] / "summary.json").is_file()
     assert (runs / "full_precision" / "summary.json").is_file()
     assert "moved" in result.stdout and "[em/full_precision] epoch 2/2" in result.stdout
+
+
+@SLOW
+def test_terminal_table_is_compact_and_the_wide_one_in_results_md(swept: dict) -> None:
+    out = swept["table"].stdout
+    lines = [line for line in out[out.index("experiment "):].split("\n\n")[0].splitlines()
+             if not line.startswith("note:")]
+    assert [line.split()[0] for line in lines[1:]] == ["full_precision", "a6.0_w0.4", "bnn"]
+    assert max(len(line) for line in lines) <= 120 and "|" not in "".join(lines)
+    assert "Rand error" not in out and "Rand error" in (swept["root"] / "results.md").read_text()
+    md = swept["root"] / "results.md"
+    assert f"all columns (precision, recall, IoU, Hausdorff, memory at c=64 ...) in {md}" in out
+
+
+@SLOW
+def test_numbered_and_moved_aside_runs_are_listed(swept: dict, tmp_path: Path) -> None:
+    root = tmp_path / "em"
+    shutil.copytree(swept["root"] / "full_precision", root / "full_precision", symlinks=True)
+    runs = root / "full_precision" / "runs"
+    shutil.copytree(runs / "full_precision", runs / "full_precision-2")
+    shutil.copytree(runs / "full_precision", runs / "full_precision.old-20260101-000000")
+    shutil.copytree(runs / "full_precision", runs / "full_precision-3")
+    (runs / "full_precision-3" / "summary.json").unlink()
+    shutil.copytree(runs / "full_precision", runs / "full_precision_other")  # another experiment's name
+    written = write_results([root], overrides=[], overlays=False, weights=False)
+    (row,) = written["groups"]["em"]
+    assert [o.run_dir.name for o in row.other_runs] == ["full_precision-2", "full_precision-3",
+                                                        "full_precision.old-20260101-000000"]
+    md = (root / "results.md").read_text()
+    assert "Each row is the run in the experiment's own folder" in md
+    assert "full_precision-2 (finished, best val Dice" in md and "full_precision-3 (unfinished, 2 epoch(s) logged" in md
+    assert "full_precision_other" not in md
+
+
+@SLOW
+def test_figures_label_what_they_show(swept: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from unet import plots
+    from unet.results import collect_results, figures
+
+    drawn: dict[str, object] = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, path, **_: drawn.__setitem__(Path(path).name, fig))
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.__setitem__(Path(path).name, fig))
+    groups = collect_results([swept["root"]], swept["overrides"][1::2])
+    ran = [r for r in groups["em"] if r.dice is not None]
+    assert len(ran) == 2
+    try:
+        figures.plot_dice_vs_memory(tmp_path / "memory.png", groups)
+        ax = drawn["memory.png"].axes[0]
+        assert [t.get_text() for t in ax.get_xticklabels()] == [f"{m:.3g}" for m in sorted(r.memory.mib for r in ran)]
+        assert "threshold 0.999" in ax.get_ylabel() and "MiB" in ax.get_xlabel()
+
+        figures.plot_training_curves(tmp_path / "curves.png", groups)
+        colours: dict[str, set] = {}
+        for ax in drawn["curves.png"].axes:
+            for line in ax.get_lines():
+                colours.setdefault(line.get_label(), set()).add(line.get_color())
+        assert len(colours) == len(ran) and all(len(c) == 1 for c in colours.values())  # one colour each ...
+        assert len({c.pop() for c in colours.values()}) == len(ran)  # ... and a different one per experiment
+        assert drawn["curves.png"].axes[0].get_title() == "em: val Dice (%), threshold 0.999"
+
+        figures.write_weight_grids(tmp_path, groups)
+        fig = drawn["weights_a6.0_w0.4.png"]
+        panels = [ax for ax in fig.axes if ax.get_title()]
+        assert all(ax.get_xlabel() == "weight value" for ax in panels)
+        assert panels[0].get_ylabel() == "count (float)"
+        assert any(ax.get_ylabel() == "count (quantized)" for ax in fig.axes)
+        legend = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert legend[0].startswith("float weights") and legend[1].startswith("quantized values")
+        assert all(t.get_fontsize() >= 8 for ax in panels for t in ax.get_xticklabels())
+    finally:
+        plt.close("all")

@@ -9,6 +9,8 @@ from pathlib import Path
 from .config import load_config
 from .engine import run
 from .errors import MissingDataError, UserError
+from .invocation import Invocation, prepare_hint, python_word, trainer_script
+from .progress import switch_off
 from .recipe import Recipe
 
 
@@ -28,7 +30,20 @@ def build_parser(recipe: Recipe, prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--overwrite-trained-model", action="store_true",
                         help="normal mode: replace an existing trained_model file that another run (or no run) "
                         "wrote with this run's best model")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (they show only on a terminal anyway; also UNET_NO_PROGRESS=1); "
+                        "the log lines and train.log are the same")
     return parser
+
+
+def invocation_of(args: argparse.Namespace, argv: list[str], recipe: Recipe) -> Invocation:
+    """The command line as typed, from the parsed ``args`` and the raw ``argv``."""
+    flags = [flag for flag, on in (("--new-run", args.new_run),
+                                   ("--overwrite-trained-model", args.overwrite_trained_model),
+                                   ("--no-progress", args.no_progress)) if on]
+    return Invocation(cwd=str(Path.cwd()), python=python_word(),
+                      script=trainer_script(recipe.base_config.resolve().parent), config=str(args.config),
+                      top_key=args.top_key, overrides=tuple(args.override), flags=tuple(flags), argv=tuple(argv))
 
 
 def main(recipe: Recipe, argv: list[str] | None = None) -> int:
@@ -38,12 +53,19 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> int:
     """
     prog = Path(sys.argv[0]).name
     args = build_parser(recipe, prog).parse_args(argv)
+    if args.no_progress:
+        switch_off()
+    cfg = None
     try:
         cfg = load_config(recipe.base_config, args.config, args.top_key, args.override, recipe.extra_keys)
         return run(cfg, recipe, script=prog, new_run=args.new_run,
-                   overwrite_trained_model=args.overwrite_trained_model)
+                   overwrite_trained_model=args.overwrite_trained_model,
+                   invocation=invocation_of(args, sys.argv[1:] if argv is None else argv, recipe))
     except MissingDataError as exc:
-        print(f"error: {exc}; prepare it with: {recipe.prepare_command}", file=sys.stderr)
+        repo = recipe.base_config.resolve().parent.parent
+        hint = prepare_hint(recipe.prepare_command, repo, cfg.dataset_path if cfg is not None else None,
+                            repo / "data" / recipe.name.lower())
+        print(f"error: {exc}; prepare it with: {hint}", file=sys.stderr)
         return 2
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -25,15 +25,18 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, load_model_state, save_checkpoint
-from .config import Config
+from .config import COMMON_KEYS, Config
 from .errors import DataError, UserError
 from .export.packed import float32_size_bytes, packed_size_bytes
 from .fileio import atomic_path, atomic_write_text
 from .input_transform import input_transform_record
+from .invocation import Invocation, record, recorded, resume_command
 from .losses import get_loss
 from .metrics import BASE_METRICS, ISBI_METRICS, slice_metrics, summarize
 from .model import UNet, quant_specs
+from .modelkeys import checkpoint_model_config
 from .plots import save_overlay_figure, save_weight_histograms
+from .progress import bar_disable
 from .recipe import Recipe
 from .schedules import make_lr_scheduler, ternary_beta
 
@@ -231,7 +234,8 @@ def evaluate(
     samples = []
     loss_sum = 0.0
     index = 0
-    for images, masks in tqdm(loader, desc=desc, leave=False, unit="batch", mininterval=0.5):
+    for images, masks in tqdm(loader, desc=desc, leave=False, unit="batch", mininterval=0.5,
+                              disable=bar_disable()):
         probs = model(images.to(device))
         loss_sum += float(loss_fn(probs, masks.to(device))) * images.shape[0]
         probs_np = probs.float().cpu().numpy()[:, 0]
@@ -252,6 +256,11 @@ def evaluate(
 
 class Run:
     """State of one invocation of a trainer."""
+
+    #: The command line (set by :func:`run`); hints are built from it.
+    invocation: Invocation | None = None
+    #: The checkpoint :func:`run` already read (inference, visualize), so it is read once.
+    preloaded: dict[str, Any] | None = None
 
     def __init__(self, cfg: Config, recipe: Recipe, run_dir: Path, script: str, run_id: str | None = None,
                  best_copy: Path | None = None) -> None:
@@ -286,6 +295,7 @@ class Run:
         self._prepare_training()
         state = self._load_weights(checkpoint)
         self.log(f"retrain: weights from {checkpoint} (epoch {state.get('epoch', '?')}), fresh optimizer")
+        self.cfg["trained_model"] = checkpoint.resolve()  # the run's config.yaml names its source
         self._start_fresh()
         return self._epoch_loop()
 
@@ -304,26 +314,32 @@ class Run:
         return self._epoch_loop()
 
     def inference(self, checkpoint: Path) -> int:
-        """Evaluate the validation set once with ``checkpoint``; print and save the metrics."""
-        val_set = self.recipe.build_val(self.cfg)
+        """Evaluate the validation set once with ``checkpoint``; save the metrics under
+        ``inference/<checkpoint>_t<threshold>_bn-<mode>/`` and add a row to ``inference.csv``."""
+        cfg = self.cfg
+        val_set = self.recipe.build_val(cfg)
         state = self._load_weights(checkpoint)
         self.log(f"loaded {checkpoint} (epoch {state.get('epoch', '?')}); evaluating {len(val_set)} slices")
-        summary, rows, samples = evaluate(self.model, val_set, self.cfg, self.device, self.recipe.isbi_metrics)
-        _write_csv(self.run_dir / "inference_slices.csv", rows)
-        atomic_write_text(
-            self.run_dir / "inference_metrics.json",
-            json.dumps({"checkpoint": str(checkpoint), "epoch": state.get("epoch"), **summary}, indent=2) + "\n",
-        )
-        save_overlay_figure(self.run_dir / "inference_overlay.png", samples, self.cfg.threshold,
-                            f"{self.cfg.experiment_name}: inference with {checkpoint.name}")
+        summary, rows, samples = evaluate(self.model, val_set, cfg, self.device, self.recipe.isbi_metrics)
+        tag = f"{checkpoint_tag(checkpoint, self.run_dir)}_t{cfg.threshold}_bn-{cfg.val_bn_mode}"
+        out = self.run_dir / "inference" / tag
+        _write_csv(out / "slices.csv", rows)
+        record_ = {"checkpoint": str(checkpoint.resolve()), "epoch": state.get("epoch"), "threshold": cfg.threshold,
+                   "val_bn_mode": cfg.val_bn_mode, "dataset_path": str(cfg.dataset_path), **summary}
+        atomic_write_text(out / "metrics.json", json.dumps(record_, indent=2) + "\n")
+        save_overlay_figure(out / "overlay.png", samples, cfg.threshold,
+                            f"{cfg.experiment_name}: inference with {checkpoint.name}, "
+                            f"BatchNorm {cfg.val_bn_mode} mode")
+        _append_csv(self.run_dir / "inference.csv", {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "folder": tag,
+                                                     **record_})
         self.log("inference: " + _format_metrics(summary, self.metric_names))
-        self.log(f"wrote {self.run_dir / 'inference_metrics.json'} and inference_slices.csv")
+        self.log(f"wrote {out}/ (metrics.json, slices.csv, overlay.png) and a row of {self.run_dir / 'inference.csv'}")
         return 0
 
     def visualize(self, checkpoint: Path) -> int:
         """Plot every convolution's float and quantized weight distribution."""
         state = self._load_weights(checkpoint)
-        path = self.run_dir / "weights.png"
+        path = self.run_dir / f"weights_{checkpoint_tag(checkpoint, self.run_dir)}.png"
         save_weight_histograms(path, self.model, f"{self.cfg.experiment_name} ({checkpoint.name}, "
                                                  f"epoch {state.get('epoch', '?')})")
         self.log(f"visualize: wrote {path}")
@@ -331,9 +347,17 @@ class Run:
 
     # -- helpers --
 
+    def _resume_hint(self) -> str:
+        """The command that resumes this run (from the invocation that started or resumed it)."""
+        invocation: Invocation | None = getattr(self, "invocation", None)
+        if invocation is None:
+            return f"python {self.script} -f <config> -t <top key> -o operation_mode=resume"
+        return resume_command(invocation, self.run_dir, self.cfg.experiment_name,
+                              (*COMMON_KEYS, *self.recipe.extra_keys))
+
     def _load_weights(self, checkpoint: Path) -> dict[str, Any]:
         """Load ``checkpoint``'s weights into the model; return the whole checkpoint."""
-        state = load_checkpoint(checkpoint, self.cfg.allow_unsafe_checkpoint)
+        state = self.preloaded or load_checkpoint(checkpoint, self.cfg.allow_unsafe_checkpoint)
         load_model_state(self.model, state["model"], checkpoint)
         return state
 
@@ -363,7 +387,7 @@ class Run:
         loss_fn = get_loss(cfg.loss)
         epoch = self.start_epoch
         bar = tqdm(range(self.start_epoch + 1, cfg.num_epochs + 1), desc=cfg.experiment_name, unit="epoch",
-                   initial=self.start_epoch, total=cfg.num_epochs, mininterval=0.5)
+                   initial=self.start_epoch, total=cfg.num_epochs, mininterval=0.5, disable=bar_disable())
         try:
             for epoch in bar:
                 self._epoch(epoch, loader, loss_fn)
@@ -371,8 +395,7 @@ class Run:
         except KeyboardInterrupt:
             bar.close()
             self.log(f"interrupted during epoch {epoch}: {self.run_dir / 'last.pt'} holds the end of epoch "
-                     f"{epoch - 1}. Continue with: python {self.script} -f <config> -t <top key> "
-                     f"-o operation_mode=resume")
+                     f"{epoch - 1}. Continue with: {self._resume_hint()}")
             return EXIT_INTERRUPTED
         except TrainingDiverged as exc:
             bar.close()
@@ -422,7 +445,8 @@ class Run:
     def _train_epoch(self, epoch: int, loader: DataLoader, optimizer, loss_fn) -> float:
         self.model.train()
         total, count = 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, unit="batch", mininterval=0.5)
+        bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, unit="batch", mininterval=0.5,
+                   disable=bar_disable())
         for batch, (images, masks) in enumerate(bar, 1):
             images = images.to(self.device, non_blocking=True)
             masks = masks.to(self.device, non_blocking=True)
@@ -481,24 +505,26 @@ def _raise_on_sigterm(signum, frame) -> None:  # noqa: ARG001
     raise KeyboardInterrupt
 
 
-def run(cfg: Config, recipe: Recipe, script: str, new_run: bool = False, overwrite_trained_model: bool = False) -> int:
+def run(cfg: Config, recipe: Recipe, script: str, new_run: bool = False, overwrite_trained_model: bool = False,
+        invocation: Invocation | None = None) -> int:
     """Carry out ``cfg.operation_mode``; return the process exit status.
 
     normal / retrain refuse a run folder that already holds a run unless ``new_run``
     (then the next free ``<name>-N`` folder is used); resume needs the folder's last.pt.
     A run started in normal mode copies its best model to ``trained_model``: an existing file
     there that this run did not write is refused unless ``overwrite_trained_model``.
+    ``invocation`` (the command line) is recorded in the run folder's command.txt and makes the
+    hints commands that work as printed. Inference and visualize take the model-defining keys
+    from the checkpoint (a conflicting setting is a ConfigError).
     """
     mode = cfg.operation_mode
     run_dir = Path(cfg.log_output_dir) / cfg.experiment_name
     checkpoint = Path(cfg.trained_model) if cfg.trained_model is not None else run_dir / "best.pt"
     if mode in ("normal", "retrain") and holds_run(run_dir):
         if not new_run:
-            raise UserError(
-                f"run folder {run_dir} already holds a run; continue it with -o operation_mode=resume, "
-                f"choose another experiment_name, or pass --new-run to start {next_free_run_dir(run_dir).name}"
-            )
+            raise UserError(existing_run_message(run_dir, cfg, recipe, invocation))
         run_dir = next_free_run_dir(run_dir)
+        cfg["experiment_name"] = run_dir.name  # its config.yaml and checkpoints name the folder it is in
     resume_state = None
     if mode == "resume":
         if not (run_dir / "last.pt").is_file():
@@ -510,14 +536,21 @@ def run(cfg: Config, recipe: Recipe, script: str, new_run: bool = False, overwri
             raise UserError(f"cannot resume {run_dir}: the config differs from the interrupted run in "
                             f"{', '.join(changed)}; restore those keys (the run's config.yaml has them)")
         if (run_dir / "summary.json").is_file():
-            raise UserError(f"run {run_dir} already finished; nothing to resume")
+            raise UserError(f"run {run_dir} already finished; nothing to resume. "
+                            + _finished_alternatives(run_dir, cfg, recipe, invocation))
     run_id = (resume_state or {}).get("run_id") or new_run_id()
     best_copy = _best_model_copy(cfg, resume_state, run_id, overwrite_trained_model)
     if mode in ("retrain", "inference", "visualize") and not checkpoint.is_file():
         raise DataError(f"checkpoint {checkpoint} does not exist; set trained_model to a best.pt "
                         "of an earlier run (or run operation_mode: normal first)")
+    preloaded = None
+    if mode in ("inference", "visualize"):
+        preloaded = load_checkpoint(checkpoint, cfg.allow_unsafe_checkpoint)
+        cfg = checkpoint_model_config(cfg, preloaded, checkpoint, str(recipe.base_config))
     created = None if run_dir.exists() else _topmost_missing(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if invocation is not None:
+        record(run_dir, invocation, mode)
     # Ctrl-C and SIGTERM both raise KeyboardInterrupt, also when the process was started with
     # SIGINT ignored (as a non-interactive shell does for background jobs).
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
@@ -526,6 +559,8 @@ def run(cfg: Config, recipe: Recipe, script: str, new_run: bool = False, overwri
         signal.signal(signal.SIGTERM, _raise_on_sigterm)
     try:
         session = Run(cfg, recipe, run_dir, script, run_id, best_copy)
+        session.invocation = invocation
+        session.preloaded = preloaded
         if mode == "inference":
             return session.inference(checkpoint)
         if mode == "visualize":
@@ -543,6 +578,74 @@ def run(cfg: Config, recipe: Recipe, script: str, new_run: bool = False, overwri
         if threading_main():
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+
+def checkpoint_tag(checkpoint: Path, run_dir: Path) -> str:
+    """A file-name tag for ``checkpoint``: its stem (``best``) when it lies in ``run_dir``, else
+    ``<its folder>-<stem>`` (``a6.0_w0.4-best``)."""
+    checkpoint = Path(checkpoint)
+    if checkpoint.resolve().parent == Path(run_dir).resolve():
+        return checkpoint.stem
+    return f"{checkpoint.resolve().parent.name}-{checkpoint.stem}"
+
+
+def existing_run_message(run_dir: Path, cfg: Config, recipe: Recipe, invocation: Invocation | None) -> str:
+    """Why normal/retrain refuse ``run_dir`` and what to do: resume an unfinished run (with the
+    command that started it, from its command.txt), or for a finished one a new run beside it,
+    another experiment_name, or inference."""
+    keys = (*COMMON_KEYS, *recipe.extra_keys)
+    if (run_dir / "summary.json").is_file():
+        return f"run folder {run_dir} already holds a finished run; " + _finished_alternatives(
+            run_dir, cfg, recipe, invocation)
+    done = _logged_epochs(run_dir)
+    where = f"an unfinished run ({done} of {cfg.num_epochs} epochs logged)"
+    started = next(iter(recorded(run_dir)), None) or invocation
+    if (run_dir / "last.pt").is_file() and started is not None:
+        cont = f"continue it with: {resume_command(started, run_dir, cfg.experiment_name, keys)}"
+    elif (run_dir / "last.pt").is_file():
+        cont = "continue it with -o operation_mode=resume"
+    else:
+        cont = "it has no last.pt to resume from"
+    new = f"pass --new-run to start {next_free_run_dir(run_dir).name} beside it"
+    return f"run folder {run_dir} already holds {where}; {cont}; or {new}, or choose another experiment_name"
+
+
+def _finished_alternatives(run_dir: Path, cfg: Config, recipe: Recipe, invocation: Invocation | None) -> str:
+    keys = (*COMMON_KEYS, *recipe.extra_keys)
+    beside = next_free_run_dir(run_dir).name
+    if invocation is None:
+        return (f"pass --new-run to train again in {beside}, choose another experiment_name, or evaluate it "
+                "with -o operation_mode=inference")
+    train_mode = cfg.operation_mode if cfg.operation_mode in ("normal", "retrain") else "normal"
+    again = invocation.with_mode(train_mode, add_flags=("--new-run",)).shell(keys)
+    name = run_dir.name if run_dir.name != cfg.experiment_name else None
+    evaluate_ = invocation.with_mode("inference", name, drop_flags=("--new-run", "--overwrite-trained-model"))
+    return (f"to train again beside it (in {beside}) run: {again}; to evaluate its best.pt run: "
+            f"{evaluate_.shell(keys)}; or choose another experiment_name")
+
+
+def _logged_epochs(run_dir: Path) -> int:
+    """Rows of ``run_dir/metrics.csv`` (0 when absent)."""
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return 0
+    with open(path, encoding="utf-8") as handle:
+        return max(sum(1 for line in handle if line.strip()) - 1, 0)
+
+
+def _append_csv(path: Path, row: dict[str, Any]) -> None:
+    """Add ``row`` to the CSV at ``path`` (atomically rewritten); new columns extend the header."""
+    rows = []
+    if path.is_file():
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    fields = list(rows[0]) if rows else []
+    fields += [k for k in row if k not in fields]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n", restval="")
+    writer.writeheader()
+    writer.writerows([*rows, row])
+    atomic_write_text(path, buffer.getvalue())
 
 
 def _best_model_copy(cfg: Config, resume_state: dict[str, Any] | None, run_id: str, overwrite: bool) -> Path | None:

@@ -37,6 +37,7 @@ from .experiments import (
     is_finished,
     paper_order_key,
 )
+from .progress import bar_disable, switch_off
 
 #: How a sweep names the old run folder it moves aside with ``--force``.
 OLD_SUFFIX = ".old-"
@@ -160,7 +161,8 @@ def sweep(
           f"{', '.join(e.label for e in experiments)}" + (f"; overrides: {' '.join(overrides)}" if overrides else ""),
           flush=True)
     outcomes: list[Outcome] = []
-    bar = tqdm(experiments, desc="sweep", unit="experiment", file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(experiments, desc="sweep", unit="experiment", file=sys.stderr, dynamic_ncols=True,
+               disable=bar_disable())
     for experiment in bar:
         bar.set_postfix_str(experiment.label)
         run_dir = experiment.run_dir
@@ -248,12 +250,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=None,
                         help="with --results: output folder (default: the first FOLDER)")
     parser.add_argument("--quiet", action="store_true", help="do not echo the trainers' log lines")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars, here or in the trainers (they show only on a terminal anyway; "
+                        "also UNET_NO_PROGRESS=1)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Sweep, print the summary table, optionally write the results; return the exit status."""
     args = build_parser().parse_args(argv)
+    if args.no_progress:
+        switch_off()  # the trainers inherit it
     try:
         outcomes = sweep(args.folders, args.override, args.force, args.only, args.quiet)
     except UserError as exc:

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from unet.data.augment import augment_gm
 from unet.data.transforms import center_crop_or_pad, normalize
 from unet.errors import DataError, MissingDataError
+from unet.progress import bar_disable
 
 __all__ = [
     "GMDataset",
@@ -350,7 +351,7 @@ class GMDataset(Dataset):
         self._masks: list[np.ndarray] = []  # one per kept sample
         self._samples: list[tuple[int, int, str]] = []  # (image index, mask index, name)
         self.n_total = 0
-        for subject in tqdm(chosen, desc="GM volumes", unit="subject", disable=not progress):
+        for subject in tqdm(chosen, desc="GM volumes", unit="subject", disable=bar_disable(not progress)):
             image_index: dict[str, int] = {}
             for image, mask, name in load_subject_slices(subject, self.resolution_mm):
                 self.n_total += 1

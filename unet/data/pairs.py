@@ -19,6 +19,7 @@ from tqdm import tqdm
 from unet.data.transforms import center_crop_or_pad, to_binary_mask
 from unet.data.transforms import normalize as apply_normalize
 from unet.errors import DataError, MissingDataError
+from unet.progress import bar_disable
 
 #: Above this many pairs the reader shows a progress bar while loading.
 PROGRESS_MIN_FILES = 200
@@ -204,7 +205,7 @@ class PngPairDataset(Dataset):
             pairs,
             desc=f"reading {split} pairs",
             unit="pair",
-            disable=2 * len(pairs) <= PROGRESS_MIN_FILES,
+            disable=bar_disable(2 * len(pairs) <= PROGRESS_MIN_FILES),
             leave=False,
         )
         for name, image_path, mask_path in bar:

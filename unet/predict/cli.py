@@ -32,6 +32,7 @@ from unet.data.transforms import normalize
 from unet.errors import ConfigError, DataError, UserError
 from unet.fileio import atomic_write_text
 from unet.input_transform import RECORD_VERSION, canonical_dataset_name, input_transform_record
+from unet.progress import bar_disable, switch_off
 
 from . import io
 from .cases import Case, Roi, prepare_case
@@ -86,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--overwrite", action="store_true", help="replace masks already in OUTPUT_DIR")
     group.add_argument("--continue", dest="resume", action="store_true",
                        help="skip inputs whose outputs OUTPUT_DIR already holds")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (they show only on a terminal anyway; also UNET_NO_PROGRESS=1)")
     return parser
 
 
@@ -374,8 +377,8 @@ def predict(args: argparse.Namespace, out: Callable[[str], None], err: Callable[
         f"threshold {threshold}, engine {args.engine}{', TTA' if args.tta else ''}, device {device}")
 
     started = time.perf_counter()
-    files_bar = tqdm(total=len(todo), desc="files", unit="file", disable=None, position=0)
-    slices_bar = tqdm(total=0, desc="slices", unit="slice", disable=None, position=1, leave=False)
+    files_bar = tqdm(total=len(todo), desc="files", unit="file", disable=bar_disable(), position=0)
+    slices_bar = tqdm(total=0, desc="slices", unit="slice", disable=bar_disable(), position=1, leave=False)
 
     def finalize(job: Job) -> None:
         begun = time.perf_counter()
@@ -470,6 +473,8 @@ def _write_manifest(args: argparse.Namespace, predictor: Predictor, threshold: f
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and predict; user errors print one ``error:`` line and return 2."""
     args = build_parser().parse_args(argv)
+    if args.no_progress:
+        switch_off()
 
     def out(line: str) -> None:
         tqdm.write(line, file=sys.stdout)

@@ -8,7 +8,7 @@ the sweep got) and writes, into the output folder (default: the first FOLDER):
   precision, FIXED by decreasing weight then activation bits, INT, BNN, Ternary) with the
   formats, best val Dice (mean ± std over slices) and its epoch, the Dice change against the
   full-precision row, the other metrics and the weight memory;
-* ``dice_vs_bits.png``, ``dice_vs_memory.png``, ``training_curves.png``, ``overlays.png``
+* ``dice_vs_bits.png``, ``dice_vs_memory.png``, ``training_curves.png``, ``overlays_<folder>.png``
   (the best model of every experiment on the same validation slices) and
   ``weights_<experiment>.png`` (per-layer float and quantized weight distributions).
 
@@ -36,6 +36,7 @@ from .runs import Result, best_row, collect_results, read_metrics_csv, read_resu
 from .tables import (
     CSV_FIELDS,
     OTHER_METRICS,
+    compact_table,
     dataset_labels,
     describe_data,
     formats,
@@ -43,6 +44,7 @@ from .tables import (
     memory_note,
     quantizer_label,
     results_csv,
+    runs_note,
     settings_sentence,
     short_label,
     spec_label,
@@ -52,6 +54,7 @@ from .tables import (
 
 __all__ = [
     "CSV_FIELDS", "OTHER_METRICS", "PAPER_BASE_CHANNELS", "Memory", "Result", "best_row", "build_parser",
+    "compact_table", "runs_note",
     "collect_results", "dataset_labels", "describe_data", "formats", "main", "markdown_table", "memory_note",
     "model_memory", "overlay_samples", "plot_dice_vs_bits", "plot_dice_vs_memory", "plot_overlays",
     "plot_training_curves", "quantizer_label", "read_metrics_csv", "read_result", "results_csv",

@@ -14,7 +14,15 @@ from ..errors import UserError
 from ..fileio import atomic_write_text
 from .figures import plot_dice_vs_bits, plot_dice_vs_memory, plot_overlays, plot_training_curves, write_weight_grids
 from .runs import collect_results
-from .tables import dataset_labels, markdown_table, memory_note, results_csv, settings_sentence
+from .tables import (
+    compact_table,
+    dataset_labels,
+    markdown_table,
+    memory_note,
+    results_csv,
+    runs_note,
+    settings_sentence,
+)
 
 
 def write_results(folders: Sequence[Path], out: Path | None = None, overrides: Sequence[str] = (),
@@ -26,7 +34,6 @@ def write_results(folders: Sequence[Path], out: Path | None = None, overrides: S
     groups = collect_results(folders, overrides, only)
     out = Path(out) if out is not None else Path(folders[0])
     out.mkdir(parents=True, exist_ok=True)
-    several = len(groups) > 1
     files: list[Path] = []
     notes: list[str] = []
     for name, plot in (("dice_vs_bits.png", plot_dice_vs_bits), ("dice_vs_memory.png", plot_dice_vs_memory),
@@ -36,7 +43,7 @@ def write_results(folders: Sequence[Path], out: Path | None = None, overrides: S
     overlay_files = []
     if overlays:
         for group, results in groups.items():
-            path = out / (f"overlays_{group}.png" if several else "overlays.png")
+            path = out / f"overlays_{group}.png"
             notes.append(f"{group}: {plot_overlays(path, group, results)}")
             overlay_files.append(path)
         files += overlay_files
@@ -52,6 +59,8 @@ def write_results(folders: Sequence[Path], out: Path | None = None, overrides: S
           ""]
     for group, results in groups.items():
         md += [f"## {labels[group]} (`{group}/`)", "", settings_sentence(results), "", markdown_table(results), ""]
+        if runs_note(results):
+            md += [runs_note(results), ""]
     md += [memory_note(groups), "", "## Figures", "",
            "![Dice against weight memory](dice_vs_memory.png)", "", "![Dice against weight bits](dice_vs_bits.png)",
            "", "![Training curves](training_curves.png)", ""]
@@ -100,9 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for group, results in written["groups"].items():
-        print(f"\n{group}:\n{markdown_table(results)}")
+        print(f"\n{group}:\n{compact_table(results)}")
+        if runs_note(results):
+            print(runs_note(results).replace("`", ""))
     for note in written["notes"]:
         print(f"note: {note}")
-    print("\nwrote " + ", ".join(str(p) for p in written["files"]))
+    print("\nall columns (precision, recall, IoU, Hausdorff, memory at c=64 ...) in "
+          f"{written['files'][0]}; wrote " + ", ".join(str(p) for p in written["files"]))
     return 0
 

@@ -62,7 +62,8 @@ def plot_dice_vs_memory(path: Path, groups: dict[str, list[Result]]) -> None:
     dataset, each point labelled with its formats and reduction factor."""
     _scatter_lines(path, groups, lambda r: r.memory.mib if r.memory else None,
                    "weight memory of the trained model (MiB, log scale)",
-                   "Accuracy against weight memory", base=10, show_factor=True)
+                   "Best val Dice against weight memory (label: formats, reduction vs float)", base=10,
+                   show_factor=True)
 
 
 def _scatter_lines(path: Path, groups: dict[str, list[Result]], x_of, xlabel: str, title: str, base: int,
@@ -94,13 +95,11 @@ def _scatter_lines(path: Path, groups: dict[str, list[Result]], x_of, xlabel: st
             ax.annotate(text, (x, r.dice), textcoords="offset points", xytext=(4, 4), fontsize=7, color=colour)
     if xs_all:
         ax.set_xscale("log", base=base)
-        if base == 2:
-            ticks = sorted(set(xs_all))
-            ax.set_xticks(ticks)
-            ax.set_xticklabels([str(int(t)) for t in ticks])
-        else:
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+        ticks = _spread(sorted(set(xs_all)))  # the rows' own values, so each point reads off the axis
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([str(int(t)) if base == 2 else f"{t:.3g}" for t in ticks],
+                           rotation=0 if base == 2 else 35, ha="center" if base == 2 else "right")
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
         lo, hi = min(xs_all), max(xs_all)
         ax.set_xlim(lo / 1.5, hi * 1.5)
         y_lo, y_hi = ax.get_ylim()
@@ -110,42 +109,63 @@ def _scatter_lines(path: Path, groups: dict[str, list[Result]], x_of, xlabel: st
     else:
         ax.text(0.5, 0.5, "no run has logged an epoch yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel(xlabel, fontsize=9)
-    ax.set_ylabel("best val Dice (%)", fontsize=9)
+    ax.set_ylabel(f"best val Dice (%){_at_threshold(groups)}", fontsize=9)
     ax.set_title(title, fontsize=10)
-    ax.grid(True, alpha=0.3, which="both")
+    ax.grid(True, alpha=0.3, which="major")
     fig.tight_layout()
     _save(fig, path)
 
 
+def _at_threshold(groups: dict[str, list[Result]]) -> str:
+    """``", threshold 0.999"`` when every run with a config shares one threshold, else ``""``."""
+    values = {r.cfg.threshold for results in groups.values() for r in results if r.cfg is not None}
+    return f", threshold {values.pop():g}" if len(values) == 1 else ""
+
+
+def _spread(values: list[float], min_ratio: float = 1.12) -> list[float]:
+    """``values`` (sorted) without those closer than ``min_ratio`` to the previous kept one, so
+    tick labels on a log axis do not overlap."""
+    kept: list[float] = []
+    for v in values:
+        if not kept or v >= kept[-1] * min_ratio:
+            kept.append(v)
+    return kept
+
+
 def plot_training_curves(path: Path, groups: dict[str, list[Result]]) -> None:
-    """Val Dice, training loss and validation loss per epoch, one line per experiment."""
+    """Val Dice, training loss and validation loss per epoch: one row of panels per dataset
+    (folder), one line per experiment; an experiment keeps its colour in every row."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    several = len(groups) > 1
-    styles = ("-", "--", ":", "-.")
-    drawn = 0
-    for k, (group, results) in enumerate(groups.items()):
-        for j, r in enumerate(results):
+    labels = dataset_labels(groups)
+    drawn_groups = [(g, rs) for g, rs in groups.items() if any(r.history for r in rs)] or list(groups.items())[:1]
+    names = list(dict.fromkeys(r.experiment.name for _, rs in drawn_groups for r in rs if r.history))
+    colour = {name: f"C{i % 10}" for i, name in enumerate(names)}
+    nrows = max(len(drawn_groups), 1)
+    fig, axes = plt.subplots(nrows, 3, figsize=(15, 3.9 * nrows + 0.3), squeeze=False)
+    for row, (group, results) in enumerate(drawn_groups):
+        drawn = 0
+        for r in results:
             if not r.history:
                 continue
             epochs = [int(h["epoch"]) for h in r.history]
-            label = f"{group}/{r.experiment.name}" if several else r.experiment.name
-            label += f" ({short_label(r)})"
-            for ax, key in zip(axes, ("dice", "train_loss", "val_loss"), strict=True):
+            label = f"{r.experiment.name} ({short_label(r)})"
+            for ax, key in zip(axes[row], ("dice", "train_loss", "val_loss"), strict=True):
                 values = [h.get(key) if h.get(key) is not None else np.nan for h in r.history]
-                ax.plot(epochs, values, styles[k % len(styles)], color=f"C{j % 10}", marker="." if
-                        len(epochs) < 30 else None, label=label)
+                ax.plot(epochs, values, "-", color=colour[r.experiment.name],
+                        marker="." if len(epochs) < 30 else None, label=label)
             drawn += 1
-    for ax, name in zip(axes, ("val Dice (%)", "training loss", "validation loss"), strict=True):
-        ax.set_xlabel("epoch", fontsize=9)
-        ax.set_title(name, fontsize=10)
-        ax.grid(True, alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    if drawn:
-        axes[0].legend(fontsize=7, loc="best")
-    else:
-        axes[0].text(0.5, 0.5, "no run has logged an epoch yet", ha="center", va="center",
-                     transform=axes[0].transAxes)
+        dice_title = f"val Dice (%){_at_threshold({group: results})}"
+        for ax, name in zip(axes[row], (dice_title, "training loss", "validation loss"), strict=True):
+            ax.set_xlabel("epoch", fontsize=9)
+            ax.set_title(f"{labels.get(group, group)}: {name}", fontsize=10)
+            ax.grid(True, alpha=0.3)
+            ax.tick_params(labelsize=8)
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        if drawn:
+            axes[row, 0].legend(fontsize=7, loc="best", title="experiment (formats)", title_fontsize=7)
+        else:
+            axes[row, 0].text(0.5, 0.5, "no run has logged an epoch yet", ha="center", va="center",
+                              transform=axes[row, 0].transAxes)
     fig.tight_layout()
     _save(fig, path)
 
@@ -154,12 +174,15 @@ def _load_best_model(result: Result):
     import torch
 
     from ..checkpoint import load_checkpoint, load_model_state
+    from ..config import Config
     from ..engine import build_model
+    from ..modelkeys import checkpoint_model_config
 
     assert result.cfg is not None and result.run_dir is not None
     path = result.run_dir / "best.pt"
     state = load_checkpoint(path)
-    model = build_model(result.cfg)
+    unset = Config(dict(result.cfg), {})  # every model key from the checkpoint
+    model = build_model(checkpoint_model_config(unset, state, path, ""))
     load_model_state(model, state["model"], path)
     return model.to(torch.device("cpu")), state
 
@@ -207,7 +230,7 @@ def plot_overlays(path: Path, group: str, results: Sequence[Result]) -> str:
         return note
     ncols = max(len(s) for _, s, _, _ in rows)
     nrows = len(rows) + 1
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.9 * ncols + 1.0, 1.9 * nrows + 0.6), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(1.9 * ncols + 1.0, 6.0), 1.9 * nrows + 0.8), squeeze=False)
     for c, (name, image, _truth, _prob) in enumerate(rows[0][1]):
         axes[0, c].imshow(image, cmap="gray", interpolation="nearest")
         axes[0, c].set_title(name, fontsize=7)
@@ -216,7 +239,7 @@ def plot_overlays(path: Path, group: str, results: Sequence[Result]) -> str:
         for c, (name, image, truth, prob) in enumerate(samples):
             ax = axes[i, c]
             ax.imshow(overlay_rgb(image, truth > 0.5, prob > r.cfg.threshold), interpolation="nearest")
-            ax.set_title(f"{name}: Dice {dice.get(name, float('nan')):.1f}", fontsize=6)
+            ax.set_title(f"{name}: Dice {dice.get(name, float('nan')):.1f}", fontsize=7)
         axes[i, 0].set_ylabel(f"{r.experiment.name}\n{short_label(r)}\nmean Dice {mean:.1f}", fontsize=7)
     for ax in axes.flat:
         ax.set_xticks([])
@@ -226,7 +249,9 @@ def plot_overlays(path: Path, group: str, results: Sequence[Result]) -> str:
     fig.legend(handles=[Patch(color=AGREE, label="agree"), Patch(color=MISSED, label="missed (truth only)"),
                         Patch(color=FALSE_POSITIVE, label="false positive (prediction only)")],
                loc="lower center", ncol=3, fontsize=8)
-    fig.suptitle(f"{group}: each experiment's best.pt on the same validation slices", fontsize=9)
+    thresholds = sorted({f"{r.cfg.threshold:g}" for r, _, _, _ in rows})
+    fig.suptitle(f"{group}: each experiment's best.pt on the same validation slices\n"
+                 f"prediction: probability > {' / '.join(thresholds)}", fontsize=9)
     fig.tight_layout(rect=(0, 0.03, 1, 0.98))
     _save(fig, path, palette=(AGREE, MISSED, FALSE_POSITIVE))
     note = f"overlays of {len(rows)} experiment(s)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ class Result:
     memory64: Memory | None = None
     reference: Result | None = None  # the group's full-precision row
     seconds: float | None = None
+    #: Runs beside the one in the table: ``--new-run``'s ``<name>-N`` and ``--force``'s ``<name>.old-*``.
+    other_runs: list[OtherRun] = field(default_factory=list)
 
     @property
     def run_dir(self) -> Path | None:
@@ -60,6 +63,45 @@ class Result:
         points = self.dice - self.reference.dice
         percent = 100.0 * points / self.reference.dice if self.reference.dice else float("nan")
         return points, percent
+
+
+@dataclass
+class OtherRun:
+    """A run folder beside an experiment's own: its path, status and best epoch so far."""
+
+    run_dir: Path
+    status_text: str
+    best: dict[str, Any] | None
+
+    def describe(self) -> str:
+        """``full_precision-2 (finished, best val Dice 80.12 at epoch 5)``."""
+        if self.best is None:
+            return f"{self.run_dir.name} ({self.status_text})"
+        return (f"{self.run_dir.name} ({self.status_text}, best val Dice {float(self.best['dice']):.2f} at epoch "
+                f"{int(self.best['epoch'])})")
+
+
+def other_runs(run_dir: Path) -> list[OtherRun]:
+    """The run folders beside ``run_dir`` that hold a run of the same experiment: ``<name>-N``
+    (``--new-run``) by N, then ``<name>.old-<time>`` (the sweep's ``--force``) by name."""
+    parent, name = run_dir.parent, run_dir.name
+    if not parent.is_dir():
+        return []
+    numbered, old = [], []
+    for path in parent.iterdir():
+        if not path.is_dir() or not (path / "metrics.csv").is_file() and not (path / "last.pt").is_file():
+            continue
+        suffix = path.name[len(name):] if path.name.startswith(name) else ""
+        if re.fullmatch(r"-\d+", suffix):
+            numbered.append((int(suffix[1:]), path))
+        elif suffix.startswith(".old-"):
+            old.append((path.name, path))
+    found = []
+    for _, path in sorted(numbered) + sorted(old):
+        history = read_metrics_csv(path / "metrics.csv") if (path / "metrics.csv").is_file() else []
+        status = "finished" if is_finished(path) else f"unfinished, {len(history)} epoch(s) logged"
+        found.append(OtherRun(path, status, best_row(history)))
+    return found
 
 
 def read_metrics_csv(path: Path) -> list[dict[str, Any]]:
@@ -123,6 +165,7 @@ def read_result(experiment: Experiment) -> Result:
     best_epoch = summary.get("best_epoch")
     result = Result(experiment, cfg, status, text, history,
                     best_row(history, int(best_epoch) if best_epoch is not None else None))
+    result.other_runs = other_runs(run_dir)
     result.memory = model_memory(cfg)
     result.memory64 = model_memory(cfg, PAPER_BASE_CHANNELS)
     seconds = summary.get("total_seconds")

@@ -262,3 +262,44 @@ def memory_note(groups: dict[str, list[Result]]) -> str:
                     f"(32/{bits} = {32 / bits:.1f}x for those weights), and the float first and last layers, "
                     f"biases and BatchNorm bring the whole model to {m.reduction:.2f}x.")
     return note
+
+
+def runs_note(results: Sequence[Result]) -> str:
+    """Which run each row shows (the experiment's own run folder ``log_output_dir/experiment_name``)
+    and the other runs beside it (``--new-run``'s ``<name>-N``, the sweep's ``--force`` leftovers
+    ``<name>.old-*``), which no row shows; empty when there are none."""
+    listed = [(r, o) for r in results for o in r.other_runs]
+    if not listed:
+        return ""
+    by_experiment: dict[str, list[str]] = {}
+    for r, o in listed:
+        by_experiment.setdefault(r.experiment.name, []).append(o.describe())
+    parts = [f"`{name}`: " + ", ".join(runs) for name, runs in by_experiment.items()]
+    return ("Each row is the run in the experiment's own folder (`log_output_dir/experiment_name`). Other runs "
+            "beside it, not in the table (pass `-o experiment_name=<folder>` to tabulate one): " + "; ".join(parts)
+            + ".")
+
+
+def compact_table(results: Sequence[Result]) -> str:
+    """The terminal's table: experiment, formats, status, best Dice (± std) and epoch, the change
+    against full precision, weight memory and reduction at the run's width; aligned plain text."""
+    rows = [("experiment", "act / weights", "status", "best Dice", "epoch", "Δ vs FP", "MiB", "reduction")]
+    for r in results:
+        act, weight = formats(r)
+        best = r.best
+        change = r.change()
+        if r.reference is r and best:
+            delta = "ref"
+        elif change is None:
+            delta = "-"
+        else:
+            delta = f"{change[0]:+.2f}"
+        dice = f"{best['dice']:.2f} ± {best['dice_std']:.2f}" if best else "-"
+        status = r.status_text if r.status != "invalid" else "invalid config"
+        rows.append((r.experiment.name, f"{act} / {weight}", status, dice, str(int(best["epoch"])) if best else "-",
+                     delta, f"{r.memory.mib:.3f}" if r.memory else "-",
+                     f"{r.memory.reduction:.2f}x" if r.memory else "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    right = {3, 4, 5, 6, 7}
+    return "\n".join("  ".join(cell.rjust(w) if i in right else cell.ljust(w)
+                               for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip() for row in rows)

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from unet.errors import ConfigError, DataError
 from unet.fileio import atomic_directory
 from unet.prep.pngpairs import write_manifest, write_pair
+from unet.progress import bar_disable
 
 from .reading import load_ct, load_label
 from .slicing import DEFAULT_SIZE, DEFAULT_WINDOW, slice_pairs
@@ -264,7 +265,7 @@ def prepare_nih(
     report = Report(out_dir=out_dir, split=split, skipped=list(rejected), warnings=list(notes))
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         names: dict[int, list[str]] = {}
-        bar = tqdm(cases, desc="NIH cases", unit="case", disable=not progress)
+        bar = tqdm(cases, desc="NIH cases", unit="case", disable=bar_disable(not progress))
         for case in bar:
             bar.set_postfix_str(case.name)
             try:
