@@ -10,6 +10,7 @@ from .config import load_config
 from .engine import run
 from .errors import MissingDataError, UserError
 from .recipe import Recipe
+from .runtime import tune_allocator
 
 
 def build_parser(recipe: Recipe, prog: str) -> argparse.ArgumentParser:
@@ -36,6 +37,7 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> int:
 
     Problems in the user's input print one line ``error: ...`` on stderr and return 2.
     """
+    tune_allocator()
     prog = Path(sys.argv[0]).name
     args = build_parser(recipe, prog).parse_args(argv)
     try:

@@ -32,6 +32,7 @@ from unet.data.transforms import normalize
 from unet.errors import ConfigError, DataError, UserError
 from unet.fileio import atomic_write_text
 from unet.input_transform import RECORD_VERSION, canonical_dataset_name, input_transform_record
+from unet.runtime import tune_allocator
 
 from . import io
 from .cases import Case, Roi, prepare_case
@@ -469,6 +470,7 @@ def _write_manifest(args: argparse.Namespace, predictor: Predictor, threshold: f
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and predict; user errors print one ``error:`` line and return 2."""
+    tune_allocator()
     args = build_parser().parse_args(argv)
 
     def out(line: str) -> None:
