@@ -18,6 +18,8 @@ of the quantized tensor, with ``q == c * s`` exactly; a hardware export reads th
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -134,11 +136,12 @@ def fixed_point_pow2(
     """
     limit = pow2_limit(i_bits, f_bits)
     p = torch.abs(x)  # |x| = 0: log2 = -inf, 2^-inf = 0
-    _round_pow2_(p)
+    p.log2_().round_()  # the exponent e, an integer (or -inf, +inf, NaN)
     if min_exponent is not None:
-        # p is exactly 0 or 2^e here, so p < 2^min_exponent <=> e < min_exponent (NaN stays NaN)
-        p.masked_fill_(p < 2.0**min_exponent, 0.0)
-    p.clamp_max_(limit)
+        # flush in the exponent domain, one in-place pass and no mask: e <= m - 1/2 <=> e < m
+        # for integer e, and -inf (2^-inf = 0) is what flushing to 0 means; NaN stays NaN
+        torch.threshold_(p, min_exponent - 0.5, -math.inf)
+    p.exp2_().clamp_max_(limit)
     return torch.copysign(p, x, out=x) if inplace else p.copysign_(x)
 
 
