@@ -203,7 +203,7 @@ class QuantConv2d(nn.Conv2d):
         weight), the result is computed once and reused until the weight changes. The cache is
         keyed on the weight's storage (pinned while cached), layout, dtype, device and version
         counter (bumped by every in-place change: an optimizer step, ``load_state_dict``) and
-        on ``weight_quant``; ``train()`` and ``eval()`` drop it. It holds the same function of
+        on ``weight_quant``; ``train()`` drops it. It holds the same function of
         the same weights, so the values are a fresh call's; the returned tensor is shared, so
         callers must not modify it.
         """
@@ -221,8 +221,10 @@ class QuantConv2d(nn.Conv2d):
         return self._cached[2]
 
     def train(self, mode: bool = True) -> QuantConv2d:
-        """As ``nn.Module.train`` (``eval()`` calls it too); also drops the weight cache."""
-        self._cached = None
+        """As ``nn.Module.train``; training mode also drops the weight cache (``eval()`` keeps
+        it: it is checked against the weight on every use)."""
+        if mode:
+            self._cached = None
         return super().train(mode)
 
     def forward(self, x: Tensor) -> Tensor:
