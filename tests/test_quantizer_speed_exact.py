@@ -238,12 +238,13 @@ def test_fixed_pow2_matches_the_literal_formula() -> None:
         assert same(F.fixed_point_pow2(x, 6, 0), ref)
 
 
-@pytest.mark.parametrize("i_bits,f_bits", [(6, 0), (0, 4), (0, 0), (2, 3), (8, 8)])
-@pytest.mark.parametrize("min_exponent", [None, -126, -8, -1, 0, 3, 126])
-def test_pow2_exponent_domain_flush_is_bit_equal_to_the_masked_fill(
+@pytest.mark.parametrize("i_bits,f_bits", [(6, 0), (1, 0), (0, 1), (0, 4), (0, 0), (2, 3), (8, 8)])
+@pytest.mark.parametrize("min_exponent", [None, -126, -125, -8, -1, 0, 3, 5, 6, 126])
+def test_pow2_floor_clamp_and_exponent_flush_are_bit_equal_to_the_old_rule(
         i_bits: int, f_bits: int, min_exponent: int | None) -> None:
     for x in samples(11) + [torch.tensor([2.0**-8, 2.0**-8.5, 2.0**-8.4999, 2.0**-8.5001, 2.0**-9, -(2.0**-8.5),
-                                          2.0**-126, 2.0**-126.5, 2.0**-127, 2.0**126, 2.0**126.5, 2.0**3.5])]:
+                                          2.0**-126, 2.0**-126.5, 2.0**-127, 2.0**126, 2.0**126.5, 2.0**3.5,
+                                          2.0**5.4999, 2.0**5.5, 2.0**5.5001, 2.0**-0.5, 0.75, 1.0, 31.0, 32.0])]:
         assert same(F.fixed_point_pow2(x, i_bits, f_bits, False, min_exponent),
                     old_fixed_point_pow2(x, i_bits, f_bits, False, min_exponent)), (x.flatten()[:4], min_exponent)
         a, b = x.clone(), x.clone()
