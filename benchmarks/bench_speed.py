@@ -52,6 +52,7 @@ from unet.config import Config, load_config  # noqa: E402
 from unet.engine import build_model, run  # noqa: E402
 from unet.losses import get_loss  # noqa: E402
 from unet.recipes import png_pair_recipe  # noqa: E402
+from unet.runtime import tune_allocator  # noqa: E402
 
 EM_BASE = REPO / "EM_BASE" / "config.yaml"
 TARGET = 1.05
@@ -277,6 +278,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epoch-base-channels", type=int, default=None, help="width for the epoch (default 16, quick 8)")
     p.add_argument("--no-epoch", dest="epoch", action="store_false", help="skip the trainer epochs")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--no-tune-allocator", dest="tune_allocator", action="store_false",
+                   help="leave glibc's allocator as it is (the commands call unet.runtime.tune_allocator)")
     p.add_argument("--profile", action="store_true", help="also profile one eval forward and one epoch per mode")
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON to this path")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the tables")
@@ -300,13 +303,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    allocator = tune_allocator() if args.tune_allocator else False
     if args.threads:
         torch.set_num_threads(args.threads)
     began = time.perf_counter()
     log = (lambda _m: None) if args.quiet else (lambda m: print(m, flush=True))
     load_start = os.getloadavg()
     log(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load_start[0]:.2f}; "
-        f"modes {', '.join(args.modes)}")
+        f"modes {', '.join(args.modes)}; allocator tuned: {allocator}")
     benches = [ModeBench(k, args) for k in args.modes]
     interleaved(benches, "step", args.reps, 1, lambda b, _r: b.step(), log)
     interleaved(benches, "forward", args.reps, 1, lambda b, _r: b.forward(), log)
@@ -342,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         payload = {"torch": torch.__version__, "threads": torch.get_num_threads(), "args": {
             k: v for k, v in vars(args).items() if k not in ("json",)}, "modes": rows, "profile": profile,
-            "loadavg": [load_start, load_end], "benchmark_s": total, "target": TARGET}
+            "loadavg": [load_start, load_end], "benchmark_s": total, "target": TARGET,
+            "allocator_tuned": allocator}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=2, default=str) + "\n")
         print(f"wrote {args.json}")

@@ -194,10 +194,38 @@ class QuantConv2d(nn.Conv2d):
     def __init__(self, *args, weight_quant: QuantSpec = FLOAT, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.weight_quant = weight_quant
+        self._cached: tuple[tuple, Tensor, Tensor] | None = None  # key, pinned weight, quantized
 
     def quantized_weight(self) -> Tensor:
-        """The weight as the convolution sees it: ``weight_quant(weight)``."""
-        return self.weight_quant(self.weight)
+        """The weight as the convolution sees it: ``weight_quant(weight)``.
+
+        In evaluation mode, when no gradient reaches the weight (``torch.no_grad``, or a frozen
+        weight), the result is computed once and reused until the weight changes. The cache is
+        keyed on the weight's storage (pinned while cached), layout, dtype, device and version
+        counter (bumped by every in-place change: an optimizer step, ``load_state_dict``) and
+        on ``weight_quant``; ``train()`` drops it. It holds the same function of
+        the same weights, so the values are a fresh call's; the returned tensor is shared, so
+        callers must not modify it.
+        """
+        w = self.weight
+        if (self.training or self.weight_quant.kind == "float" or (torch.is_grad_enabled() and w.requires_grad)
+                or torch.jit.is_tracing()):
+            return self.weight_quant(w)
+        try:
+            key = (w.data_ptr(), w._version, w.dtype, w.device, w.shape, w.stride(), self.weight_quant)
+        except RuntimeError:  # an inference-mode tensor has no version counter
+            return self.weight_quant(w)
+        if self._cached is None or self._cached[0] != key:
+            # w.detach() pins the weight's storage, so no other tensor can take its address
+            self._cached = (key, w.detach(), self.weight_quant(w))
+        return self._cached[2]
+
+    def train(self, mode: bool = True) -> QuantConv2d:
+        """As ``nn.Module.train``; training mode also drops the weight cache (``eval()`` keeps
+        it: it is checked against the weight on every use)."""
+        if mode:
+            self._cached = None
+        return super().train(mode)
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(x, self.quantized_weight(), self.bias)

@@ -5,15 +5,22 @@ mode through the real trainer writes the same metrics.csv with the old and the n
 from __future__ import annotations
 
 import csv
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from quantizer import QuantConv2d, QuantSpec, binary
 from quantizer import autograd as ste
-from quantizer import binary
 from quantizer import functional as F
+from quantizer import modules as quant_modules
+from unet import metrics as unet_metrics
+from unet import runtime
 from unet.config import load_config
 from unet.engine import run
 from unet.prep.em import prepare_em, synthetic_em_stack
@@ -54,10 +61,39 @@ class OldBinarySTE(torch.autograd.Function):
         return torch.where(inside, grad, 0.0), None
 
 
+@torch.no_grad()
+def old_fixed_point_pow2(x, i_bits, f_bits, inplace=False, min_exponent=None):
+    limit = F.pow2_limit(i_bits, f_bits)
+    p = torch.abs(x)
+    p.log2_().round_().exp2_()
+    if min_exponent is not None:
+        p.masked_fill_(p < 2.0**min_exponent, 0.0)
+    p.clamp_max_(limit)
+    return torch.copysign(p, x, out=x) if inplace else p.copysign_(x)
+
+
+def old_hausdorff(pred: np.ndarray, gt: np.ndarray) -> float:
+    from skimage.metrics import hausdorff_distance
+
+    has_pred, has_gt = pred.any(), gt.any()
+    if not has_pred and not has_gt:
+        return 0.0
+    if has_pred != has_gt:
+        return float(np.hypot(*pred.shape))
+    return float(hausdorff_distance(pred, gt))
+
+
+def uncached_quantized_weight(self: QuantConv2d) -> torch.Tensor:
+    return self.weight_quant(self.weight)
+
+
 def use_old_code(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(F, "int_minmax_forward", old_int_minmax_forward)
     monkeypatch.setattr(F, "_aminmax", torch.aminmax)
     monkeypatch.setattr(ste, "_BinarySTE", OldBinarySTE)
+    monkeypatch.setattr(F, "fixed_point_pow2", old_fixed_point_pow2)
+    monkeypatch.setattr(unet_metrics, "_hausdorff", old_hausdorff)
+    monkeypatch.setattr(quant_modules.QuantConv2d, "quantized_weight", uncached_quantized_weight)
 
 
 def same(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -202,6 +238,119 @@ def test_fixed_pow2_matches_the_literal_formula() -> None:
         assert same(F.fixed_point_pow2(x, 6, 0), ref)
 
 
+@pytest.mark.parametrize("i_bits,f_bits", [(6, 0), (1, 0), (0, 1), (0, 4), (0, 0), (2, 3), (8, 8)])
+@pytest.mark.parametrize("min_exponent", [None, -126, -125, -8, -1, 0, 3, 5, 6, 126])
+def test_pow2_floor_clamp_and_exponent_flush_are_bit_equal_to_the_old_rule(
+        i_bits: int, f_bits: int, min_exponent: int | None) -> None:
+    for x in samples(11) + [torch.tensor([2.0**-8, 2.0**-8.5, 2.0**-8.4999, 2.0**-8.5001, 2.0**-9, -(2.0**-8.5),
+                                          2.0**-126, 2.0**-126.5, 2.0**-127, 2.0**126, 2.0**126.5, 2.0**3.5,
+                                          2.0**5.4999, 2.0**5.5, 2.0**5.5001, 2.0**-0.5, 0.75, 1.0, 31.0, 32.0])]:
+        assert same(F.fixed_point_pow2(x, i_bits, f_bits, False, min_exponent),
+                    old_fixed_point_pow2(x, i_bits, f_bits, False, min_exponent)), (x.flatten()[:4], min_exponent)
+        a, b = x.clone(), x.clone()
+        F.fixed_point_pow2(a, i_bits, f_bits, True, min_exponent)
+        old_fixed_point_pow2(b, i_bits, f_bits, True, min_exponent)
+        assert same(a, b)
+
+
+# --- Hausdorff from distance transforms --------------------------------------------------------
+
+
+def random_masks(seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Pairs of boolean masks: random densities and shapes, blobs, single pixels, full masks,
+    thin lines, one mask inside a hole of the other."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for _ in range(60):
+        shape = tuple(int(v) for v in rng.integers(1, 40, size=2))
+        density = rng.choice([0.001, 0.02, 0.3, 0.7, 0.99])
+        pairs.append((rng.random(shape) < density, rng.random(shape) < density * rng.random()))
+    full, dot = np.ones((9, 13), bool), np.zeros((9, 13), bool)
+    dot[8, 0] = True
+    ring = np.ones((21, 21), bool)
+    ring[5:16, 5:16] = False
+    centre = np.zeros((21, 21), bool)
+    centre[10, 10] = True
+    column, row = np.zeros((30, 7), bool), np.zeros((30, 7), bool)
+    column[:, 3] = True
+    row[15, :] = True
+    pairs += [(full, dot), (dot, full), (ring, centre), (centre, ring), (column, row), (dot, dot)]
+    return pairs
+
+
+def test_hausdorff_equals_scikit_image_on_random_masks() -> None:
+    for pred, gt in random_masks(0):
+        assert unet_metrics._hausdorff(pred, gt) == old_hausdorff(pred, gt), (pred.shape, pred.sum(), gt.sum())
+    ring = np.ones((21, 21), bool)
+    ring[5:16, 5:16] = False
+    square = np.ones((21, 21), bool)
+    # attained at the square's centre, inside the ring's hole: not at a boundary pixel of the square
+    assert unet_metrics._hausdorff(square, ring) == old_hausdorff(square, ring) == 6.0
+
+
+# --- quantized weights cached in evaluation mode -----------------------------------------------
+
+
+@pytest.mark.parametrize("spec", [QuantSpec("ternary"), QuantSpec("fixed", 0, 4, "pow2"), QuantSpec("int", 8),
+                                  QuantSpec("binary")])
+def test_eval_weight_cache_equals_a_fresh_quantization_and_follows_every_change(spec: QuantSpec) -> None:
+    torch.manual_seed(0)
+    conv = QuantConv2d(3, 4, 3, padding=1, weight_quant=spec).eval()
+    fresh = lambda: spec(conv.weight.detach().clone())  # noqa: E731
+    with torch.no_grad():
+        first = conv.quantized_weight()
+        assert conv.quantized_weight() is first and same(first, fresh())  # reused, and the same values
+        conv.weight.mul_(-3.0)  # any in-place change: a new quantization
+        assert same(conv.quantized_weight(), fresh()) and not same(conv.quantized_weight(), first)
+        conv.load_state_dict({"weight": torch.randn(4, 3, 3, 3), "bias": torch.zeros(4)})
+        assert same(conv.quantized_weight(), fresh())
+        conv.weight.data = torch.randn(4, 3, 3, 3)  # a replaced tensor
+        assert same(conv.quantized_weight(), fresh())
+        conv.to(memory_format=torch.channels_last)
+        assert same(conv.quantized_weight(), fresh())
+        conv.weight_quant = QuantSpec("fixed", 1, 2)
+        assert same(conv.quantized_weight(), QuantSpec("fixed", 1, 2)(conv.weight))
+    conv.weight_quant = spec
+    # gradients still reach the weight when they are asked for, in eval mode too
+    conv(torch.randn(2, 3, 5, 5)).sum().backward()
+    assert conv.weight.grad is not None and bool(conv.weight.grad.abs().sum() > 0)
+    # an optimizer step in training mode, then eval again: the new weights are used
+    conv.train()
+    assert conv._cached is None
+    torch.optim.SGD(conv.parameters(), lr=0.5).step()
+    conv.eval()
+    with torch.no_grad():
+        assert same(conv.quantized_weight(), fresh())
+
+
+def test_eval_forward_with_the_cache_equals_the_uncached_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    from unet.model import UNet, quant_specs
+
+    x = torch.rand(2, 1, 16, 16)
+    for mode in ("ternary", "fixed", "int", "bnn"):
+        torch.manual_seed(0)
+        model = UNet(4, *quant_specs(mode, 2, 2, 0, 4, "pow2")).eval()
+        with torch.no_grad():
+            cached = [model(x), model(x)]
+            with monkeypatch.context() as patch:
+                patch.setattr(QuantConv2d, "quantized_weight", uncached_quantized_weight)
+                plain = model(x)
+        assert same(cached[0], plain) and same(cached[1], plain), mode
+
+
+# --- the allocator setting ---------------------------------------------------------------------
+
+
+def test_tune_allocator_applies_once_and_respects_the_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(runtime.ENV_SWITCH, "0")
+    assert runtime._apply() is False
+    monkeypatch.delenv(runtime.ENV_SWITCH)
+    expected = sys.platform.startswith("linux") and __import__("platform").libc_ver()[0] == "glibc"
+    assert runtime._apply() is expected
+    first = runtime.tune_allocator()
+    assert runtime.tune_allocator() is first is expected
+
+
 # --- a short training run per mode: same metrics.csv with the old and the new code -----------
 
 MODE_OVERRIDES = {
@@ -246,3 +395,22 @@ def test_training_run_metrics_are_identical_to_the_old_code(
         old = train_metrics(em_data, tmp_path / "old", overrides)
     capsys.readouterr()
     assert len(new) == 2 and new == old
+
+
+def test_allocator_setting_leaves_a_trained_run_unchanged(em_data: Path, tmp_path: Path) -> None:
+    """The real EM trainer, FIXED pow2, with and without ``tune_allocator`` (two processes)."""
+    runs = []
+    for switch in ("1", "0"):
+        folder = tmp_path / f"alloc{switch}"
+        folder.mkdir()
+        shutil.copy(REPO / "em" / "a6.0_w0.4" / "config.yaml", folder / "config.yaml")
+        (folder / "em_unet.py").symlink_to(REPO / "EM_BASE" / "em_unet.py")
+        args = ["-o", f"dataset_path={em_data}", "-o", "crop_size=[32, 32]", "-o", "base_channels=4", "-o",
+                "num_epochs=2", "-o", "batch_size=2", "-o", "val_batch_size=2", "-o", "lr=0.01"]
+        env = {**os.environ, runtime.ENV_SWITCH: switch}
+        result = subprocess.run([sys.executable, "em_unet.py", "-f", "config.yaml", "-t", "UNET", *args],
+                                cwd=folder, capture_output=True, text=True, env=env, timeout=600)
+        assert result.returncode == 0, result.stderr
+        with open(folder / "runs" / folder.name / "metrics.csv", newline="") as handle:
+            runs.append([{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(handle)])
+    assert len(runs[0]) == 2 and runs[0] == runs[1]

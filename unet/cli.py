@@ -12,6 +12,7 @@ from .errors import MissingDataError, UserError
 from .invocation import Invocation, prepare_hint, python_word, trainer_script
 from .progress import switch_off
 from .recipe import Recipe
+from .runtime import tune_allocator
 
 
 def build_parser(recipe: Recipe, prog: str) -> argparse.ArgumentParser:
@@ -51,6 +52,7 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> int:
 
     Problems in the user's input print one line ``error: ...`` on stderr and return 2.
     """
+    tune_allocator()
     prog = Path(sys.argv[0]).name
     args = build_parser(recipe, prog).parse_args(argv)
     if args.no_progress:

@@ -27,6 +27,7 @@ from ..checkpoint import load_checkpoint, load_model_state
 from ..config import Config
 from ..errors import DataError, UserError
 from ..fileio import atomic_write_text
+from ..runtime import tune_allocator
 from .packed import read_header, write_packed
 
 FORMATS = {"packed": ".uqp", "qonnx": ".qonnx.onnx", "onnx": ".onnx"}
@@ -161,6 +162,7 @@ def describe(record: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv``, export, print the sizes; 2 with one ``error:`` line on a user error."""
+    tune_allocator()
     args = build_parser().parse_args(argv)
     try:
         record = export(args)

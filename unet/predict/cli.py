@@ -33,6 +33,7 @@ from unet.errors import ConfigError, DataError, UserError
 from unet.fileio import atomic_write_text
 from unet.input_transform import RECORD_VERSION, canonical_dataset_name, input_transform_record
 from unet.progress import bar_disable, switch_off
+from unet.runtime import tune_allocator
 
 from . import io
 from .cases import Case, Roi, prepare_case
@@ -472,6 +473,7 @@ def _write_manifest(args: argparse.Namespace, predictor: Predictor, threshold: f
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and predict; user errors print one ``error:`` line and return 2."""
+    tune_allocator()
     args = build_parser().parse_args(argv)
     if args.no_progress:
         switch_off()
