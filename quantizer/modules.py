@@ -97,6 +97,18 @@ class QuantSpec:
 FLOAT = QuantSpec()
 
 
+def quantize_float32(spec: QuantSpec, x: Tensor, inplace: bool = False) -> Tensor:
+    """``spec(x)`` computed in float32: under ``torch.autocast`` the input (a bfloat16 or float16
+    activation) is cast to float32 and quantized with autocast off, so the result equals the
+    float32 quantizer's on the same values and Qi.f grids stay exact (Q8.8 needs 17 bits). The
+    result stays float32 (autocast lowers it again where the next convolution wants it). Without
+    autocast, or for ``float``, it is just ``spec(x, inplace)``."""
+    if spec.kind == "float" or not torch.is_autocast_enabled(x.device.type):
+        return spec(x, inplace)
+    with torch.autocast(x.device.type, enabled=False):
+        return spec(x.float(), inplace)  # a cast input is a fresh tensor: overwriting it is safe
+
+
 class QuantConv2d(nn.Conv2d):
     """``nn.Conv2d`` whose weight is quantized by ``weight_quant`` on every forward pass.
 
@@ -109,8 +121,8 @@ class QuantConv2d(nn.Conv2d):
         self.weight_quant = weight_quant
 
     def quantized_weight(self) -> Tensor:
-        """The weight as the convolution sees it: ``weight_quant(weight)``."""
-        return self.weight_quant(self.weight)
+        """The weight as the convolution sees it: ``weight_quant(weight)``, in float32 also under autocast."""
+        return quantize_float32(self.weight_quant, self.weight)
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(x, self.quantized_weight(), self.bias)
@@ -134,7 +146,7 @@ class ActivationQuantizer(nn.Module):
         self.inplace = inplace
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.spec(x, self.inplace)
+        return quantize_float32(self.spec, x, self.inplace)
 
     def extra_repr(self) -> str:
         return f"{self.spec}, inplace" if self.inplace and self.spec.kind != "float" else str(self.spec)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .config import load_config
+from .distributed import env_world
 from .engine import run
 from .errors import MissingDataError, UserError
 from .recipe import Recipe
@@ -34,7 +35,8 @@ def build_parser(recipe: Recipe, prog: str) -> argparse.ArgumentParser:
 def main(recipe: Recipe, argv: list[str] | None = None) -> int:
     """Parse ``argv``, load and validate the config, run it; return the exit status.
 
-    Problems in the user's input print one line ``error: ...`` on stderr and return 2.
+    Problems in the user's input print one line ``error: ...`` on stderr and return 2 (under
+    torchrun rank 0 prints it: every rank checks the same input).
     """
     prog = Path(sys.argv[0]).name
     args = build_parser(recipe, prog).parse_args(argv)
@@ -43,8 +45,10 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> int:
         return run(cfg, recipe, script=prog, new_run=args.new_run,
                    overwrite_trained_model=args.overwrite_trained_model)
     except MissingDataError as exc:
-        print(f"error: {exc}; prepare it with: {recipe.prepare_command}", file=sys.stderr)
+        if env_world().is_main:
+            print(f"error: {exc}; prepare it with: {recipe.prepare_command}", file=sys.stderr)
         return 2
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if env_world().is_main:
+            print(f"error: {exc}", file=sys.stderr)
         return 2
