@@ -3,8 +3,9 @@ Slurm jobs submitted through ``submitit``.
 
 A Slurm job runs exactly the command a local sweep runs (``python <trainer> -f config.yaml -t
 UNET -o ...`` from the experiment folder; ``torchrun --nproc_per_node=G`` in front when the job
-has G > 1 GPUs) and returns its exit status and error line, so a failed job is reported like a
-failed local run. The run folders are the same, so ``python -m unet.results`` reads them as usual.
+has G > 1 GPUs) and returns its exit status and the end of its output, so a failed job is
+reported with its error line like a failed local run. The run folders are the same, so
+``python -m unet.results`` reads them as usual.
 """
 
 from __future__ import annotations
@@ -185,10 +186,8 @@ def job_command(command: Sequence[str], gpus: int) -> list[str]:
 
 
 def run_trainer_job(command: Sequence[str], cwd: str) -> dict[str, Any]:
-    """Run one trainer in a job (output streamed to the job's log); its exit status and, when it
-    failed, the line that explains why (:func:`unet.sweep.last_error_line`)."""
-    from .sweep import last_error_line
-
+    """Run one trainer in a job (output streamed to the job's log); its exit status, the last 50
+    stdout lines and the end of stderr (the sweep picks the error line from them)."""
     lines: list[str] = []
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as stderr:
@@ -201,7 +200,7 @@ def run_trainer_job(command: Sequence[str], cwd: str) -> dict[str, Any]:
         stderr.seek(0)
         err = stderr.read()
     sys.stderr.write(err)
-    return {"exit": code, "message": "" if code == 0 else last_error_line(lines, err)}
+    return {"exit": code, "stdout": lines[-50:], "stderr": err[-20000:]}
 
 
 __all__ = ["SLURM_KEYS", "JobLauncher", "Slot", "SlurmOptions", "job_command", "local_slots", "make_executor",

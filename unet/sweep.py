@@ -343,7 +343,7 @@ def _job_outcome(experiment: Experiment, job: Any, seconds: float) -> Outcome:
     if code == 0:
         return Outcome(experiment, "finished", seconds, "", _best_dice(experiment.run_dir))
     status = "interrupted" if code == EXIT_INTERRUPTED else "failed"
-    return Outcome(experiment, status, seconds, f"exit {code}: {result['message']}")
+    return Outcome(experiment, status, seconds, f"exit {code}: {last_error_line(result['stdout'], result['stderr'])}")
 
 
 def _group_then_paper_order(experiments: list[Experiment]) -> list[Experiment]:
