@@ -244,7 +244,7 @@ def evaluate(
     samples = []
     sample_at: list[int] = []
     batch_losses: list[tuple[int, float]] = []
-    bar = tqdm(loader, desc=desc, leave=False, unit="batch", mininterval=0.5, disable=None if world.is_main else True)
+    bar = tqdm(loader, desc=desc, leave=False, unit="batch", mininterval=0.5, disable=not world.is_main)
     for indices, (images, masks) in zip(batches, bar, strict=True):
         probs = model(images.to(device))
         batch_losses.append((indices[0], float(loss_fn(probs.float(), masks.to(device))) * images.shape[0]))
@@ -406,7 +406,7 @@ class Run:
         epoch = self.start_epoch
         bar = tqdm(range(self.start_epoch + 1, cfg.num_epochs + 1), desc=cfg.experiment_name, unit="epoch",
                    initial=self.start_epoch, total=cfg.num_epochs, mininterval=0.5,
-                   disable=None if self.world.is_main else True)
+                   disable=not self.world.is_main)
         try:
             for epoch in bar:
                 self._epoch(epoch, loader, loss_fn)
@@ -473,7 +473,7 @@ class Run:
             loader.sampler.set_epoch(epoch)
         total, count = 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, unit="batch", mininterval=0.5,
-                   disable=None if self.world.is_main else True)
+                   disable=not self.world.is_main)
         for batch, (images, masks) in enumerate(bar, 1):
             images = images.to(self.device, non_blocking=True)
             masks = masks.to(self.device, non_blocking=True)
