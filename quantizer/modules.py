@@ -184,6 +184,18 @@ class QuantSpec:
 FLOAT = QuantSpec()
 
 
+def quantize_float32(spec: QuantSpec, x: Tensor, inplace: bool = False) -> Tensor:
+    """``spec(x)`` computed in float32: under ``torch.autocast`` the input (a bfloat16 or float16
+    activation) is cast to float32 and quantized with autocast off, so the result equals the
+    float32 quantizer's on the same values and Qi.f grids stay exact (Q8.8 needs 17 bits). The
+    result stays float32 (autocast lowers it again where the next convolution wants it). Without
+    autocast, or for ``float``, it is just ``spec(x, inplace)``."""
+    if spec.kind == "float" or not torch.is_autocast_enabled(x.device.type):
+        return spec(x, inplace)
+    with torch.autocast(x.device.type, enabled=False):
+        return spec(x.float(), inplace)  # a cast input is a fresh tensor: overwriting it is safe
+
+
 class QuantConv2d(nn.Conv2d):
     """``nn.Conv2d`` whose weight is quantized by ``weight_quant`` on every forward pass.
 
@@ -197,7 +209,7 @@ class QuantConv2d(nn.Conv2d):
         self._cached: tuple[tuple, Tensor, Tensor] | None = None  # key, pinned weight, quantized
 
     def quantized_weight(self) -> Tensor:
-        """The weight as the convolution sees it: ``weight_quant(weight)``.
+        """The weight as the convolution sees it: ``weight_quant(weight)``, in float32 also under autocast.
 
         In evaluation mode, when no gradient reaches the weight (``torch.no_grad``, or a frozen
         weight), the result is computed once and reused until the weight changes. The cache is
@@ -210,14 +222,14 @@ class QuantConv2d(nn.Conv2d):
         w = self.weight
         if (self.training or self.weight_quant.kind == "float" or (torch.is_grad_enabled() and w.requires_grad)
                 or torch.jit.is_tracing()):
-            return self.weight_quant(w)
+            return quantize_float32(self.weight_quant, w)
         try:
             key = (w.data_ptr(), w._version, w.dtype, w.device, w.shape, w.stride(), self.weight_quant)
         except RuntimeError:  # an inference-mode tensor has no version counter
-            return self.weight_quant(w)
+            return quantize_float32(self.weight_quant, w)
         if self._cached is None or self._cached[0] != key:
             # w.detach() pins the weight's storage, so no other tensor can take its address
-            self._cached = (key, w.detach(), self.weight_quant(w))
+            self._cached = (key, w.detach(), quantize_float32(self.weight_quant, w))
         return self._cached[2]
 
     def train(self, mode: bool = True) -> QuantConv2d:
@@ -249,7 +261,7 @@ class ActivationQuantizer(nn.Module):
         self.inplace = inplace
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.spec(x, self.inplace)
+        return quantize_float32(self.spec, x, self.inplace)
 
     def extra_repr(self) -> str:
         return f"{self.spec}, inplace" if self.inplace and self.spec.kind != "float" else str(self.spec)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .config import load_config
+from .distributed import env_world
 from .engine import run
 from .errors import MissingDataError, UserError
 from .invocation import Invocation, prepare_hint, python_word, trainer_script
@@ -50,7 +51,8 @@ def invocation_of(args: argparse.Namespace, argv: list[str], recipe: Recipe) -> 
 def main(recipe: Recipe, argv: list[str] | None = None) -> int:
     """Parse ``argv``, load and validate the config, run it; return the exit status.
 
-    Problems in the user's input print one line ``error: ...`` on stderr and return 2.
+    Problems in the user's input print one line ``error: ...`` on stderr and return 2 (under
+    torchrun rank 0 prints it: every rank checks the same input).
     """
     tune_allocator()
     prog = Path(sys.argv[0]).name
@@ -64,11 +66,13 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> int:
                    overwrite_trained_model=args.overwrite_trained_model,
                    invocation=invocation_of(args, sys.argv[1:] if argv is None else argv, recipe))
     except MissingDataError as exc:
-        repo = recipe.base_config.resolve().parent.parent
-        hint = prepare_hint(recipe.prepare_command, repo, cfg.dataset_path if cfg is not None else None,
-                            repo / "data" / recipe.name.lower())
-        print(f"error: {exc}; prepare it with: {hint}", file=sys.stderr)
+        if env_world().is_main:
+            repo = recipe.base_config.resolve().parent.parent
+            hint = prepare_hint(recipe.prepare_command, repo, cfg.dataset_path if cfg is not None else None,
+                                repo / "data" / recipe.name.lower())
+            print(f"error: {exc}; prepare it with: {hint}", file=sys.stderr)
         return 2
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if env_world().is_main:
+            print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ from .errors import ConfigError
 
 QUANTIZATIONS = ("normal", "fixed", "int", "bnn", "ternary")
 MODES = ("normal", "retrain", "inference", "visualize", "resume")
+PRECISIONS = ("32", "bf16", "16-mixed")
 
 Check = Callable[[Any], str | None]
 
@@ -108,6 +109,10 @@ COMMON_KEYS: tuple[Key, ...] = (
     Key("num_workers", "int", "data loader worker processes", check=_at_least(0)),
     Key("overlay_every", "int", "write a validation overlay every this many epochs (and the last)",
         check=_at_least(1)),
+    Key("precision", "choice", "32 (float32), bf16 or 16-mixed (float16 + GradScaler, CUDA only): the float "
+        "layers run under torch.autocast, every quantizer in float32", choices=PRECISIONS),
+    Key("sync_batchnorm", "bool", "under torchrun: BatchNorm statistics over all ranks' batches (SyncBatchNorm; "
+        "CUDA only)"),
 )
 
 #: Keys only the GM trainer has (SCGM subjects, sites and the in-plane resolution).
@@ -211,6 +216,8 @@ def _coerce(key: Key, value: Any, base_dir: Path) -> Any:
             raise ValueError(f"must be a string, got {value!r}")
         value = str(value)
     elif kind == "choice":
+        if isinstance(value, int) and not isinstance(value, bool):  # precision: 32
+            value = str(value)
         if not isinstance(value, str) or value.lower() not in key.choices:
             raise ValueError(f"must be one of {', '.join(key.choices)}; got {value!r}")
         value = value.lower()

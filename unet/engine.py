@@ -22,8 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from .config import COMMON_KEYS, Config
 from .errors import DataError, UserError
@@ -36,6 +38,7 @@ from .metrics import BASE_METRICS, ISBI_METRICS, slice_metrics, summarize
 from .model import UNet, quant_specs
 from .modelkeys import checkpoint_model_config
 from .plots import save_overlay_figure, save_weight_histograms
+from .precision import autocast, grad_scaler
 from .progress import bar_disable
 from .recipe import Recipe
 from .schedules import make_lr_scheduler, ternary_beta
@@ -182,17 +185,23 @@ def describe_model(model: UNet) -> str:
     )
 
 
+def loader_options(cfg: Config) -> dict[str, Any]:
+    """The DataLoader settings every loader shares: the config's workers, pinned memory on CUDA."""
+    return {"num_workers": cfg.num_workers, "persistent_workers": cfg.num_workers > 0,
+            "pin_memory": torch.cuda.is_available()}
+
+
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, cfg: Config, generator: torch.Generator | None):
     """A DataLoader with the config's workers; shuffling draws from ``generator``."""
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        num_workers=cfg.num_workers,
-        generator=generator,
-        persistent_workers=cfg.num_workers > 0,
-        pin_memory=torch.cuda.is_available(),
-    )
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, **loader_options(cfg))
+
+
+def validation_batches(n: int, batch_size: int, world: distributed.World = distributed.SINGLE) -> list[list[int]]:
+    """The validation batches this rank evaluates, as sample indices: the single-process batches
+    ``[0, B), [B, 2B), ...`` of ``batch_size`` B over ``n`` samples, rank r of W taking batches
+    r, r + W, r + 2W, ... (whole batches, the last one short, nothing repeated)."""
+    batches = [list(range(start, min(start + batch_size, n))) for start in range(0, n, batch_size)]
+    return batches[world.rank :: world.size]
 
 
 def _sample_name(dataset: Dataset, index: int) -> str:
@@ -221,34 +230,57 @@ def evaluate(
     device: torch.device,
     isbi: bool,
     desc: str = "validate",
+    world: distributed.World = distributed.SINGLE,
 ) -> tuple[dict[str, float], list[dict[str, Any]], list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]]:
     """One pass over ``dataset``: summary metrics (with ``val_loss``), per-slice rows and the
     overlay samples. BatchNorm runs in ``cfg.val_bn_mode`` (train mode also updates its
-    running statistics, as the original EM code did); Dropout is always off."""
+    running statistics, as the original EM code did); Dropout is always off.
+
+    In a distributed ``world`` each rank evaluates its share of the single-process batches
+    (:func:`validation_batches`) and every rank returns all rows, in order, so the metrics equal
+    a single process's; ``val_loss`` sums the per-batch losses in the same order."""
     loss_fn = get_loss(cfg.loss)
     set_validation_mode(model, batchnorm_train=cfg.val_bn_mode == "train")
-    loader = make_loader(dataset, cfg.val_batch_size, False, cfg, None)
     n = len(dataset)
+    batches = validation_batches(n, cfg.val_batch_size, world)
+    loader = DataLoader(dataset, batch_sampler=batches, **loader_options(cfg))
     wanted = set(np.unique(np.linspace(0, n - 1, min(N_OVERLAY_SAMPLES, n)).round().astype(int)).tolist())
     rows: list[dict[str, Any]] = []
     samples = []
-    loss_sum = 0.0
-    index = 0
-    for images, masks in tqdm(loader, desc=desc, leave=False, unit="batch", mininterval=0.5,
-                              disable=bar_disable()):
+    sample_at: list[int] = []
+    batch_losses: list[tuple[int, float]] = []
+    bar = tqdm(loader, desc=desc, leave=False, unit="batch", mininterval=0.5,
+               disable=bar_disable(hide=not world.is_main))
+    for indices, (images, masks) in zip(batches, bar, strict=True):
         probs = model(images.to(device))
-        loss_sum += float(loss_fn(probs, masks.to(device))) * images.shape[0]
+        batch_losses.append((indices[0], float(loss_fn(probs.float(), masks.to(device))) * images.shape[0]))
         probs_np = probs.float().cpu().numpy()[:, 0]
-        for k in range(images.shape[0]):
+        for k, index in enumerate(indices):
             truth = masks[k, 0].numpy()
             metrics = slice_metrics(probs_np[k], truth, cfg.threshold, cfg.empty_dice, isbi)
             rows.append({"index": index, "name": _sample_name(dataset, index), **metrics})
             if index in wanted:
                 samples.append((_sample_name(dataset, index), images[k, 0].numpy(), truth, probs_np[k]))
-            index += 1
+                sample_at.append(index)
+    if world.distributed:
+        rows, samples, batch_losses = _gather_validation(world, rows, list(zip(sample_at, samples, strict=True)),
+                                                         batch_losses)
+    loss_sum = 0.0
+    for _, loss in batch_losses:
+        loss_sum += loss
     summary = summarize([{k: v for k, v in r.items() if k not in ("index", "name")} for r in rows])
     summary["val_loss"] = loss_sum / max(n, 1)
     return summary, rows, samples
+
+
+def _gather_validation(world: distributed.World, rows: list, samples: list, batch_losses: list) -> tuple:
+    """Every rank's rows, overlay samples (``(index, sample)`` pairs) and per-batch losses
+    (``(first index, loss sum)``), in the single-process order."""
+    gathered = distributed.all_gather(world, (rows, samples, batch_losses))
+    rows = sorted((r for part in gathered for r in part[0]), key=lambda r: r["index"])
+    samples = [s for _, s in sorted((pair for part in gathered for pair in part[1]), key=lambda p: p[0])]
+    batch_losses = sorted((b for part in gathered for b in part[2]), key=lambda b: b[0])
+    return rows, samples, batch_losses
 
 
 # --- the run ------------------------------------------------------------------------------
@@ -263,17 +295,22 @@ class Run:
     preloaded: dict[str, Any] | None = None
 
     def __init__(self, cfg: Config, recipe: Recipe, run_dir: Path, script: str, run_id: str | None = None,
-                 best_copy: Path | None = None) -> None:
+                 best_copy: Path | None = None, world: distributed.World = distributed.SINGLE,
+                 stop: distributed.StopRequest | None = None) -> None:
         """``run_id`` identifies the run in its checkpoints (a new one when None); ``best_copy`` is
-        where each new best model is also copied (normal mode's ``trained_model``)."""
+        where each new best model is also copied (normal mode's ``trained_model``). Under torchrun
+        ``world`` is this process's rank (only rank 0 logs and writes) and ``stop`` the signal
+        flag the ranks share."""
         self.cfg = cfg
         self.recipe = recipe
         self.run_dir = run_dir
         self.script = script
         self.run_id = run_id or new_run_id()
         self.best_copy = best_copy
-        self.log = RunLog(run_dir / "train.log")
-        self.device, device_note = select_device(cfg.gpu_core_num)
+        self.world = world
+        self.stop = stop
+        self.log = RunLog(run_dir / "train.log") if world.is_main else _silent
+        self.device, device_note = distributed.device(world) if world.distributed else select_device(cfg.gpu_core_num)
         self.log(f"{recipe.name} trainer, operation_mode {cfg.operation_mode}, run folder {run_dir}, "
                  f"run id {self.run_id}")
         self.log(device_note)
@@ -307,6 +344,7 @@ class Run:
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["loader_rng"])
         set_rng_state(state["rng"])
+        self._restore_world_state(state)
         self.history = state["history"]
         self.best = state["best"]
         self.start_epoch = state["epoch"]
@@ -320,7 +358,9 @@ class Run:
         val_set = self.recipe.build_val(cfg)
         state = self._load_weights(checkpoint)
         self.log(f"loaded {checkpoint} (epoch {state.get('epoch', '?')}); evaluating {len(val_set)} slices")
-        summary, rows, samples = evaluate(self.model, val_set, cfg, self.device, self.recipe.isbi_metrics)
+        summary, rows, samples = self._validate(val_set)
+        if not self.world.is_main:
+            return 0
         tag = f"{checkpoint_tag(checkpoint, self.run_dir)}_t{cfg.threshold}_bn-{cfg.val_bn_mode}"
         out = self.run_dir / "inference" / tag
         _write_csv(out / "slices.csv", rows)
@@ -339,6 +379,8 @@ class Run:
     def visualize(self, checkpoint: Path) -> int:
         """Plot every convolution's float and quantized weight distribution."""
         state = self._load_weights(checkpoint)
+        if not self.world.is_main:
+            return 0
         path = self.run_dir / f"weights_{checkpoint_tag(checkpoint, self.run_dir)}.png"
         save_weight_histograms(path, self.model, f"{self.cfg.experiment_name} ({checkpoint.name}, "
                                                  f"epoch {state.get('epoch', '?')})")
@@ -349,10 +391,9 @@ class Run:
 
     def _resume_hint(self) -> str:
         """The command that resumes this run (from the invocation that started or resumed it)."""
-        invocation: Invocation | None = getattr(self, "invocation", None)
-        if invocation is None:
+        if self.invocation is None:
             return f"python {self.script} -f <config> -t <top key> -o operation_mode=resume"
-        return resume_command(invocation, self.run_dir, self.cfg.experiment_name,
+        return resume_command(self.invocation, self.run_dir, self.cfg.experiment_name,
                               (*COMMON_KEYS, *self.recipe.extra_keys))
 
     def _load_weights(self, checkpoint: Path) -> dict[str, Any]:
@@ -368,6 +409,7 @@ class Run:
         self.val_set = self.recipe.build_val(cfg)
         self.log(f"data: {len(self.train_set)} training and {len(self.val_set)} validation slices from "
                  f"{cfg.dataset_path}")
+        self._prepare_world()
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.scheduler = make_lr_scheduler(self.optimizer, cfg.lr_scheduler, cfg.num_epochs)
@@ -377,17 +419,19 @@ class Run:
 
     def _start_fresh(self) -> None:
         """A new run's config.yaml and epoch-0 last.pt."""
-        atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
+        if self.world.is_main:
+            atomic_write_text(self.run_dir / "config.yaml", self.cfg.to_yaml())
         self._save_last(0)
 
     def _epoch_loop(self) -> int:
         """Train from ``start_epoch`` to ``num_epochs``; the exit status (0, interrupted, diverged)."""
         cfg = self.cfg
-        loader = make_loader(self.train_set, cfg.batch_size, True, cfg, self.generator)
+        loader = self._train_loader()
         loss_fn = get_loss(cfg.loss)
         epoch = self.start_epoch
         bar = tqdm(range(self.start_epoch + 1, cfg.num_epochs + 1), desc=cfg.experiment_name, unit="epoch",
-                   initial=self.start_epoch, total=cfg.num_epochs, mininterval=0.5, disable=bar_disable())
+                   initial=self.start_epoch, total=cfg.num_epochs, mininterval=0.5,
+                   disable=bar_disable(hide=not self.world.is_main))
         try:
             for epoch in bar:
                 self._epoch(epoch, loader, loss_fn)
@@ -413,7 +457,7 @@ class Run:
             self.model.set_beta(ternary_beta(epoch, cfg.num_epochs))
         lr = self.optimizer.param_groups[0]["lr"]
         train_loss = self._train_epoch(epoch, loader, self.optimizer, loss_fn)
-        summary, _, samples = evaluate(self.model, self.val_set, cfg, self.device, self.recipe.isbi_metrics)
+        summary, _, samples = self._validate(self.val_set)
         self.scheduler.step()
         row = {"epoch": epoch, "lr": lr, "beta": self.model.beta() if has_beta else "",
                "train_loss": train_loss, "val_loss": summary["val_loss"], "dice": summary["dice"],
@@ -424,6 +468,8 @@ class Run:
             self.best = {"dice": summary["dice"], "epoch": epoch}
             self._save_best(epoch, summary)
         self._save_last(epoch)
+        if not self.world.is_main:
+            return
         _write_csv(self.run_dir / "metrics.csv", self.history)
         if epoch % cfg.overlay_every == 0 or epoch == cfg.num_epochs:
             save_overlay_figure(self.run_dir / "overlays" / f"epoch_{epoch:03d}.png", samples,
@@ -435,6 +481,8 @@ class Run:
     def _finish(self) -> int:
         """summary.json (which marks the run finished) and the closing log line."""
         best = self.best
+        if not self.world.is_main:
+            return 0
         atomic_write_text(self.run_dir / "summary.json", json.dumps({
             "finished": True, "best_dice": best["dice"], "best_epoch": best["epoch"],
             "num_epochs": self.cfg.num_epochs, "experiment_name": self.cfg.experiment_name,
@@ -443,27 +491,120 @@ class Run:
         return 0
 
     def _train_epoch(self, epoch: int, loader: DataLoader, optimizer, loss_fn) -> float:
+        """Train one epoch; the mean loss per sample (over every rank's samples under torchrun)."""
         self.model.train()
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(epoch)
         total, count = 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, unit="batch", mininterval=0.5,
-                   disable=bar_disable())
+                   disable=bar_disable(hide=not self.world.is_main))
         for batch, (images, masks) in enumerate(bar, 1):
             images = images.to(self.device, non_blocking=True)
             masks = masks.to(self.device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            probs = self.model(images)
-            if not bool(torch.isfinite(probs).all()):  # BCE refuses NaN input with a RuntimeError
-                raise TrainingDiverged(f"the model output became NaN or infinite at epoch {epoch}, batch {batch}")
-            loss = loss_fn(probs, masks)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise TrainingDiverged(f"the loss became {value} at epoch {epoch}, batch {batch}")
-            loss.backward()
-            optimizer.step()
+            value = self._train_step(images, masks, optimizer, loss_fn, f"at epoch {epoch}, batch {batch}")
             total += value * images.shape[0]
             count += images.shape[0]
             bar.set_postfix(loss=f"{total / count:.4f}")
+        if self.world.distributed:
+            parts = distributed.all_gather(self.world, (total, count))
+            total, count = sum(p[0] for p in parts), sum(p[1] for p in parts)
         return total / max(count, 1)
+
+    def _train_step(self, images: torch.Tensor, masks: torch.Tensor, optimizer, loss_fn, where: str) -> float:
+        """One optimizer step on ``images`` (this rank's share of the batch under torchrun, where
+        DDP averages the ranks' gradients in backward), forward under the ``precision``'s
+        autocast, loss in float32; returns the loss. TrainingDiverged when the output or the
+        loss is NaN or infinite (on any rank); KeyboardInterrupt on every rank once one was
+        asked to stop (SIGINT/SIGTERM)."""
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device, self.cfg.precision):
+            probs = self.net(images)
+        problem, loss, value = None, None, math.nan
+        if not bool(torch.isfinite(probs).all()):  # BCE refuses NaN input with a RuntimeError
+            problem = f"the model output became NaN or infinite {where}"
+        else:
+            loss = loss_fn(probs.float(), masks)
+            value = loss.item()
+            if not math.isfinite(value):
+                problem = f"the loss became {value} {where}"
+        if self.world.distributed:
+            self._stop_with_every_rank(problem, where)
+        elif problem is not None:
+            raise TrainingDiverged(problem)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        return value
+
+    # -- under torchrun (a single process passes through these unchanged) --
+
+    def _prepare_world(self) -> None:
+        """The module a training step calls (``self.model``, DDP-wrapped under torchrun), the
+        per-rank RNG streams (``seed + rank``: dropout and augmentation differ between ranks) and
+        the GradScaler of ``precision: 16-mixed``."""
+        self.net = distributed.wrap(self.model, self.world, self.device, self.cfg.sync_batchnorm)
+        if self.world.distributed:
+            seed_everything(self.cfg.seed + self.world.rank)
+        self.scaler = grad_scaler(self.device, self.cfg.precision)
+
+    def _train_loader(self) -> DataLoader:
+        """The training loader: shuffled by the run's generator, or under torchrun this rank's share
+        of a DistributedSampler (seeded with ``seed``, reshuffled by ``set_epoch`` every epoch) in
+        batches of ``batch_size / world size``."""
+        cfg, world = self.cfg, self.world
+        if not world.distributed:
+            return make_loader(self.train_set, cfg.batch_size, True, cfg, self.generator)
+        sampler = DistributedSampler(self.train_set, world.size, world.rank, shuffle=True, seed=cfg.seed)
+        return DataLoader(self.train_set, batch_size=cfg.batch_size // world.size, sampler=sampler,
+                          **loader_options(cfg))
+
+    def _validate(self, val_set: Dataset) -> tuple[dict[str, float], list[dict[str, Any]], list]:
+        """:func:`evaluate` over ``val_set``; under torchrun every rank first takes rank 0's BatchNorm
+        statistics (what its checkpoints hold) and evaluates its share of the batches."""
+        distributed.broadcast_buffers(self.world, self.model)
+        with distributed.local_batchnorm(self.world, self.model):
+            return evaluate(self.model, val_set, self.cfg, self.device, self.recipe.isbi_metrics, world=self.world)
+
+    def _stop_with_every_rank(self, problem: str | None, where: str) -> None:
+        """Share this rank's NaN finding and stop request with the others (one all-reduce) and
+        raise the same on every rank: TrainingDiverged, or KeyboardInterrupt."""
+        requested = self.stop is not None and self.stop.requested
+        diverged, stop = distributed.any_rank(self.world, (problem is not None, requested), self.device)
+        if diverged:
+            raise TrainingDiverged(problem or f"the loss became NaN or infinite on another rank {where}")
+        if stop:
+            raise KeyboardInterrupt
+
+    def _world_state(self) -> dict[str, Any]:
+        """What last.pt adds under torchrun or 16-mixed: the world size, every rank's RNG states
+        (a collective: every rank calls this) and the GradScaler's state."""
+        state: dict[str, Any] = {}
+        if self.world.distributed:
+            state["world_size"] = self.world.size
+            state["rng_ranks"] = distributed.all_gather(self.world, rng_state())
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
+
+    def _restore_world_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`_world_state` saved; a resume with another world size is noted."""
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        saved = int(state.get("world_size", 1))
+        if saved != self.world.size:
+            self.log(f"note: the run was interrupted with {saved} process(es) and resumes with {self.world.size}; "
+                     "each rank's share of the data differs from here on, so the remaining epochs do not repeat an "
+                     "uninterrupted run exactly")
+        if self.world.distributed:
+            ranks = state.get("rng_ranks")
+            if ranks is not None and len(ranks) == self.world.size:
+                set_rng_state(ranks[self.world.rank])
+            else:
+                seed_everything(self.cfg.seed + self.world.rank)
 
     def _model_state(self, epoch: int) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "epoch": epoch, "beta": self.model.beta(),
@@ -471,6 +612,8 @@ class Run:
                 "input_transform": input_transform_record(self.cfg, self.recipe.name)}
 
     def _save_best(self, epoch: int, summary: dict[str, float]) -> None:
+        if not self.world.is_main:
+            return
         state = {**self._model_state(epoch), "metrics": summary}
         save_checkpoint(self.run_dir / "best.pt", state)
         if self.best_copy is not None:
@@ -478,10 +621,13 @@ class Run:
                 shutil.copyfile(self.run_dir / "best.pt", tmp)
 
     def _save_last(self, epoch: int) -> None:
+        extra = self._world_state()
+        if not self.world.is_main:
+            return
         save_checkpoint(self.run_dir / "last.pt", {
             **self._model_state(epoch), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "loader_rng": self.generator.get_state(), "rng": rng_state(),
-            "history": self.history, "best": self.best})
+            "history": self.history, "best": self.best, **extra})
 
 
 def _format_metrics(summary: dict[str, float], names: tuple[str, ...]) -> str:
@@ -505,6 +651,21 @@ def _raise_on_sigterm(signum, frame) -> None:  # noqa: ARG001
     raise KeyboardInterrupt
 
 
+def _silent(message: str) -> None:
+    """The log of a rank other than 0: rank 0 says everything once."""
+
+
+def _install_stop_handlers(stop: distributed.StopRequest | None) -> None:
+    """Ctrl-C and SIGTERM both raise KeyboardInterrupt, also when the process was started with
+    SIGINT ignored (as a non-interactive shell does for background jobs); under torchrun they
+    set ``stop`` instead, which every rank checks at the next batch."""
+    if stop is not None:
+        stop.install()
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+
+
 def run(cfg: Config, recipe: Recipe, script: str, new_run: bool = False, overwrite_trained_model: bool = False,
         invocation: Invocation | None = None) -> int:
     """Carry out ``cfg.operation_mode``; return the process exit status.
@@ -516,7 +677,22 @@ def run(cfg: Config, recipe: Recipe, script: str, new_run: bool = False, overwri
     ``invocation`` (the command line) is recorded in the run folder's command.txt and makes the
     hints commands that work as printed. Inference and visualize take the model-defining keys
     from the checkpoint (a conflicting setting is a ConfigError).
+
+    Started by torchrun (``WORLD_SIZE`` > 1) the process joins the others first
+    (:mod:`unet.distributed`); every rank checks the same things, then only rank 0 writes.
     """
+    world = distributed.env_world()
+    distributed.check_config(cfg, world)
+    distributed.init(world)
+    try:
+        return _run(cfg, recipe, script, new_run, overwrite_trained_model, world, invocation)
+    finally:
+        distributed.teardown(world)
+
+
+def _run(cfg: Config, recipe: Recipe, script: str, new_run: bool, overwrite_trained_model: bool,
+         world: distributed.World, invocation: Invocation | None) -> int:
+    """:func:`run` in the process group of ``world``."""
     mode = cfg.operation_mode
     run_dir = Path(cfg.log_output_dir) / cfg.experiment_name
     checkpoint = Path(cfg.trained_model) if cfg.trained_model is not None else run_dir / "best.pt"
@@ -547,18 +723,18 @@ def run(cfg: Config, recipe: Recipe, script: str, new_run: bool = False, overwri
     if mode in ("inference", "visualize"):
         preloaded = load_checkpoint(checkpoint, cfg.allow_unsafe_checkpoint)
         cfg = checkpoint_model_config(cfg, preloaded, checkpoint, str(recipe.base_config))
-    created = None if run_dir.exists() else _topmost_missing(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if invocation is not None:
-        record(run_dir, invocation, mode)
-    # Ctrl-C and SIGTERM both raise KeyboardInterrupt, also when the process was started with
-    # SIGINT ignored (as a non-interactive shell does for background jobs).
+    distributed.barrier(world)  # every rank has checked the folder before rank 0 writes to it
+    created = None if run_dir.exists() or not world.is_main else _topmost_missing(run_dir)
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if invocation is not None:
+            record(run_dir, invocation, mode)
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    stop = distributed.StopRequest() if world.distributed else None
     if threading_main():
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, _raise_on_sigterm)
+        _install_stop_handlers(stop)
     try:
-        session = Run(cfg, recipe, run_dir, script, run_id, best_copy)
+        session = Run(cfg, recipe, run_dir, script, run_id, best_copy if world.is_main else None, world, stop)
         session.invocation = invocation
         session.preloaded = preloaded
         if mode == "inference":

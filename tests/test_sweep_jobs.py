@@ -1,0 +1,137 @@
+"""The sweep on more than one device: ``--jobs N`` slots and Slurm jobs through submitit
+(tested with submitit's local executor: real processes, no cluster)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from unet.errors import UserError
+from unet.launchers import SlurmOptions, job_command, local_slots, minutes, parse_sbatch, read_slurm_config
+
+from .conftest import REPO, run_command
+from .test_reliability import pair_folder
+
+
+def make_experiment(root: Path, name: str, config: str | None = None) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    shutil.copy(REPO / "em" / "a6.0_w0.4" / "config.yaml", folder / "config.yaml")
+    if config is not None:
+        (folder / "config.yaml").write_text(config)
+    (folder / "em_unet.py").symlink_to(REPO / "EM_BASE" / "em_unet.py")
+    return folder
+
+
+def tiny(data: Path) -> list[str]:
+    return ["-o", f"dataset_path={data}", "-o", "crop_size=[32,32]", "-o", "base_channels=2", "-o", "batch_size=2",
+            "-o", "val_batch_size=2", "-o", "num_epochs=1"]
+
+
+# --- slots and options ---------------------------------------------------------------------
+
+
+def test_one_gpu_per_slot_and_never_more_slots_than_gpus() -> None:
+    slots = local_slots(4, gpus=["3", "5"])
+    assert [s.env for s in slots] == [{"CUDA_VISIBLE_DEVICES": "3"}, {"CUDA_VISIBLE_DEVICES": "5"}]
+    assert all(s.overrides == ("gpu_core_num=0",) for s in slots)  # the one visible GPU is cuda:0
+    assert len(local_slots(1, gpus=["0", "1"])) == 1
+
+
+@pytest.mark.parametrize(("jobs", "cpus", "threads"), [(2, 2, "1"), (3, 8, "2"), (4, 2, "1"), (1, 16, "16")])
+def test_cpu_slots_share_the_threads(jobs: int, cpus: int, threads: str) -> None:
+    slots = local_slots(jobs, gpus=[], cpus=cpus)
+    assert len(slots) == jobs
+    assert all(s.env == {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} and not s.overrides for s in slots)
+
+
+@pytest.mark.parametrize(("text", "expected"), [("90", 90), ("1:30:00", 90), ("2-00:00:00", 2880), ("45:30", 46),
+                                                ("1-12", 2160), ("0:00:20", 1)])
+def test_slurm_time_formats(text: str, expected: int) -> None:
+    assert minutes(text) == expected
+
+
+def test_bad_slurm_time_and_sbatch_are_refused() -> None:
+    with pytest.raises(UserError, match="H:MM:SS"):
+        minutes("two hours")
+    with pytest.raises(UserError, match="key=value"):
+        parse_sbatch(["account"])
+    assert parse_sbatch(["--account=abc", "qos=high"]) == {"account": "abc", "qos": "high"}
+
+
+def test_slurm_options_become_submitit_parameters(tmp_path: Path) -> None:
+    options = SlurmOptions(partition="gpu", time="2:00:00", gpus_per_job=2, mem_gb=32, sbatch={"account": "x"})
+    params = options.parameters()
+    assert params["slurm_partition"] == "gpu" and params["timeout_min"] == 120 and params["gpus_per_node"] == 2
+    assert params["mem_gb"] == 32 and params["slurm_additional_parameters"] == {"account": "x"}
+    config = tmp_path / "slurm.yaml"
+    config.write_text("partition: gpu\nsbatch: {account: x}\nmemory: 3\n")
+    with pytest.raises(UserError, match="unknown key.*memory"):
+        read_slurm_config(config)
+
+
+def test_a_job_with_several_gpus_runs_the_trainer_under_torchrun() -> None:
+    command = ["python", "em_unet.py", "-f", "config.yaml"]
+    assert job_command(command, 1) == command
+    assert job_command(command, 4) == ["python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4",
+                                       "em_unet.py", "-f", "config.yaml"]
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--jobs", "0"], "--jobs 0"),
+    (["--partition", "gpu"], "need --launcher slurm"),
+    (["--launcher", "slurm", "--jobs", "2"], "--jobs is for the local launcher"),
+    (["--launcher", "slurm", "--no-wait", "--results"], "--results needs finished runs"),
+])
+def test_sweep_option_mistakes_are_one_line_errors(tmp_path: Path, args: list[str], fragment: str) -> None:
+    make_experiment(tmp_path / "em", "a")
+    result = run_command(["-m", "unet.sweep", str(tmp_path / "em"), *args], cwd=REPO)
+    lines = [s for s in result.stderr.strip().splitlines() if s.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert fragment in lines[0]
+
+
+# --- real runs (slow) ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_jobs_run_experiments_at_once_each_on_its_share_of_the_threads(tmp_path: Path) -> None:
+    data = pair_folder(tmp_path / "data", n_train=4, n_val=2)
+    root = tmp_path / "em"
+    for name in ("first", "second"):
+        make_experiment(root, name)
+    result = run_command(["-m", "unet.sweep", str(root), "--jobs", "2", *tiny(data)], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    threads = local_slots(2, gpus=[])[0].env["OMP_NUM_THREADS"]
+    for name in ("first", "second"):
+        assert f"[em/{name}] started ({threads} CPU thread" in result.stdout
+        assert re.search(rf"\[em/{name}\] finished in \S+, best Dice", result.stdout)
+        log = (root / name / "runs" / name / "train.log").read_text()
+        assert f"{threads} threads)" in log
+        assert (root / name / "runs" / name / "summary.json").is_file()
+    assert "epoch 1/1" not in result.stdout  # the trainers' own lines stay in their logs
+    assert "sweep" in result.stderr  # the overall bar
+
+
+@pytest.mark.slow
+def test_slurm_path_with_submitit_local_executor_reports_a_failed_job_like_a_local_run(tmp_path: Path) -> None:
+    data = pair_folder(tmp_path / "data", n_train=4, n_val=2)
+    root = tmp_path / "em"
+    make_experiment(root, "good")
+    bad = make_experiment(root, "bad")
+    bad.joinpath("config.yaml").write_text(bad.joinpath("config.yaml").read_text() + "  lr: -1\n")
+    logs = tmp_path / "logs"
+    result = run_command(["-m", "unet.sweep", str(root), "--launcher", "local-submitit", "--slurm-logs", str(logs),
+                          "--time", "10", *tiny(data)], cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert re.search(r"\[em/good\] submitted as job \d+", result.stdout)
+    assert "[em/good] finished in" in result.stdout
+    failed = [line for line in result.stdout.splitlines() if line.startswith("[em/bad] FAILED")]
+    assert failed and "exit 2: error: " in failed[0] and "key 'lr' must be > 0" in failed[0], result.stdout
+    assert (root / "good" / "runs" / "good" / "summary.json").is_file()
+    assert any(logs.rglob("*_log.out"))  # submitit's job logs hold the trainer's output
+    summary = result.stdout.split("experiment  status")[1]
+    assert re.search(r"em/good\s+finished", summary) and re.search(r"em/bad\s+failed", summary)
