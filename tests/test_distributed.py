@@ -80,8 +80,9 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, subpr
 def test_the_run_folder_is_written_once_by_rank_0(ddp_run) -> None:
     folder, _, result = ddp_run
     run = folder / "runs" / "exp"
-    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.csv", "overlays",
-                                                     "summary.json", "train.log"]
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "command.txt", "config.yaml", "last.pt", "metrics.csv",
+                                                     "overlays", "summary.json", "train.log"]
+    assert (run / "command.txt").read_text().count("operation_mode normal") == 1  # one block: rank 0 wrote it once
     log = (run / "train.log").read_text()
     assert log.count("epoch 1/1") == 1 and log.count("operation_mode normal") == 1, log
     assert "rank 0 of 2 (backend gloo)" in log
@@ -141,7 +142,8 @@ def test_gathered_validation_metrics_equal_a_single_process_inference(ddp_run, m
     code = train_in_process(monkeypatch, folder, *tiny(data, "-o", "num_epochs=1", "-o", "operation_mode=inference",
                                                        "-o", f"trained_model={checkpoint}"))
     assert code == 0
-    single = json.loads((folder / "runs" / "exp" / "inference_metrics.json").read_text())
+    (metrics,) = (folder / "runs" / "exp" / "inference").glob("last_t*_bn-*/metrics.json")
+    single = json.loads(metrics.read_text())
     assert single["n_slices"] == N_VAL
     for key in ("val_loss", "dice", "dice_std", "rand_error", "pixel_error"):
         assert float(logged[key]) == pytest.approx(single[key], rel=1e-5, abs=1e-6), key

@@ -284,6 +284,9 @@ def test_numbered_and_moved_aside_runs_are_listed(swept: dict, tmp_path: Path) -
     root = tmp_path / "em"
     shutil.copytree(swept["root"] / "full_precision", root / "full_precision", symlinks=True)
     runs = root / "full_precision" / "runs"
+    for other in runs.iterdir():  # what other tests left beside the run (a --force sweep's .old-*)
+        if other.name != "full_precision":
+            shutil.rmtree(other)
     shutil.copytree(runs / "full_precision", runs / "full_precision-2")
     shutil.copytree(runs / "full_precision", runs / "full_precision.old-20260101-000000")
     shutil.copytree(runs / "full_precision", runs / "full_precision-3")
