@@ -45,16 +45,9 @@ from unet.model import UNet  # noqa: E402
 
 EM_BASE = REPO / "EM_BASE" / "config.yaml"
 
-MODES: dict[str, tuple[str, list[str]]] = {
-    "fixed_nearest": ("FIXED nearest a Q6.0 / w Q0.4", [
-        "quantization=FIXED", "activation_i_width=6", "activation_f_width=0",
-        "weight_i_width=0", "weight_f_width=4", "fixed_rounding=nearest"]),
-    "fixed_pow2": ("FIXED pow2 a Q6.0 / w Q0.4", [
-        "quantization=FIXED", "activation_i_width=6", "activation_f_width=0",
-        "weight_i_width=0", "weight_f_width=4", "fixed_rounding=pow2"]),
-    "int": ("INT a 8 / w 8 bits", ["quantization=INT", "activation_i_width=8", "weight_i_width=8"]),
-    "bnn": ("BNN (sign)", ["quantization=BNN"]),
-}
+from modes import MODES as ALL_MODES  # noqa: E402
+
+MODES = {name: ALL_MODES[name] for name in ("fixed_nearest", "fixed_pow2", "int", "bnn")}
 
 
 def _float_engine(model: UNet) -> Callable:

@@ -57,19 +57,8 @@ from unet.runtime import tune_allocator  # noqa: E402
 EM_BASE = REPO / "EM_BASE" / "config.yaml"
 TARGET = 1.05
 
-#: Benchmarked modes: config overrides on top of the EM base config.
-MODES: dict[str, tuple[str, list[str]]] = {
-    "normal": ("Normal (float)", ["quantization=Normal"]),
-    "fixed_nearest": ("FIXED nearest a Q6.0 / w Q0.4", [
-        "quantization=FIXED", "activation_i_width=6", "activation_f_width=0",
-        "weight_i_width=0", "weight_f_width=4", "fixed_rounding=nearest"]),
-    "fixed_pow2": ("FIXED pow2 a Q6.0 / w Q0.4", [
-        "quantization=FIXED", "activation_i_width=6", "activation_f_width=0",
-        "weight_i_width=0", "weight_f_width=4", "fixed_rounding=pow2"]),
-    "int": ("INT a 8 / w 8 bits", ["quantization=INT", "activation_i_width=8", "weight_i_width=8"]),
-    "bnn": ("BNN (sign)", ["quantization=BNN"]),
-    "ternary": ("Ternary (TWN weights)", ["quantization=Ternary"]),
-}
+from modes import MODES  # noqa: E402
+
 METRICS = ("step", "epoch", "forward")
 
 
