@@ -84,10 +84,9 @@ def measure(dataset: str, work: Path) -> dict[str, object]:
 
 
 def table_row(dataset: str, figures: dict[str, object]) -> str:
-    """The README quick-start table's Dice cell for ``dataset``."""
-    cell = f"{figures['best_dice']:.2f} (epoch {figures['best_epoch']} of {figures['num_epochs']})"
-    if "dice_at_0.5" in figures:
-        cell += f"; {figures['dice_at_0.5']:.2f} at 0.5"
+    """The README quick-start table's Dice cell for ``dataset`` (and the training time)."""
+    cell = f"{figures['best_dice']:.2f} (epoch {figures['best_epoch']} of {figures['num_epochs']}"
+    cell += f"; {figures['dice_at_0.5']:.2f} at 0.5)" if "dice_at_0.5" in figures else ")"
     return f"| {dataset.upper()} | {cell} | {figures['train_seconds']:.0f} s |"
 
 
