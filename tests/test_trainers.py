@@ -76,8 +76,10 @@ def train_in_process(monkeypatch: pytest.MonkeyPatch, folder: Path, *args: str) 
     monkeypatch.chdir(folder)
     monkeypatch.setattr(sys, "argv", [trainer.name])
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # these tiny models gain nothing from a second thread, which on a busy machine
-    try:  # only spins waiting for the first (measured: 10x the CPU time of one thread)
+    # These tiny models gain nothing from a second thread; on a busy machine it only spins
+    # waiting for the first (measured: 10x the CPU time of one thread).
+    torch.set_num_threads(1)
+    try:
         return cli.main(recipe, ["-f", "config.yaml", "-t", "UNET", *args])
     finally:
         torch.set_num_threads(threads)
