@@ -89,20 +89,17 @@ def test_a_second_preparation_needs_overwrite_which_keeps_other_files(tmp_path: 
         assert any(name.startswith("site2-") for name in after)
         assert not any(name.startswith("site1-") for name in after)
         assert json.loads(after["synthetic_release.json"])["sites"] == [2]
-    else:
+    else:  # ... the old pairs are gone, the new ones there
         manifest = json.loads(after["prepare.json"])
-        names = {name.rsplit("/", 1)[-1].removesuffix(".png") for name in after if name.endswith(".png")}
-        listed = manifest.get("train_slices")
+        val = {name.split("/")[-1] for name in after if name.startswith("val/images/")}
         if dataset == "em":
             assert manifest["augment_copies"] == 1 and manifest["pairs"] == {"train": 6, "val": 1}
-            assert len([n for n in after if n.startswith("train/images/")]) == 6 and listed == [0, 1, 2]
+            assert len([n for n in after if n.startswith("train/masks/")]) == 6 and val == {"slice_03.png"}
         else:
-            assert manifest["cases"]["val"] == [1]
-            assert {n.split("/")[-1].split("_")[0] for n in after if n.startswith("val/images/")} == {"case0001"}
-        assert names  # PNG pairs written
-    assert not [p for p in out.rglob(".*")]  # no partial marker left
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))  == []  # no temporary folder
-
+            assert manifest["cases"]["val"] == [1] and val and all(n.startswith("case0001_") for n in val)
+            assert not any(n.startswith("val/images/case0001_") for n in before)  # it was not val before
+    assert not list(out.rglob(".*"))  # no partial marker left
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder
 
 # --- atomic_directory in place, in-process -----------------------------------------------------
 

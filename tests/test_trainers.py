@@ -75,7 +75,14 @@ def train_in_process(monkeypatch: pytest.MonkeyPatch, folder: Path, *args: str) 
     recipe = load_recipe(trainer)
     monkeypatch.chdir(folder)
     monkeypatch.setattr(sys, "argv", [trainer.name])
-    return cli.main(recipe, ["-f", "config.yaml", "-t", "UNET", *args])
+    threads = torch.get_num_threads()
+    # These tiny models gain nothing from a second thread; on a busy machine it only spins
+    # waiting for the first (measured: 10x the CPU time of one thread).
+    torch.set_num_threads(1)
+    try:
+        return cli.main(recipe, ["-f", "config.yaml", "-t", "UNET", *args])
+    finally:
+        torch.set_num_threads(threads)
 
 
 def read_metrics(path: Path) -> list[dict[str, str]]:
