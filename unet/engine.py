@@ -685,7 +685,11 @@ def run(cfg: Config, recipe: Recipe, script: str, new_run: bool = False, overwri
     distributed.check_config(cfg, world)
     distributed.init(world)
     try:
-        return _run(cfg, recipe, script, new_run, overwrite_trained_model, world, invocation)
+        status = _run(cfg, recipe, script, new_run, overwrite_trained_model, world, invocation)
+        # no rank leaves the group while another still writes or talks to it: a gloo rank whose
+        # peer tore down first was seen to abort at exit ("terminate called without an active exception")
+        distributed.barrier(world)
+        return status
     finally:
         distributed.teardown(world)
 
