@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from . import functional as F
+from . import native
 
 
 class _FixedPointSTE(torch.autograd.Function):
@@ -50,15 +51,19 @@ class _BinarySTE(torch.autograd.Function):
         # [|x| <= 1] as a bool mask (1 byte per element, no float temporary; NaN -> False),
         # only when a gradient will be asked for (not in evaluation under no_grad)
         if ctx.needs_input_grad[0]:
-            ctx.save_for_backward(torch.ge(x, -1.0).logical_and_(torch.le(x, 1.0)))
+            q, inside = F.binary_forward_with_mask(x, inplace)
+            ctx.save_for_backward(inside)
+        else:
+            q = F.binary_forward(x, inplace)
         if inplace:
             ctx.mark_dirty(x)
-        return F.binary_forward(x, inplace)
+        return q
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor):
         (inside,) = ctx.saved_tensors
-        return torch.where(inside, grad, 0.0), None
+        fused = native.masked_grad(grad, inside)
+        return (torch.where(inside, grad, 0.0) if fused is None else fused), None
 
 
 class _TernarySTE(torch.autograd.Function):

@@ -12,6 +12,9 @@ output), which saves the allocation of a full-size output tensor.
 Notation: ``i`` integer bits, ``f`` fractional bits, ``round`` is round-half-to-even
 (``torch.round``), ``sign(0) = 0`` (except in :func:`binary_forward`, where 0 gives +1).
 
+Dense float32 CPU tensors take the fused one-pass kernels of :mod:`quantizer.native` where
+they load (same values, bit for bit); the PyTorch code below is the rule everywhere else.
+
 Each rule also has a ``*_codes`` form returning the integer codes ``c`` and the scale ``s``
 of the quantized tensor, with ``q == c * s`` exactly; a hardware export reads these.
 """
@@ -20,8 +23,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from . import native
 
 ROUNDINGS = ("nearest", "pow2")
 OVERFLOWS = ("wrap", "saturate")
@@ -61,6 +67,9 @@ def _inside_integer_range(x: Tensor, bound: float, total_bits: int) -> bool:
     """Whether every ``|x| < bound`` (False for NaN) and ``x 2^f`` cannot overflow ``x``'s dtype."""
     if x.numel() == 0 or 2.0**total_bits >= torch.finfo(x.dtype).max:
         return False
+    if native.applies(x):
+        found = native.minmax(x)  # None for NaN
+        return found is not None and max(-found[0], found[1]) < bound
     lo, hi = _aminmax(x)
     return bool(torch.maximum(-lo, hi) < bound)
 
@@ -84,14 +93,19 @@ def fixed_point_nearest_wrap(x: Tensor, i_bits: int, f_bits: int, inplace: bool 
     # Computed with the sign kept: sign(x) floor|x| = trunc(x) and sign(x) (|x| - floor|x|) =
     # frac(x) = x - trunc(x), both exact, and round (half to even) and the clamp are odd.
     limit = 2.0**i_bits - 1
+    fused = native.applies(x)
     if f_bits == 0:
         # the integer limit commutes with truncation: trunc(clamp(x, -L, L)) (also for +-inf)
+        if fused and limit < 2.0**128:
+            return native.clamp_trunc(x, native.output_for(x, inplace), limit)
         q = x.clamp_(-limit, limit) if inplace else torch.clamp(x, -limit, limit)
         return _trunc_(q)
     scale = 2.0**f_bits
     if _inside_integer_range(x, limit + 1, i_bits + f_bits):
         # No integer part is clamped, and trunc(x) 2^f is an even integer (f >= 1), so with
         # half-to-even rounding trunc(x) + round(frac(x) 2^f) / 2^f == round(x 2^f) / 2^f exactly.
+        if fused:
+            return native.nearest(x, native.output_for(x, inplace), scale, None)
         q = x.mul_(scale) if inplace else torch.mul(x, scale)
         return q.round_().div_(scale)
     frac = torch.frac(x)  # NaN for +-inf, as (a - floor(a)) in the formula
@@ -111,6 +125,8 @@ def fixed_point_nearest_saturate(x: Tensor, i_bits: int, f_bits: int, inplace: b
     scale = 2.0**f_bits
     limit = 2.0**i_bits - 1.0 / scale
     # round and the clamp are odd: sign(x) min(round(|x| s) / s, L) = clamp(round(x s) / s, -L, L)
+    if native.applies(x) and scale < 2.0**127 and limit < 2.0**128:
+        return native.nearest(x, native.output_for(x, inplace), scale, limit)
     q = x.mul_(scale) if inplace else torch.mul(x, scale)
     return q.round_().div_(scale).clamp_(-limit, limit)
 
@@ -135,6 +151,10 @@ def fixed_point_pow2(
     The magnitudes are :func:`pow2_levels`. ``inplace=True`` writes into ``x``.
     """
     limit = pow2_limit(i_bits, f_bits)
+    if min_exponent is not None and native.applies(x):
+        plan = native.pow2_plan(int(i_bits), int(f_bits), int(min_exponent))
+        if plan is not None:
+            return native.pow2(x, native.output_for(x, inplace), plan)
     p = torch.abs(x)  # |x| = 0: log2 = -inf, 2^-inf = 0
     # With M = 2^k, min(2^round(log2 a), M) = 2^round(log2 min(a, M)) (round and log2 are
     # monotone, round(log2 2^k) = k), so the clamp to M can go into the same pass as the floor
@@ -238,27 +258,53 @@ def int_minmax_forward(x: Tensor, bits: int, inplace: bool = False) -> Tensor:
     ``inplace=True`` writes into ``x``.
     """
     _check_bits(bits, 0)
+    if native.applies(x):
+        fused = _int_minmax_fused(x, bits, inplace)
+        if fused is not None:
+            return fused
     lo, hi = _aminmax(x)  # one pass
     span = hi - lo
     if span <= 0:
         return x.zero_() if inplace else torch.zeros_like(x)
+    # floor((x - lo) / span * 2^b) - 2^(b-1), in place. With span 2^-b a normal float,
+    # (x - lo) / (span 2^-b) == ((x - lo) / span) 2^b exactly (scaling by 2^b commutes with
+    # rounding); where the quotient is subnormal both sides are at most tiny 2^b <= 1/2 and
+    # floor to 0. So one division replaces the division and the multiplication.
+    tiny = torch.finfo(x.dtype).tiny
+    one_division = 2.0**bits * tiny <= 0.5
     if torch.isinf(span):
         lo, span = lo * 0.5, hi * 0.5 - lo * 0.5
         q = x.mul_(0.5) if inplace else torch.mul(x, 0.5)
         q.sub_(lo)
     else:
         q = x.sub_(lo) if inplace else torch.sub(x, lo)
-    # floor((x - lo) / span * 2^b) - 2^(b-1), in place. With span 2^-b a normal float,
-    # (x - lo) / (span 2^-b) == ((x - lo) / span) 2^b exactly (scaling by 2^b commutes with
-    # rounding); where the quotient is subnormal both sides are at most tiny 2^b <= 1/2 and
-    # floor to 0. So one division replaces the division and the multiplication.
-    tiny = torch.finfo(x.dtype).tiny
     step = span * 2.0**-bits
-    if 2.0**bits * tiny <= 0.5 and step >= tiny:
+    if one_division and step >= tiny:
         q.div_(step)
     else:
         q.div_(span).mul_(2.0**bits)
     return q.floor_().sub_(2.0 ** (bits - 1))
+
+
+def _int_minmax_fused(x: Tensor, bits: int, inplace: bool) -> Tensor | None:
+    """:func:`int_minmax_forward` through the kernels, the same float32 operations (``span``,
+    ``step`` as float32 scalars), or None where the PyTorch code must decide (a NaN, a span that
+    overflows, a step below the normal range)."""
+    found = native.minmax(x)
+    if found is None:
+        return None
+    lo, hi = np.float32(found[0]), np.float32(found[1])
+    with np.errstate(over="ignore"):
+        span = hi - lo
+    if span <= 0:
+        return x.zero_() if inplace else torch.zeros_like(x)
+    tiny = float(np.finfo(np.float32).tiny)
+    if not np.isfinite(span) or 2.0**bits * tiny > 0.5:
+        return None
+    step = span * np.float32(2.0**-bits)  # exact (a power of two) unless below the normal range
+    if step < tiny:
+        return None
+    return native.int_minmax(x, native.output_for(x, inplace), float(lo), float(step), 2.0 ** (bits - 1))
 
 
 @torch.no_grad()
@@ -269,9 +315,22 @@ def binary_forward(x: Tensor, inplace: bool = False) -> Tensor:
     original's ``sign(0) = 0`` was a third level). NaN gives ``+1`` as well
     (``torch.sign(NaN) = 0``). ``inplace`` writes into ``x``.
     """
+    if native.applies(x):
+        return native.binary(x, native.output_for(x, inplace), None)
     q = x.sign_() if inplace else torch.sign(x)
     # sign(sign(x) + 1/2) maps -1, 0, 1 to -1, 1, 1 in two cheap in-place passes
     return q.add_(0.5).sign_()
+
+
+@torch.no_grad()
+def binary_forward_with_mask(x: Tensor, inplace: bool = False) -> tuple[Tensor, Tensor]:
+    """:func:`binary_forward` and the mask ``[-1 <= x <= 1]`` (bool, ``x``'s layout; False for
+    NaN) that the BNN gradient keeps, in one pass where the fused kernels apply."""
+    if native.applies(x):
+        inside = torch.empty_like(x, dtype=torch.bool, memory_format=torch.preserve_format)
+        return native.binary(x, native.output_for(x, inplace), inside), inside
+    inside = torch.ge(x, -1.0).logical_and_(torch.le(x, 1.0))
+    return binary_forward(x, inplace), inside
 
 
 def _ternary_parts(w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
