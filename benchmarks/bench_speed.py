@@ -21,8 +21,9 @@ per-slice metrics, overlay, checkpoints).
 
 Run from the repository root::
 
-    python benchmarks/bench_speed.py --quick            # under 2 minutes on 2 cores
-    python benchmarks/bench_speed.py --json speed.json  # the EM recipe's width: about 6 minutes
+    python benchmarks/bench_speed.py --quick            # about 40 s on 2 idle cores (under 2 minutes)
+    python benchmarks/bench_speed.py --json speed.json  # the EM recipe's width: about 4 minutes
+    python benchmarks/bench_speed.py --quick --no-kernels   # the PyTorch rules (quantizer.native off)
     python benchmarks/bench_speed.py --quick --profile --modes normal,fixed_pow2
 """
 
@@ -48,6 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from quantizer import native  # noqa: E402
 from unet.config import Config, load_config  # noqa: E402
 from unet.engine import build_model, run  # noqa: E402
 from unet.losses import get_loss  # noqa: E402
@@ -256,8 +258,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}")
     p.add_argument("--quick", action="store_true", help="a narrower model and fewer repetitions: under 2 minutes")
-    p.add_argument("--reps", type=int, default=None, help="timed interleaved rounds per metric (default 5, quick 3)")
-    p.add_argument("--epoch-reps", type=int, default=None, help="timed epoch rounds (default 3, quick 2)")
+    p.add_argument("--reps", type=int, default=None, help="timed interleaved rounds per metric (default 5, quick 7)")
+    p.add_argument("--epoch-reps", type=int, default=None, help="timed epoch rounds (default 5, quick 4)")
     p.add_argument("--base-channels", type=int, default=None, help="width for step and forward (default 64, quick 16)")
     p.add_argument("--size", type=int, default=None, help="input side for step and forward (default 200, quick 128)")
     p.add_argument("--batch", type=int, default=None, help="training batch (default: the EM recipe's, 5)")
@@ -269,6 +271,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--no-tune-allocator", dest="tune_allocator", action="store_false",
                    help="leave glibc's allocator as it is (the commands call unet.runtime.tune_allocator)")
+    p.add_argument("--no-kernels", dest="kernels", action="store_false",
+                   help="run the PyTorch rules instead of the fused kernels of quantizer.native (same values)")
     p.add_argument("--profile", action="store_true", help="also profile one eval forward and one epoch per mode")
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON to this path")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the tables")
@@ -277,7 +281,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [m for m in args.modes if m not in MODES]
     if unknown:
         p.error(f"unknown mode(s) {unknown}; choose from {list(MODES)}")
-    defaults = {"reps": (5, 3), "epoch_reps": (3, 2), "base_channels": (64, 16), "size": (200, 128),
+    defaults = {"reps": (5, 7), "epoch_reps": (5, 4), "base_channels": (64, 16), "size": (200, 128),
                 "epoch_slices": (30, 15), "epoch_size": (96, 64), "epoch_base_channels": (16, 8)}
     for name, (full, quick) in defaults.items():
         if getattr(args, name) is None:
@@ -295,11 +299,13 @@ def main(argv: list[str] | None = None) -> int:
     allocator = tune_allocator() if args.tune_allocator else False
     if args.threads:
         torch.set_num_threads(args.threads)
+    native.set_enabled(args.kernels)
+    kernels = native.status()
     began = time.perf_counter()
     log = (lambda _m: None) if args.quiet else (lambda m: print(m, flush=True))
     load_start = os.getloadavg()
-    log(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load_start[0]:.2f}; "
-        f"modes {', '.join(args.modes)}; allocator tuned: {allocator}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load_start[0]:.2f}; "
+          f"modes {', '.join(args.modes)}; allocator tuned: {allocator}; fused kernels: {kernels}")
     benches = [ModeBench(k, args) for k in args.modes]
     interleaved(benches, "step", args.reps, 1, lambda b, _r: b.step(), log)
     interleaved(benches, "forward", args.reps, 1, lambda b, _r: b.forward(), log)
@@ -336,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         payload = {"torch": torch.__version__, "threads": torch.get_num_threads(), "args": {
             k: v for k, v in vars(args).items() if k not in ("json",)}, "modes": rows, "profile": profile,
             "loadavg": [load_start, load_end], "benchmark_s": total, "target": TARGET,
-            "allocator_tuned": allocator}
+            "allocator_tuned": allocator, "kernels": kernels}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=2, default=str) + "\n")
         print(f"wrote {args.json}")

@@ -63,19 +63,22 @@ def _aminmax(x: Tensor) -> tuple[Tensor, Tensor]:
     return torch.aminmax(_flat(x))
 
 
-def _inside_integer_range(x: Tensor, bound: float, total_bits: int) -> bool:
-    """Whether every ``|x| < bound`` (False for NaN) and ``x 2^f`` cannot overflow ``x``'s dtype."""
+def _inside_integer_range(x: Tensor, bound: float, total_bits: int,
+                          value_range: tuple[float, float] | None = None) -> bool:
+    """Whether every ``|x| < bound`` (False for NaN) and ``x 2^f`` cannot overflow ``x``'s dtype;
+    ``value_range``: ``x``'s known (min, max)."""
     if x.numel() == 0 or 2.0**total_bits >= torch.finfo(x.dtype).max:
         return False
-    if native.applies(x):
-        found = native.minmax(x)  # None for NaN
+    if value_range is not None or native.applies(x):
+        found = value_range if value_range is not None else native.minmax(x)  # None for NaN
         return found is not None and max(-found[0], found[1]) < bound
     lo, hi = _aminmax(x)
     return bool(torch.maximum(-lo, hi) < bound)
 
 
 @torch.no_grad()
-def fixed_point_nearest_wrap(x: Tensor, i_bits: int, f_bits: int, inplace: bool = False) -> Tensor:
+def fixed_point_nearest_wrap(x: Tensor, i_bits: int, f_bits: int, inplace: bool = False, *,
+                             value_range: tuple[float, float] | None = None) -> Tensor:
     """Sign-magnitude Qi.f of the original GM/NIH code (and the paper's formula).
 
     With ``a = |x|``::
@@ -87,7 +90,8 @@ def fixed_point_nearest_wrap(x: Tensor, i_bits: int, f_bits: int, inplace: bool 
     fraction survives above the range (Q3.3: 15.99 -> 8.0) and with ``i = 0`` magnitudes
     wrap modulo 1 (Q0.2: 1.3 -> 0.25). Largest magnitude ``2^i``.
 
-    ``inplace=True`` writes the result into ``x`` (and returns it).
+    ``inplace=True`` writes the result into ``x`` (and returns it). ``value_range``: ``(min(x),
+    max(x))`` when the caller already has it (no NaN in ``x``), which saves a pass.
     """
     _check_bits(i_bits, f_bits)
     # Computed with the sign kept: sign(x) floor|x| = trunc(x) and sign(x) (|x| - floor|x|) =
@@ -101,7 +105,7 @@ def fixed_point_nearest_wrap(x: Tensor, i_bits: int, f_bits: int, inplace: bool 
         q = x.clamp_(-limit, limit) if inplace else torch.clamp(x, -limit, limit)
         return _trunc_(q)
     scale = 2.0**f_bits
-    if _inside_integer_range(x, limit + 1, i_bits + f_bits):
+    if _inside_integer_range(x, limit + 1, i_bits + f_bits, value_range):
         # No integer part is clamped, and trunc(x) 2^f is an even integer (f >= 1), so with
         # half-to-even rounding trunc(x) + round(frac(x) 2^f) / 2^f == round(x 2^f) / 2^f exactly.
         if fused:
@@ -152,7 +156,7 @@ def fixed_point_pow2(
     """
     limit = pow2_limit(i_bits, f_bits)
     if min_exponent is not None and native.applies(x):
-        plan = native.pow2_plan(int(i_bits), int(f_bits), int(min_exponent))
+        plan = native.pow2_plan(limit, int(min_exponent))
         if plan is not None:
             return native.pow2(x, native.output_for(x, inplace), plan)
     p = torch.abs(x)  # |x| = 0: log2 = -inf, 2^-inf = 0
@@ -248,18 +252,20 @@ def fixed_point_forward(
 
 
 @torch.no_grad()
-def int_minmax_forward(x: Tensor, bits: int, inplace: bool = False) -> Tensor:
+def int_minmax_forward(x: Tensor, bits: int, inplace: bool = False, *,
+                       value_range: tuple[float, float] | None = None) -> Tensor:
     """Per-tensor min-max integer quantization of the original (not rescaled).
 
     ``n = (x - min) / (max - min)``, ``q = floor(2^b n) - 2^(b-1)``, so values lie in
     ``[-2^(b-1), 2^(b-1)]`` (b=4: [-1, 0, 0.5, 1] -> [-8, 0, 4, 8]). A constant tensor
     (max == min) gives all zeros. ``n`` is formed first, as written, so a span that is
     subnormal stays finite; a span that overflows is computed on halved values.
-    ``inplace=True`` writes into ``x``.
+    ``inplace=True`` writes into ``x``. ``value_range``: ``(min(x), max(x))`` when the caller
+    already has it (no NaN in ``x``), which saves a pass.
     """
     _check_bits(bits, 0)
     if native.applies(x):
-        fused = _int_minmax_fused(x, bits, inplace)
+        fused = _int_minmax_fused(x, bits, inplace, value_range)
         if fused is not None:
             return fused
     lo, hi = _aminmax(x)  # one pass
@@ -286,15 +292,16 @@ def int_minmax_forward(x: Tensor, bits: int, inplace: bool = False) -> Tensor:
     return q.floor_().sub_(2.0 ** (bits - 1))
 
 
-def _int_minmax_fused(x: Tensor, bits: int, inplace: bool) -> Tensor | None:
+def _int_minmax_fused(x: Tensor, bits: int, inplace: bool,
+                      value_range: tuple[float, float] | None = None) -> Tensor | None:
     """:func:`int_minmax_forward` through the kernels, the same float32 operations (``span``,
     ``step`` as float32 scalars), or None where the PyTorch code must decide (a NaN, a span that
     overflows, a step below the normal range)."""
-    found = native.minmax(x)
+    found = value_range if value_range is not None else native.minmax(x)
     if found is None:
         return None
     lo, hi = np.float32(found[0]), np.float32(found[1])
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):  # inf - inf: NaN, left to the PyTorch code
         span = hi - lo
     if span <= 0:
         return x.zero_() if inplace else torch.zeros_like(x)

@@ -58,7 +58,7 @@ static inline float float_of(uint32_t u) {
 }
 
 /* Version of this file's interface; native.py refuses a library that reports another. */
-int unet_native_abi(void) { return 2; }
+int unet_native_abi(void) { return 4; }
 
 /* Whether the library was built with OpenMP (else every kernel runs on the calling thread). */
 int unet_native_openmp(void) {
@@ -269,4 +269,137 @@ UNET_CLONES static void masked_grad_span(const float *grad, const uint8_t *insid
 
 void unet_masked_grad(const float *grad, const uint8_t *inside, float *out, int64_t n, int threads) {
     FOR_SPANS(n, threads, masked_grad_span(grad + start, inside + start, out + start, count));
+}
+
+/*
+ * Evaluation-mode BatchNorm as PyTorch's CPU kernel computes it, per channel c:
+ *   invstd = 1 / sqrt(var[c] + eps), alpha[c] = invstd * weight[c],
+ *   beta[c] = bias[c] - mean[c] * alpha[c], y = x * alpha[c] + beta[c],
+ * float32 throughout; with fused != 0 the two multiply-adds are fused (one rounding, as a build
+ * of PyTorch with FMA contraction computes them), else each operation rounds. native.py finds
+ * which of the two the running PyTorch does.
+ */
+void unet_bn_affine(const float *mean, const float *var, const float *weight, const float *bias, int64_t channels,
+                    float eps, int fused, float *alpha, float *beta) {
+    for (int64_t c = 0; c < channels; c++) {
+        float invstd = 1.0f / sqrtf(var[c] + eps);
+        float a = invstd * (weight ? weight[c] : 1.0f);
+        float b = bias ? bias[c] : 0.0f;
+        alpha[c] = a;
+        beta[c] = fused ? fmaf(-mean[c], a, b) : b - mean[c] * a;
+    }
+}
+
+static inline float relu_of(float v) { return v < 0.0f ? 0.0f : v; } /* NaN and -0 pass, as clamp_min */
+
+/* channels_last: pixels of `channels` values, channel fastest */
+UNET_CLONES static void relu_bn_pixels_span(const float *x, float *out, int64_t pixels, int64_t channels,
+                                            const float *alpha, const float *beta, int relu, int fused) {
+    for (int64_t p = 0; p < pixels; p++) {
+        const float *xp = x + p * channels;
+        float *op = out + p * channels;
+        if (fused && relu)
+            for (int64_t c = 0; c < channels; c++) op[c] = fmaf(relu_of(xp[c]), alpha[c], beta[c]);
+        else if (fused)
+            for (int64_t c = 0; c < channels; c++) op[c] = fmaf(xp[c], alpha[c], beta[c]);
+        else if (relu)
+            for (int64_t c = 0; c < channels; c++) op[c] = relu_of(xp[c]) * alpha[c] + beta[c];
+        else
+            for (int64_t c = 0; c < channels; c++) op[c] = xp[c] * alpha[c] + beta[c];
+    }
+}
+
+/* contiguous NCHW: rows of `inner` values of one channel */
+UNET_CLONES static void relu_bn_row(const float *x, float *out, int64_t inner, float a, float b, int relu,
+                                    int fused) {
+    if (fused && relu)
+        for (int64_t i = 0; i < inner; i++) out[i] = fmaf(relu_of(x[i]), a, b);
+    else if (fused)
+        for (int64_t i = 0; i < inner; i++) out[i] = fmaf(x[i], a, b);
+    else if (relu)
+        for (int64_t i = 0; i < inner; i++) out[i] = relu_of(x[i]) * a + b;
+    else
+        for (int64_t i = 0; i < inner; i++) out[i] = x[i] * a + b;
+}
+
+/* A quantizer rule applied to BatchNorm's output while it is still in cache (see unet_relu_bn). */
+struct unet_post {
+    int32_t kind; /* POST_* */
+    uint32_t lo, hi, first, t_min, t_max, keep_from, limit; /* pow2 (see unet_pow2) */
+    const uint32_t *threshold;
+    float scale, bound; /* nearest: rint(x scale) / scale clamped to +-bound; clamp_trunc: bound */
+};
+
+enum { POST_NONE = 0, POST_POW2 = 1, POST_BINARY = 2, POST_NEAREST_CLAMP = 3, POST_CLAMP_TRUNC = 4 };
+
+static void post_span(const struct unet_post *post, float *y, int64_t n) {
+    switch (post->kind) {
+    case POST_POW2:
+        pow2_span((const uint32_t *)y, (uint32_t *)y, n, post->lo, post->hi, post->first, post->threshold,
+                  post->t_min, post->t_max, post->keep_from, post->limit);
+        break;
+    case POST_BINARY:
+        binary_span(y, y, NULL, n);
+        break;
+    case POST_NEAREST_CLAMP:
+        nearest_span(y, y, n, post->scale, post->bound, 1);
+        break;
+    case POST_CLAMP_TRUNC:
+        clamp_trunc_span(y, y, n, post->bound);
+        break;
+    default:
+        break;
+    }
+}
+
+/*
+ * out = BatchNorm(relu ? ReLU(x) : x) of an (outer, channels, inner) array: channels_last is
+ * (N H W, C, 1), NCHW is (N, C, H W), then, when post is not NULL, post's quantizer rule on
+ * each piece of out while it is in cache. When lo is not NULL, also the smallest and largest
+ * output into lo[0], hi[0]; returns 1 when the output holds a NaN (lo, hi meaningless), else 0.
+ */
+int unet_relu_bn(const float *x, float *out, int64_t outer, int64_t channels, int64_t inner, const float *alpha,
+                 const float *beta, int relu, int fused, float *lo, float *hi, const struct unet_post *post,
+                 int threads) {
+    int64_t n = outer * channels * inner;
+    if (n == 0) return 0;
+    int64_t rows = outer * channels;
+    /* pieces of whole pixels (channels_last) or whole rows (NCHW), about SPAN values each */
+    int64_t per = inner == 1 ? (SPAN + channels - 1) / channels : (SPAN + inner - 1) / inner;
+    int64_t units = inner == 1 ? outer : rows;
+    int64_t pieces = (units + per - 1) / per;
+    if (pieces < 2) threads = 1;
+    float a = INFINITY, b = -INFINITY;
+    uint32_t nan = 0;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads) if(threads > 1) reduction(min : a) reduction(max : b) reduction(| : nan)
+#endif
+    for (int64_t k = 0; k < pieces; k++) {
+        int64_t first = k * per, count = units - first < per ? units - first : per;
+        int64_t start, length;
+        if (inner == 1) {
+            start = first * channels;
+            length = count * channels;
+            relu_bn_pixels_span(x + start, out + start, count, channels, alpha, beta, relu, fused);
+        } else {
+            start = first * inner;
+            length = count * inner;
+            for (int64_t r = first; r < first + count; r++) {
+                int64_t c = r % channels;
+                relu_bn_row(x + r * inner, out + r * inner, inner, alpha[c], beta[c], relu, fused);
+            }
+        }
+        if (post) post_span(post, out + start, length);
+        if (lo) {
+            float s_lo, s_hi;
+            nan |= minmax_span(out + start, length, &s_lo, &s_hi);
+            a = s_lo < a ? s_lo : a;
+            b = s_hi > b ? s_hi : b;
+        }
+    }
+    if (lo) {
+        *lo = a;
+        *hi = b;
+    }
+    return (int)nan;
 }

@@ -46,7 +46,7 @@ SOURCE = Path(__file__).with_name("native.c")
 ENV_SWITCH = "UNET_NATIVE_KERNELS"
 #: Folder of the compiled library (default ``~/.cache/unet-fixed-point``).
 ENV_CACHE = "UNET_KERNEL_CACHE"
-ABI = 2
+ABI = 4
 #: ``-ffp-contract=off``: no fused multiply-add, every operation rounds as PyTorch's does.
 #: ``-fno-math-errno`` lets ``rintf``/``floorf``/``truncf`` become single instructions and
 #: ``-fno-trapping-math`` lets the loops vectorize (both concern error reporting, not values).
@@ -134,12 +134,15 @@ def _declare(lib: ctypes.CDLL) -> None:
         "unet_binary": [p, p, p, i64, i32],
         "unet_masked_grad": [p, p, p, i64, i32],
         "unet_minmax": [p, i64, p, p, i32],
+        "unet_bn_affine": [p, p, p, p, i64, f32, i32, p, p],
+        "unet_relu_bn": [p, p, i64, i64, i64, p, p, i32, i32, p, p, p, i32],
     }
     for name, argtypes in signatures.items():
         fn = getattr(lib, name)
         fn.argtypes = argtypes
         fn.restype = None
     lib.unet_minmax.restype = ctypes.c_int
+    lib.unet_relu_bn.restype = ctypes.c_int
 
 
 def _load() -> None:
@@ -272,14 +275,12 @@ def log2_thresholds(first: int, last: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=64)
-def pow2_plan(i_bits: int, f_bits: int, min_exponent: int) -> Pow2Plan | None:
+def pow2_plan(limit: float, min_exponent: int) -> Pow2Plan | None:
     """The table that makes :func:`pow2` equal ``functional.fixed_point_pow2(x, i, f, ...,
-    min_exponent)``, or None where the kernel does not apply (``M = 0``, ``M < 2^min_exponent``,
-    or ``min_exponent < -125``, where the PyTorch rule meets subnormals) or where ``torch.log2``
-    on this machine disagrees with the table anywhere near a threshold."""
-    from .functional import pow2_limit
-
-    limit = pow2_limit(i_bits, f_bits)
+    min_exponent)`` with ``limit = pow2_limit(i, f)``, or None where the kernel does not apply
+    (``M = 0``, ``M < 2^min_exponent``, or ``min_exponent < -125``, where the PyTorch rule meets
+    subnormals) or where ``torch.log2`` on this machine disagrees with the table anywhere near a
+    threshold."""
     if limit == 0 or min_exponent < -125 or limit < 2.0**min_exponent:
         return None
     top = math.ceil(math.log2(limit))  # 2^top >= M: magnitudes above it round to at least 2^top
@@ -370,3 +371,66 @@ def masked_grad(grad: Tensor, inside: Tensor) -> Tensor | None:
     out = torch.empty_like(grad, memory_format=torch.preserve_format)
     library().unet_masked_grad(grad.data_ptr(), inside.data_ptr(), out.data_ptr(), grad.numel(), _threads())
     return out
+
+
+def bn_affine(mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
+              fused: bool) -> tuple[Tensor, Tensor]:
+    """Per-channel ``alpha = weight / sqrt(var + eps)`` and ``beta = bias - mean alpha`` (float32,
+    one rounding per operation; ``fused``: the multiply-add rounds once), as PyTorch's
+    evaluation-mode BatchNorm forms them. Inputs: contiguous float32 CPU vectors."""
+    channels = mean.numel()
+    alpha, beta = torch.empty(channels), torch.empty(channels)
+    library().unet_bn_affine(mean.data_ptr(), var.data_ptr(), None if weight is None else weight.data_ptr(),
+                             None if bias is None else bias.data_ptr(), channels, eps, int(fused),
+                             alpha.data_ptr(), beta.data_ptr())
+    return alpha, beta
+
+
+class PostOp(ctypes.Structure):
+    """A quantizer rule that :func:`relu_bn` applies to its output in cache (``struct unet_post``)."""
+
+    _fields_ = [("kind", ctypes.c_int32), ("lo", ctypes.c_uint32), ("hi", ctypes.c_uint32),
+                ("first", ctypes.c_uint32), ("t_min", ctypes.c_uint32), ("t_max", ctypes.c_uint32),
+                ("keep_from", ctypes.c_uint32), ("limit", ctypes.c_uint32), ("threshold", ctypes.c_void_p),
+                ("scale", ctypes.c_float), ("bound", ctypes.c_float)]
+
+    POW2, BINARY, NEAREST_CLAMP, CLAMP_TRUNC = 1, 2, 3, 4
+
+
+def post_pow2(plan: Pow2Plan) -> PostOp:
+    """:func:`pow2` with ``plan`` as a post-op (``plan`` must outlive it: its table is shared)."""
+    return PostOp(PostOp.POW2, plan.lo, plan.hi, plan.first, plan.t_min, plan.t_max, plan.keep_from, plan.limit,
+                  plan.thresholds.ctypes.data, 0.0, 0.0)
+
+
+def post_binary() -> PostOp:
+    """:func:`binary` (no mask) as a post-op."""
+    return PostOp(kind=PostOp.BINARY)
+
+
+def post_nearest_clamp(scale: float, limit: float) -> PostOp:
+    """:func:`nearest` with a clamp as a post-op."""
+    return PostOp(kind=PostOp.NEAREST_CLAMP, scale=scale, bound=limit)
+
+
+def post_clamp_trunc(limit: float) -> PostOp:
+    """:func:`clamp_trunc` as a post-op."""
+    return PostOp(kind=PostOp.CLAMP_TRUNC, bound=limit)
+
+
+def relu_bn(x: Tensor, out: Tensor, alpha: Tensor, beta: Tensor, relu: bool, fused: bool,
+            want_range: bool, post: PostOp | None = None) -> tuple[float, float] | None:
+    """``out = relu(x) alpha_c + beta_c`` (``x`` if not ``relu``; ``fused``: one rounding) for a
+    4-D ``x`` in channels_last or contiguous layout, ``out`` of the same layout, then ``post``'s
+    rule on ``out`` (in cache, piece by piece). With ``want_range``, returns ``(min(out),
+    max(out))`` of the result (None when it holds a NaN), else None."""
+    n, c, h, w = x.shape
+    outer, inner = (n * h * w, 1) if not x.is_contiguous() else (n, h * w)
+    lo, hi = ctypes.c_float(), ctypes.c_float()
+    nan = library().unet_relu_bn(x.data_ptr(), out.data_ptr(), outer, c, inner, alpha.data_ptr(), beta.data_ptr(),
+                                 int(relu), int(fused), ctypes.byref(lo) if want_range else None,
+                                 ctypes.byref(hi) if want_range else None,
+                                 None if post is None else ctypes.byref(post), _threads())
+    if not want_range or nan or x.numel() == 0:
+        return None
+    return lo.value, hi.value

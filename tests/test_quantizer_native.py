@@ -117,7 +117,7 @@ def test_pow2_kernel_equals_the_pytorch_rule_on_every_float_of_its_range(
 
 
 def test_pow2_plan_thresholds_are_where_log2_rounding_moves_up() -> None:
-    plan = native.pow2_plan(6, 0, -8)
+    plan = native.pow2_plan(F.pow2_limit(6, 0), -8)
     assert plan is not None and plan.thresholds[-1] == 1 << 23
     assert plan.t_min <= 3474675 <= plan.t_max and plan.t_max - plan.t_min < 64
     for k, threshold in enumerate(plan.thresholds[:-1]):
@@ -129,9 +129,9 @@ def test_pow2_plan_thresholds_are_where_log2_rounding_moves_up() -> None:
     shifted = plan.thresholds[:-1].copy()
     shifted[3] += 1
     assert not native._agrees_with_torch(plan.first, shifted)
-    assert native.pow2_plan(0, 0, -8) is None  # M = 0
-    assert native.pow2_plan(6, 0, -126) is None  # subnormals: the PyTorch rule
-    assert native.pow2_plan(0, 1, 2) is None  # M = 0.5 < 2^m
+    assert native.pow2_plan(F.pow2_limit(0, 0), -8) is None  # M = 0
+    assert native.pow2_plan(F.pow2_limit(6, 0), -126) is None  # subnormals: the PyTorch rule
+    assert native.pow2_plan(F.pow2_limit(0, 1), 2) is None  # M = 0.5 < 2^m
 
 
 def test_minmax_matches_aminmax_and_reports_nan() -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from quantizer import QuantConv2d, QuantSpec, binary
+from quantizer import QuantConv2d, QuantSpec, binary, native
 from quantizer import autograd as ste
 from quantizer import functional as F
 from quantizer import modules as quant_modules
@@ -88,6 +88,7 @@ def uncached_quantized_weight(self: QuantConv2d) -> torch.Tensor:
 
 
 def use_old_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(native, "_enabled", False)  # the fused kernels came later still
     monkeypatch.setattr(F, "int_minmax_forward", old_int_minmax_forward)
     monkeypatch.setattr(F, "_aminmax", torch.aminmax)
     monkeypatch.setattr(ste, "_BinarySTE", OldBinarySTE)

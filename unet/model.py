@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from quantizer import FLOAT, ActivationQuantizer, QuantConv2d, QuantSpec
+from quantizer.fusion import relu_batchnorm_quantize
 from quantizer.modules import DEFAULT_POW2_MIN_EXPONENT
 
 ACTIVATIONS = ("relu", "tanh", "ternarytanh")
@@ -76,6 +77,28 @@ class ConvUnit(nn.Sequential):
         # in place: the BatchNorm (or Dropout) output is fresh and not needed for backward
         layers.append(ActivationQuantizer(act_quant, inplace=True))
         super().__init__(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The layers in turn; in evaluation without gradients, ReLU, BatchNorm (Dropout is the
+        identity there) and the activation quantizer run fused on the CPU
+        (:func:`quantizer.fusion.relu_batchnorm_quantize`), with the same values."""
+        if self.training or torch.is_grad_enabled() or not isinstance(self[1], nn.ReLU) or _hooked(self):
+            return super().forward(x)
+        y = self[0](x)
+        fused = relu_batchnorm_quantize(y, True, self[2], self[-1].spec)
+        if fused is not None:
+            return fused
+        for layer in list(self)[1:]:
+            y = layer(y)
+        return y
+
+
+def _hooked(unit: nn.Module) -> bool:
+    """Whether a forward hook (global, or on ``unit`` or a module in it) or a training-mode module
+    in it would see a difference if its layers ran fused."""
+    if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks or m.training for m in unit.modules())
 
 
 class DoubleConv(nn.Sequential):

@@ -1,0 +1,272 @@
+/*
+ * Fused CPU kernels of the quantizer forward rules (quantizer/functional.py), one pass over
+ * memory each, built and loaded by quantizer/native.py.
+ *
+ * Every kernel computes, element by element, exactly the IEEE single-precision operations of
+ * the PyTorch code it replaces (the same subtractions, divisions and roundings, in the same
+ * order; round = round half to even = rintf in the default rounding mode), so the results are
+ * bit-equal to it: the build turns off floating-point contraction (no fused multiply-add) and
+ * fast-math. The power-of-two rounding decides on the float's bits with a table of per-exponent
+ * mantissa thresholds that native.py takes from float32 log2 and checks against torch.log2.
+ *
+ * Each public kernel reads x[0..n) and writes out[0..n); out may be x (in place). Work is cut
+ * into spans of SPAN elements, shared by up to `threads` OpenMP threads (the runtime PyTorch
+ * itself uses, when the library is built with OpenMP).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+/* one binary that picks the widest vector unit of the machine it runs on */
+#define UNET_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define UNET_CLONES
+#endif
+
+#define SPAN 16384
+
+#ifdef _OPENMP
+#define PARALLEL_SPANS _Pragma("omp parallel for schedule(static) num_threads(threads) if(threads > 1)")
+#else
+#define PARALLEL_SPANS
+#endif
+
+/* Run `call(start, count)` over [0, n) in spans, in parallel. */
+#define FOR_SPANS(n, threads, call)                                          \
+    do {                                                                     \
+        int64_t spans_ = ((n) + SPAN - 1) / SPAN;                            \
+        if (spans_ < 2) threads = 1;                                         \
+        PARALLEL_SPANS                                                       \
+        for (int64_t k_ = 0; k_ < spans_; k_++) {                            \
+            int64_t start = k_ * SPAN;                                       \
+            int64_t count = (n) - start < SPAN ? (n) - start : SPAN;         \
+            call;                                                            \
+        }                                                                    \
+    } while (0)
+
+static inline uint32_t bits_of(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return u;
+}
+
+static inline float float_of(uint32_t u) {
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+/* Version of this file's interface; native.py refuses a library that reports another. */
+int unet_native_abi(void) { return 2; }
+
+/* Whether the library was built with OpenMP (else every kernel runs on the calling thread). */
+int unet_native_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/*
+ * Power-of-two rounding with a flush and a clamp (functional.fixed_point_pow2 with a
+ * min_exponent): with a = |x| clamped to [lo, hi] (as bit patterns; positive floats order as
+ * their bits) and E its biased exponent, the rounded magnitude is 2^(E + [mantissa(a) >=
+ * threshold[E - first]]), 0 below the pattern keep_from (2^min_exponent), at most the pattern
+ * limit; then x's sign. NaN stays x's NaN.
+ *
+ * Every threshold lies in [t_min, t_max]; a mantissa outside that window rounds the same way
+ * for every exponent, so a block of 64 values without one inside it (nearly all blocks: the
+ * window is a few units wide out of 2^23) is decided with t_max and no table lookup; a block
+ * with one is decided again with the table.
+ */
+static inline uint32_t pow2_bits(uint32_t u, uint32_t lo, uint32_t hi, uint32_t up, uint32_t keep_from,
+                                 uint32_t limit) {
+    uint32_t a = u & 0x7fffffffu;
+    uint32_t c = a < lo ? lo : (a > hi ? hi : a);
+    uint32_t r = ((c >> 23) + up) << 23;
+    r = r < keep_from ? 0u : r;
+    r = r > limit ? limit : r;
+    r = a > 0x7f800000u ? a : r;
+    return r | (u & 0x80000000u);
+}
+
+static inline uint32_t clamped_mantissa(uint32_t u, uint32_t lo, uint32_t hi) {
+    uint32_t a = u & 0x7fffffffu;
+    return (a < lo ? lo : (a > hi ? hi : a)) & 0x7fffffu;
+}
+
+/* One block of m <= 64 values: decided with t_max; returns whether a value is ambiguous. */
+static inline uint32_t pow2_block(const uint32_t *saved, uint32_t *out, int64_t m, uint32_t lo, uint32_t hi,
+                                  uint32_t t_min, uint32_t t_max, uint32_t keep_from, uint32_t limit) {
+    uint32_t flag[64], ambiguous = 0;
+    for (int64_t i = 0; i < m; i++) {
+        uint32_t mantissa = clamped_mantissa(saved[i], lo, hi);
+        flag[i] = mantissa - t_min < t_max - t_min ? 1u : 0u;
+        out[i] = pow2_bits(saved[i], lo, hi, mantissa >= t_max ? 1u : 0u, keep_from, limit);
+    }
+    for (int64_t i = 0; i < m; i++) ambiguous |= flag[i];
+    return ambiguous;
+}
+
+UNET_CLONES static void pow2_span(const uint32_t *x, uint32_t *out, int64_t n, uint32_t lo, uint32_t hi,
+                                  uint32_t first, const uint32_t *threshold, uint32_t t_min, uint32_t t_max,
+                                  uint32_t keep_from, uint32_t limit) {
+    uint32_t saved[64]; /* the block's inputs: out may be x */
+    for (int64_t b = 0; b < n; b += 64) {
+        int64_t m = n - b < 64 ? n - b : 64;
+        uint32_t *ob = out + b, ambiguous;
+        if (m == 64) { /* fixed trip counts: the compiler unrolls and vectorizes without remainders */
+            memcpy(saved, x + b, sizeof saved);
+            ambiguous = pow2_block(saved, ob, 64, lo, hi, t_min, t_max, keep_from, limit);
+        } else {
+            memcpy(saved, x + b, (size_t)m * sizeof *saved);
+            ambiguous = pow2_block(saved, ob, m, lo, hi, t_min, t_max, keep_from, limit);
+        }
+        if (ambiguous) {
+            for (int64_t i = 0; i < m; i++) {
+                uint32_t a = saved[i] & 0x7fffffffu;
+                uint32_t c = a < lo ? lo : (a > hi ? hi : a);
+                uint32_t up = (c & 0x7fffffu) >= threshold[(c >> 23) - first] ? 1u : 0u;
+                ob[i] = pow2_bits(saved[i], lo, hi, up, keep_from, limit);
+            }
+        }
+    }
+}
+
+void unet_pow2(const float *x, float *out, int64_t n, uint32_t lo, uint32_t hi, uint32_t first,
+               const uint32_t *threshold, uint32_t t_min, uint32_t t_max, uint32_t keep_from, uint32_t limit,
+               int threads) {
+    const uint32_t *xi = (const uint32_t *)x;
+    uint32_t *oi = (uint32_t *)out;
+    FOR_SPANS(n, threads, pow2_span(xi + start, oi + start, count, lo, hi, first, threshold, t_min, t_max,
+                                    keep_from, limit));
+}
+
+/*
+ * Nearest rounding on the grid 1/scale: q = rint(x * scale) / scale, then, when clamp is set,
+ * clamped to [-limit, limit] (NaN stays NaN). functional.fixed_point_nearest_saturate, and the
+ * in-range branch of fixed_point_nearest_wrap (clamp 0).
+ */
+UNET_CLONES static void nearest_span(const float *x, float *out, int64_t n, float scale, float limit, int clamp) {
+    if (clamp) {
+        for (int64_t i = 0; i < n; i++) {
+            float q = rintf(x[i] * scale) / scale;
+            out[i] = q < -limit ? -limit : (q > limit ? limit : q);
+        }
+    } else {
+        for (int64_t i = 0; i < n; i++) out[i] = rintf(x[i] * scale) / scale;
+    }
+}
+
+void unet_nearest(const float *x, float *out, int64_t n, float scale, float limit, int clamp, int threads) {
+    FOR_SPANS(n, threads, nearest_span(x + start, out + start, count, scale, limit, clamp));
+}
+
+/* Whole numbers of the wrap rule with f = 0: q = trunc(clamp(x, -limit, limit)). */
+UNET_CLONES static void clamp_trunc_span(const float *x, float *out, int64_t n, float limit) {
+    for (int64_t i = 0; i < n; i++) {
+        float c = x[i] < -limit ? -limit : (x[i] > limit ? limit : x[i]);
+        out[i] = truncf(c);
+    }
+}
+
+void unet_clamp_trunc(const float *x, float *out, int64_t n, float limit, int threads) {
+    FOR_SPANS(n, threads, clamp_trunc_span(x + start, out + start, count, limit));
+}
+
+/*
+ * The smallest and largest value of x[0..n) into lo[0], hi[0]; returns 1 when x holds a NaN
+ * (then lo and hi are meaningless), else 0. n >= 1.
+ */
+UNET_CLONES static uint32_t minmax_span(const float *x, int64_t n, float *lo, float *hi) {
+    float a[16], b[16];
+    uint32_t nan[16];
+    for (int j = 0; j < 16; j++) {
+        a[j] = b[j] = x[0];
+        nan[j] = 0;
+    }
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) { /* 16 independent lanes: the compiler keeps them in vectors */
+        for (int j = 0; j < 16; j++) {
+            float v = x[i + j];
+            a[j] = v < a[j] ? v : a[j];
+            b[j] = v > b[j] ? v : b[j];
+            nan[j] |= v != v ? 1u : 0u;
+        }
+    }
+    for (; i < n; i++) {
+        float v = x[i];
+        a[0] = v < a[0] ? v : a[0];
+        b[0] = v > b[0] ? v : b[0];
+        nan[0] |= v != v ? 1u : 0u;
+    }
+    uint32_t any = 0;
+    for (int j = 0; j < 16; j++) {
+        a[0] = a[j] < a[0] ? a[j] : a[0];
+        b[0] = b[j] > b[0] ? b[j] : b[0];
+        any |= nan[j];
+    }
+    *lo = a[0];
+    *hi = b[0];
+    return any;
+}
+
+int unet_minmax(const float *x, int64_t n, float *lo, float *hi, int threads) {
+    float a = x[0], b = x[0];
+    uint32_t nan = 0;
+    int64_t spans = (n + SPAN - 1) / SPAN;
+    if (spans < 2) threads = 1;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads) if(threads > 1) reduction(min : a) reduction(max : b) reduction(| : nan)
+#endif
+    for (int64_t k = 0; k < spans; k++) {
+        int64_t start = k * SPAN, count = n - start < SPAN ? n - start : SPAN;
+        float s_lo, s_hi;
+        nan |= minmax_span(x + start, count, &s_lo, &s_hi);
+        a = s_lo < a ? s_lo : a;
+        b = s_hi > b ? s_hi : b;
+    }
+    *lo = a;
+    *hi = b;
+    return (int)nan;
+}
+
+/* Min-max integer codes (functional.int_minmax_forward): q = floor((x - lo) / step) - half. */
+UNET_CLONES static void int_minmax_span(const float *x, float *out, int64_t n, float lo, float step, float half) {
+    for (int64_t i = 0; i < n; i++) out[i] = floorf((x[i] - lo) / step) - half;
+}
+
+void unet_int_minmax(const float *x, float *out, int64_t n, float lo, float step, float half, int threads) {
+    FOR_SPANS(n, threads, int_minmax_span(x + start, out + start, count, lo, step, half));
+}
+
+/*
+ * Binarization (functional.binary_forward): -1 where x < 0, else +1 (zeros and NaN give +1).
+ * When inside is not NULL it also receives the BNN gradient mask [-1 <= x <= 1] (0 for NaN).
+ */
+UNET_CLONES static void binary_span(const float *x, float *out, uint8_t *inside, int64_t n) {
+    if (inside) {
+        for (int64_t i = 0; i < n; i++) {
+            float v = x[i];
+            inside[i] = (uint8_t)((v >= -1.0f) & (v <= 1.0f));
+            out[i] = v < 0.0f ? -1.0f : 1.0f;
+        }
+    } else {
+        for (int64_t i = 0; i < n; i++) out[i] = x[i] < 0.0f ? -1.0f : 1.0f;
+    }
+}
+
+void unet_binary(const float *x, float *out, uint8_t *inside, int64_t n, int threads) {
+    FOR_SPANS(n, threads, binary_span(x + start, out + start, inside ? inside + start : NULL, count));
+}
+
+/* The BNN backward: out = inside ? grad : +0. */
+UNET_CLONES static void masked_grad_span(const float *grad, const uint8_t *inside, float *out, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = inside[i] ? grad[i] : 0.0f;
+}
+
+void unet_masked_grad(const float *grad, const uint8_t *inside, float *out, int64_t n, int threads) {
+    FOR_SPANS(n, threads, masked_grad_span(grad + start, inside + start, out + start, count));
+}

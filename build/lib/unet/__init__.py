@@ -1,0 +1,1 @@
+"""Shared U-Net code: model, config, training engine, losses, metrics, data readers."""

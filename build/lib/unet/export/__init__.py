@@ -1,0 +1,10 @@
+"""Export of a trained U-Net: ``python -m unet.export RUN_or_CHECKPOINT --format packed|qonnx|onnx``.
+
+* :mod:`unet.export.packed`: the packed file (quantized weights bit-packed at their storage
+  width) and its reader, :func:`read_packed`;
+* ``unet.export.qonnx`` / ``unet.export.onnx``: QONNX and plain ONNX graphs (imported lazily).
+"""
+
+from .packed import packed_size_bytes, read_packed, write_packed
+
+__all__ = ["packed_size_bytes", "read_packed", "write_packed"]

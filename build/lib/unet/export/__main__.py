@@ -1,0 +1,177 @@
+"""``python -m unet.export RUN_or_CHECKPOINT [--format packed|qonnx|onnx] [-o OUT]``.
+
+Loads a run folder's ``best.pt`` (or the checkpoint given), rebuilds the model its config
+describes and writes it:
+
+* ``packed`` (default): :mod:`unet.export.packed`, quantized weights bit-packed at their
+  storage width (``--float16`` stores the float layers in half precision);
+* ``qonnx`` / ``onnx``: ``unet.export.qonnx.export_qonnx`` / ``unet.export.onnx.export_onnx``
+  ``(model, path, input_hw, metadata)`` on the model in eval mode.
+
+Prints the file size beside the float checkpoint's and records both in ``OUT.json``.
+User errors print one ``error: ...`` line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from quantizer.modules import DEFAULT_POW2_MIN_EXPONENT
+
+from ..checkpoint import load_checkpoint, load_model_state
+from ..config import Config
+from ..errors import DataError, UserError
+from ..fileio import atomic_write_text
+from ..runtime import tune_allocator
+from .packed import read_header, write_packed
+
+FORMATS = {"packed": ".uqp", "qonnx": ".qonnx.onnx", "onnx": ".onnx"}
+#: The config keys :func:`unet.engine.build_model` reads.
+MODEL_KEYS = ("quantization", "activation_i_width", "activation_f_width", "weight_i_width", "weight_f_width",
+              "fixed_rounding", "fixed_overflow", "pow2_min_exponent", "base_channels", "activation", "dropout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="python -m unet.export",
+        description="Export a trained quantized U-Net: packed weights at their storage widths, QONNX or ONNX.")
+    parser.add_argument("source", type=Path, help="a run folder (its best.pt is exported) or a checkpoint file")
+    parser.add_argument("--format", choices=tuple(FORMATS), default="packed", help="output format (default packed)")
+    parser.add_argument("-o", "--out", type=Path, default=None,
+                        help="output file (default: beside the checkpoint, <name>.uqp / .qonnx.onnx / .onnx)")
+    parser.add_argument("--float16", action="store_true",
+                        help="packed: store the float layers (first block, head, biases, BatchNorm) as float16")
+    parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                        help="qonnx/onnx: input height and width (default: the config's crop_size)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    return parser
+
+
+def checkpoint_path(source: Path) -> Path:
+    """``source/best.pt`` for a run folder, else ``source``; DataError when there is none."""
+    if source.is_dir():
+        path = source / "best.pt"
+        if not path.is_file():
+            raise DataError(f"run folder {source} has no best.pt; train it first or give a checkpoint file")
+        return path
+    if not source.exists():
+        raise DataError(f"{source} does not exist; give a run folder or a checkpoint (.pt)")
+    return source
+
+
+def model_from_checkpoint(path: Path) -> tuple[Any, dict[str, Any], list[str]]:
+    """Load ``path`` (via :func:`unet.checkpoint.load_checkpoint`), build the U-Net its saved
+    config describes with :func:`unet.engine.build_model` and load the weights.
+
+    Returns the model (CPU), the checkpoint state and notes for the user. A checkpoint from
+    before ``pow2_min_exponent`` gets the default bound (a note says so)."""
+    from ..engine import build_model
+
+    state = load_checkpoint(path)
+    saved = state.get("config")
+    if not isinstance(saved, dict):
+        raise DataError(f"checkpoint {path} has no saved config; it was not written by this project's trainers")
+    values = dict(saved)
+    notes = []
+    if "pow2_min_exponent" not in values:
+        values["pow2_min_exponent"] = DEFAULT_POW2_MIN_EXPONENT
+        if str(values.get("fixed_rounding")) == "pow2" and str(values.get("quantization", "")).lower() == "fixed":
+            notes.append(f"note: {path} predates pow2_min_exponent; exported with the default "
+                         f"{DEFAULT_POW2_MIN_EXPONENT} (magnitudes below 2^{DEFAULT_POW2_MIN_EXPONENT} become 0)")
+    missing = [key for key in MODEL_KEYS if key not in values]
+    if missing:
+        raise DataError(f"checkpoint {path}: its config lacks {', '.join(missing)}; it is not from this project")
+    values["quantization"] = str(values["quantization"]).lower()
+    model = build_model(Config(values, {}))
+    load_model_state(model, state["model"], path)
+    return model, state, notes
+
+
+def default_out(checkpoint: Path, fmt: str) -> Path:
+    """``<checkpoint folder>/<stem><ext>``, e.g. ``runs/x/best.uqp``."""
+    return checkpoint.with_name(checkpoint.stem + FORMATS[fmt])
+
+
+def export(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the export ``args`` describe; return the record written to ``OUT.json``."""
+    checkpoint = checkpoint_path(args.source)
+    out = args.out if args.out is not None else default_out(checkpoint, args.format)
+    if out.exists() and not args.overwrite:
+        raise UserError(f"{out} exists; choose another -o or pass --overwrite")
+    if args.float16 and args.format != "packed":
+        raise UserError("--float16 applies to --format packed only")
+    model, state, notes = model_from_checkpoint(checkpoint)
+    for note in notes:
+        print(note, file=sys.stderr)
+    metadata: dict[str, Any] = {
+        "config": state["config"],
+        "source": {"checkpoint": str(checkpoint), "bytes": checkpoint.stat().st_size,
+                   "epoch": state.get("epoch"), "dataset": state.get("dataset")},
+    }
+    if "input_transform" in state:
+        metadata["input_transform"] = state["input_transform"]
+    record: dict[str, Any] = {"format": args.format, "file": str(out), "checkpoint": str(checkpoint),
+                              "checkpoint_bytes": checkpoint.stat().st_size}
+    if args.format == "packed":
+        header = write_packed(model, out, metadata, float16=args.float16)
+        _, start = read_header(out)
+        record.update(payload_bytes=header["payload_bytes"], header_bytes=start,
+                      float32_bytes=header["float32_bytes"])
+    else:
+        exporter = _exporter(args.format)
+        size = args.input_size or state["config"].get("crop_size")
+        if not size or len(size) != 2:
+            raise UserError("give --input-size H W (the checkpoint's config has no crop_size)")
+        exporter(model.eval(), out, (int(size[0]), int(size[1])), metadata)
+    record["file_bytes"] = out.stat().st_size
+    record["ratio_to_checkpoint"] = record["checkpoint_bytes"] / record["file_bytes"]
+    atomic_write_text(Path(f"{out}.json"), json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def _exporter(fmt: str):
+    """``export_qonnx`` / ``export_onnx`` from their module, imported only when asked for."""
+    module_name = f"unet.export.{fmt}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            raise UserError(f"--format {fmt} is not available in this checkout ({module_name} is missing)") from None
+        raise UserError(f"--format {fmt} needs the Python package '{exc.name}': pip install -r requirements.txt"
+                        ) from None
+    return getattr(module, f"export_{fmt}")
+
+
+def describe(record: dict[str, Any]) -> str:
+    """The summary lines printed after an export."""
+    lines = [f"wrote {record['file']}: {record['file_bytes']:,} bytes ({record['format']})"]
+    if record["format"] == "packed":
+        lines.append(f"  tensors {record['payload_bytes']:,} bytes + header {record['header_bytes']:,} bytes; "
+                     f"the same tensors in float32: {record['float32_bytes']:,} bytes "
+                     f"({record['float32_bytes'] / record['payload_bytes']:.2f}x the packed tensors)")
+    lines.append(f"  float checkpoint {record['checkpoint']}: {record['checkpoint_bytes']:,} bytes "
+                 f"({record['ratio_to_checkpoint']:.2f}x this file); sizes recorded in {record['file']}.json")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv``, export, print the sizes; 2 with one ``error:`` line on a user error."""
+    tune_allocator()
+    args = build_parser().parse_args(argv)
+    try:
+        record = export(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(describe(record))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,293 @@
+"""Atomic file output: a reader sees either the old complete file or the new complete file.
+
+Every write goes to a temporary sibling (same folder, so the final ``os.replace`` is a rename
+on one file system), is flushed and fsynced, then renamed over the target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from unet.errors import DataError
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it onto ``target`` on success.
+
+    On an exception the temporary file is removed and ``target`` is left untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file a normal file's mode
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(target: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` (UTF-8) to ``target`` atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_torch_save(obj: Any, target: str | os.PathLike[str]) -> None:
+    """``torch.save`` ``obj`` to ``target`` atomically (checkpoints are never half-written)."""
+    import torch
+
+    with atomic_path(target) as tmp:
+        torch.save(obj, tmp)
+
+
+@dataclass(frozen=True)
+class PreparedLayout:
+    """What one kind of preparation writes into its output folder.
+
+    ``marker`` is the JSON file that says a preparation finished there (written last);
+    ``files`` are glob patterns, relative to the folder, of every other file it writes: exactly
+    what ``--overwrite`` may remove. ``kind`` names such a folder in messages.
+    ``adopt_without_marker``: a folder holding nothing but files of the layout also counts as
+    a previous preparation (for the synthetic sources, which older versions wrote unmarked).
+    """
+
+    marker: str
+    files: tuple[str, ...]
+    kind: str
+    adopt_without_marker: bool = False
+
+    @property
+    def partial_marker(self) -> str:
+        """The file present while a preparation replaces a previous one in place."""
+        return f".{self.marker}.partial"
+
+
+#: PNG pairs for the EM and NIH trainers (:mod:`unet.prep.pngpairs`).
+PAIRS = PreparedLayout(
+    "prepare.json",
+    ("train/images/*.png", "train/masks/*.png", "val/images/*.png", "val/masks/*.png"),
+    "a prepared data set",
+)
+#: The synthetic SCGM release of ``gm_prepare.py --synthetic`` (:mod:`unet.prep.gm`).
+GM_RELEASE = PreparedLayout(
+    "synthetic_release.json",
+    ("site*-sc*-image.nii.gz", "site*-sc*-mask-r*.nii.gz"),
+    "a synthetic GM release",
+)
+#: The stand-in raw data that ``em_prepare.py`` / ``nih_prepare.py --synthetic`` then prepare.
+SYNTHETIC_SOURCE = PreparedLayout(
+    "synthetic_source.json",
+    ("train-volume.tif", "train-labels.tif", "images/*.nii.gz", "labels/*.nii.gz"),
+    "synthetic source data",
+    adopt_without_marker=True,
+)
+
+
+def check_output_dir(target: str | os.PathLike[str], layout: PreparedLayout = PAIRS,
+                     overwrite: bool = False) -> None:
+    """Raise :class:`DataError` unless a preparation of ``layout`` may write into ``target``.
+
+    Allowed: a missing or empty folder, and with ``overwrite`` a previous preparation's
+    folder (it holds ``layout.marker``, or the partial marker of an interrupted one). Refused,
+    naming the folder and what is in it: a non-empty folder no preparation wrote (a few entry
+    names and their count), a previous preparation without ``overwrite`` (its kind, pair
+    counts and source from the marker), and a path that is not a folder.
+    """
+    target = Path(target)
+    if not os.path.lexists(target):
+        return
+    if not target.is_dir():
+        raise DataError(f"output folder {target} exists and is not a folder; choose another --out")
+    entries = sorted(os.listdir(target))
+    if not entries:
+        return
+    if _is_previous(target, layout):
+        if overwrite:
+            return
+        raise DataError(
+            f"output folder {target} already holds {describe_prepared(target, layout)}; pass --overwrite "
+            "to replace it (only what a preparation writes is replaced, other files there are kept)"
+        )
+    shown = ", ".join(name + ("/" if (target / name).is_dir() else "") for name in entries[:3])
+    more = f" and {len(entries) - 3} more" if len(entries) > 3 else ""
+    raise DataError(
+        f"output folder {target} is not empty and no preparation wrote it (no {layout.marker}): "
+        f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'} ({shown}{more}); "
+        "choose another --out or empty it"
+    )
+
+
+def describe_prepared(folder: Path, layout: PreparedLayout) -> str:
+    """One phrase describing a previous preparation from its marker JSON, e.g.
+    ``a prepared data set (ISBI 2012 EM segmentation: 24 train / 6 val pairs; source
+    /data/train-labels.tif, /data/train-volume.tif)``; counts come from the ``pairs`` or
+    ``slices`` entry, the source from ``source``, GM releases list sites and subjects."""
+    marker = folder / layout.marker
+    if not marker.is_file():
+        if (folder / layout.partial_marker).is_file():
+            return f"{layout.kind} from an interrupted preparation"
+        n = len(_relative_files(folder))
+        return f"{layout.kind} ({n} file{'' if n == 1 else 's'}, no {layout.marker})"
+    try:
+        info = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        info = None
+    if not isinstance(info, dict):
+        return f"{layout.kind} (unreadable {layout.marker})"
+    details = []
+    counts = info.get("pairs") or info.get("slices")
+    if isinstance(counts, dict) and {"train", "val"} <= set(counts):
+        details.append(f"{counts['train']} train / {counts['val']} val pairs")
+    if isinstance(info.get("sites"), list) and isinstance(info.get("subjects"), list):
+        subjects = info["subjects"]
+        details.append(f"sites {', '.join(str(s) for s in info['sites'])}, {len(subjects)} subjects each")
+    source = info.get("source")
+    if isinstance(source, dict):
+        source = ", ".join(str(v) for v in source.values())
+    if source:
+        details.append(f"source {source}")
+    name = info.get("dataset") or info.get("kind")
+    name = None if name == layout.kind else name
+    text = f"{name}: {'; '.join(details)}" if name and details else (name or "; ".join(details))
+    return f"{layout.kind} ({text})" if text else layout.kind
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike[str], layout: PreparedLayout = PAIRS, *,
+                     overwrite: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary folder; on success its files become ``target``'s.
+
+    Used for prepared datasets: an interrupted preparation leaves no folder that looks
+    finished, and nothing of the user's is deleted. :func:`check_output_dir` runs first (a
+    non-empty folder no preparation wrote is refused; a previous preparation's only with
+    ``overwrite``). Every file the body writes must match ``layout`` (else ``ValueError``);
+    when it wrote no ``layout.marker``, a minimal one (``{"kind": ...}``) is added.
+
+    A missing ``target`` is created by renaming the finished temporary folder. An existing
+    one is updated in place: the partial marker is written, the old marker and the files
+    matching ``layout.files`` are removed (folders they leave empty too), the new files are
+    moved in, the new marker last, then the partial marker goes. Other files are kept; one
+    that would be overwritten raises :class:`DataError` before anything is touched.
+    """
+    target = Path(target)
+    check_output_dir(target, layout, overwrite)
+    existing = target.is_dir()
+    parent = Path(os.path.realpath(target)).parent if existing else target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        yield tmp
+        written = _relative_files(tmp)
+        stray = [rel for rel in written if rel != layout.marker and not _matches(rel, layout)]
+        if stray:
+            raise ValueError(f"the preparation wrote {stray[:3]} outside its layout {layout.files}")
+        if layout.marker not in written:
+            (tmp / layout.marker).write_text(json.dumps({"kind": layout.kind}) + "\n", encoding="utf-8")
+        if existing:
+            _replace_in_place(target, tmp, layout)
+        else:
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def _is_previous(folder: Path, layout: PreparedLayout) -> bool:
+    if (folder / layout.marker).is_file() or (folder / layout.partial_marker).is_file():
+        return True
+    if not layout.adopt_without_marker:
+        return False
+    files = _relative_files(folder)
+    return bool(files) and all(_matches(rel, layout) for rel in files)
+
+
+def _relative_files(folder: Path) -> list[str]:
+    """Every non-directory entry below ``folder`` as a POSIX path relative to it (links not followed)."""
+    out = []
+    for root, dirs, files in os.walk(folder):
+        rel_root = Path(root).relative_to(folder)
+        out.extend((rel_root / name).as_posix() for name in files)
+        out.extend((rel_root / name).as_posix() for name in dirs if (Path(root) / name).is_symlink())
+    return sorted(out)
+
+
+def _matches(rel: str, layout: PreparedLayout) -> bool:
+    path = PurePosixPath(rel)
+    return any(path.match(pattern) and len(path.parts) == len(PurePosixPath(pattern).parts)
+               for pattern in layout.files)
+
+
+def _replace_in_place(target: Path, tmp: Path, layout: PreparedLayout) -> None:
+    """Swap the previous preparation's files in ``target`` for those in ``tmp`` (see
+    :func:`atomic_directory`); files of the user's stay."""
+    old = [rel for rel in _relative_files(target) if _matches(rel, layout) and _plain_parents(target, rel)]
+    owned = set(old) | {layout.marker, layout.partial_marker}
+    new = _relative_files(tmp)
+    for rel in new:
+        dest = target / rel
+        blocked = [p for p in _prefixes(rel)
+                   if os.path.lexists(target / p) and (not (target / p).is_dir() or (target / p).is_symlink())]
+        if blocked or (os.path.lexists(dest) and rel not in owned):
+            in_way = target / (blocked[0] if blocked else rel)
+            raise DataError(f"{in_way} is in the way of the new preparation and was not written by one; "
+                            "move it elsewhere and run again")
+    partial = target / layout.partial_marker
+    partial.write_text(json.dumps({"kind": layout.kind, "state": "being replaced"}) + "\n", encoding="utf-8")
+    _fsync_dir(target)
+    (target / layout.marker).unlink(missing_ok=True)
+    for rel in old:
+        (target / rel).unlink()
+    for folder in sorted({p for rel in old for p in _prefixes(rel)}, key=lambda p: -len(p.parts)):
+        with contextlib.suppress(OSError):  # not empty: something of the user's is in it
+            (target / folder).rmdir()
+    for rel in new:
+        if rel != layout.marker:
+            (target / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp / rel, target / rel)
+    os.replace(tmp / layout.marker, target / layout.marker)
+    _fsync_dir(target)
+    partial.unlink()
+
+
+def _prefixes(rel: str) -> list[PurePosixPath]:
+    """The folders of a relative path, outermost first (``a/b/c.png`` -> ``a``, ``a/b``)."""
+    parts = PurePosixPath(rel).parts[:-1]
+    return [PurePosixPath(*parts[: i + 1]) for i in range(len(parts))]
+
+
+def _plain_parents(target: Path, rel: str) -> bool:
+    """True when no folder between ``target`` and ``rel`` is a symbolic link (never delete through one)."""
+    return not any((target / p).is_symlink() for p in _prefixes(rel))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

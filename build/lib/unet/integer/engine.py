@@ -1,0 +1,247 @@
+"""The integer U-Net: the trained fake-quant model's forward pass on integer codes.
+
+See the package docstring (:mod:`unet.integer`) for what is integer and what stays float.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from quantizer import ActivationQuantizer, QuantConv2d, QuantSpec
+
+from ..errors import UserError
+from ..model import UNet
+from .formats import CodeFormat, code_format, codes_to_values, values_to_codes
+from .kernels import (
+    KERNELS,
+    check_kernel,
+    choose_kernel,
+    conv3x3_codes,
+    maxpool2_codes,
+    upsample2_codes,
+)
+from .thresholds import ThresholdRequantizer
+
+#: Blocks in forward order; units are named ``<block>.<0|1>`` as in the model's module tree.
+BLOCKS = ("enc1", "enc2", "enc3", "bottom", "dec3", "dec2", "dec1")
+#: Upsampling gains two fractional bits per axis: codes at scale ``s / UP_GAIN``.
+UP_GAIN = 16
+
+
+def _unit_parts(unit: nn.Sequential) -> tuple[QuantConv2d, nn.Module, nn.BatchNorm2d, ActivationQuantizer]:
+    """Conv, activation, BatchNorm and activation quantizer of a ConvUnit (Dropout is the
+    identity in eval mode)."""
+    conv, act, bn = unit[0], unit[1], unit[2]
+    quant = unit[len(unit) - 1]
+    return conv, act, bn, quant
+
+
+def weight_codes(conv: QuantConv2d) -> tuple[Tensor, float]:
+    """Int64 codes and scale of a conv's quantized weight, checked: ``codes * scale`` must
+    equal :meth:`QuantConv2d.quantized_weight` exactly (else ValueError)."""
+    with torch.no_grad():
+        codes, scale = conv.weight_quant.codes(conv.weight)
+        codes = codes.to(torch.int64)
+        if not torch.is_tensor(scale) and torch.equal((codes.double() * scale).float(), conv.quantized_weight()):
+            return codes, float(scale)
+    raise ValueError(f"weight codes of {conv.weight_quant} do not reproduce the quantized weight")
+
+
+@dataclass
+class IntegerUnit:
+    """One quantized ConvUnit: integer convolution, then the threshold requantizer."""
+
+    name: str
+    weights: Tensor  # int64 (O, C, 3, 3)
+    requant: ThresholdRequantizer
+    max_input_code: int
+    weight_sums: int  # max over output channels of sum |w|
+    weight_scale: float
+    float_weights: dict[str, Tensor] = field(default_factory=dict)
+    last_kernel: str = ""
+
+    def __call__(self, a: Tensor, kernel: str) -> Tensor:
+        """Output codes of input codes ``a`` (int64, B C H W)."""
+        observed = int(a.abs().amax()) if a.numel() else 0
+        if observed > self.max_input_code:
+            raise ValueError(f"{self.name}: input code {observed} above the format's bound {self.max_input_code}")
+        bound = observed * self.weight_sums  # this batch's proof (<= the static bound)
+        terms = self.weights[0].numel()
+        if kernel == "auto":
+            kernel = choose_kernel(bound, observed, terms)
+        else:
+            check_kernel(kernel, bound, observed, terms)
+        self.last_kernel = kernel
+        acc = conv3x3_codes(a, self.weights, kernel, self.float_weights)
+        return self.requant(acc)
+
+    @property
+    def static_bound(self) -> int:
+        """Largest partial sum any input in the format can produce (``max|a| max_c sum|w_c|``)."""
+        return self.max_input_code * self.weight_sums
+
+
+class IntegerUNet:
+    """Bit-true integer forward pass of a trained quantized :class:`~unet.model.UNet`.
+
+    Build with :meth:`from_model`; call on a float (B, 1, H, W) tensor (H, W divisible by 8)
+    to get probabilities like the float model; :meth:`forward_codes` returns the integer
+    activation codes after every quantized unit (``enc1.0`` ... ``dec1.1``). Runs on the CPU.
+    """
+
+    def __init__(self, model: UNet, kernel: str = "auto") -> None:
+        """Use :meth:`from_model`."""
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        self.model = model
+        self.kernel = kernel
+        wq, aq = model.weight_quant, model.act_quant
+        self.mode = _mode_name(wq, aq)
+        self.fmt: CodeFormat | None = None
+        self.units: dict[str, IntegerUnit] = {}
+        self.ternary: dict[str, tuple[Tensor, Tensor]] = {}
+        if self.mode == "ternary":
+            for name in BLOCKS[1:]:
+                for i in range(2):
+                    conv = getattr(model, name)[i][0]
+                    codes, alpha = conv.weight_quant.codes(conv.weight)
+                    self.ternary[f"{name}.{i}"] = (codes.float(), alpha.detach().reshape(1, -1, 1, 1))
+            return
+        self.fmt = code_format(aq)
+        for name in BLOCKS[1:]:
+            gain = UP_GAIN if name.startswith("dec") else 1
+            for i in range(2):
+                unit_name = f"{name}.{i}"
+                conv, act, bn, _ = _unit_parts(getattr(model, name)[i])
+                codes, w_scale = weight_codes(conv)
+                in_gain = gain if i == 0 else 1
+                in_max = self.fmt.max_code * in_gain
+                sums = codes.abs().sum(dim=(1, 2, 3))
+                # accumulators beyond 2^62 cannot occur in a batch the int64 kernels accept
+                bound = torch.where(sums.double() * in_max >= 2.0**62, 2**62, sums * in_max)
+                requant = ThresholdRequantizer(
+                    unit_name, conv.bias.detach(), self.fmt.scale / in_gain * w_scale, act, bn, self.fmt, bound
+                )
+                self.units[unit_name] = IntegerUnit(unit_name, codes, requant, in_max, int(sums.max()), w_scale)
+
+    @classmethod
+    def from_model(cls, model: UNet, kernel: str = "auto") -> IntegerUNet:
+        """The integer engine of ``model`` (copied to the CPU and put in eval mode: BatchNorm
+        uses its running statistics, Dropout is off).
+
+        ``kernel``: ``auto`` (per layer and batch, float32 where the bound proves exactness,
+        else float64, else float64 on weight limbs, else int64), or force ``float32`` /
+        ``float64`` / ``limbs`` / ``int64`` (a forced float kernel raises ValueError on a
+        batch where it is not proven exact).
+        Raises :class:`~unet.errors.UserError` for a model without integer arithmetic
+        (quantization Normal) or a combination of quantizers the engine does not cover.
+        """
+        model = copy.deepcopy(model).to("cpu").eval()
+        return cls(model, kernel)
+
+    # --- forward --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor) -> Tensor:
+        """Probabilities (B, 1, H, W), float32, of images ``x`` (B, 1, H, W)."""
+        return self._forward(x, None)
+
+    @torch.no_grad()
+    def forward_codes(self, x: Tensor) -> dict[str, Tensor]:
+        """Int64 activation codes after every quantized unit (value = code * :attr:`scale`),
+        keyed ``enc1.0`` ... ``dec1.1``; empty for Ternary (its activations are float)."""
+        codes: dict[str, Tensor] = {}
+        self._forward(x, codes)
+        return codes
+
+    @property
+    def scale(self) -> float | None:
+        """Value of activation code 1 (None for Ternary)."""
+        return None if self.fmt is None else self.fmt.scale
+
+    def kernels_used(self) -> dict[str, str]:
+        """The convolution kernel each quantized unit ran in the last forward pass."""
+        return {name: unit.last_kernel for name, unit in self.units.items()}
+
+    def _forward(self, x: Tensor, record: dict[str, Tensor] | None) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != 1:
+            raise ValueError(f"input must be (B, 1, H, W), got {tuple(x.shape)}")
+        if x.shape[-1] % 8 or x.shape[-2] % 8:
+            raise ValueError(f"input H and W must be divisible by 8, got {tuple(x.shape[-2:])}")
+        x = x.to("cpu", torch.float32)
+        if self.mode == "ternary":
+            return self._forward_ternary(x)
+        m, fmt = self.model, self.fmt
+        # first block: float weights, float arithmetic (the model's own modules), coded output
+        q = x
+        for i in range(2):
+            q = m.enc1[i](q)
+            if record is not None:
+                record[f"enc1.{i}"] = values_to_codes(q, fmt)
+        s1 = values_to_codes(q, fmt)
+        s2 = self._block("enc2", maxpool2_codes(s1), record)
+        s3 = self._block("enc3", maxpool2_codes(s2), record)
+        y = self._block("bottom", maxpool2_codes(s3), record)
+        for name, skip in (("dec3", s3), ("dec2", s2), ("dec1", s1)):
+            y = self._block(name, torch.cat([upsample2_codes(y), skip * UP_GAIN], dim=1), record)
+        # head: float, on the exact values of the last codes
+        return torch.sigmoid(m.head(codes_to_values(y, fmt).contiguous(memory_format=_layout(m))))
+
+    def _block(self, name: str, a: Tensor, record: dict[str, Tensor] | None) -> Tensor:
+        for i in range(2):
+            a = self.units[f"{name}.{i}"](a, self.kernel)
+            if record is not None:
+                record[f"{name}.{i}"] = a
+        return a
+
+    def _forward_ternary(self, x: Tensor) -> Tensor:
+        m = self.model
+        x = x.contiguous(memory_format=_layout(m))
+
+        def block(name: str, a: Tensor) -> Tensor:
+            for i in range(2):
+                conv, act, bn, quant = _unit_parts(getattr(m, name)[i])
+                codes, alpha = self.ternary[f"{name}.{i}"]
+                # multiplier-free: sums of +-activations, then one float scale per channel
+                y = nn.functional.conv2d(a, codes, None, padding=1) * alpha + conv.bias.reshape(1, -1, 1, 1)
+                a = quant(bn(act(y)))
+            return a
+
+        pool = nn.functional.max_pool2d
+        s1 = m.enc1(x)
+        s2 = block("enc2", pool(s1, 2))
+        s3 = block("enc3", pool(s2, 2))
+        y = block("bottom", pool(s3, 2))
+        for name, skip in (("dec3", s3), ("dec2", s2), ("dec1", s1)):
+            up = nn.functional.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False)
+            y = block(name, torch.cat([up, skip], dim=1))
+        return torch.sigmoid(m.head(y))
+
+
+def _layout(model: nn.Module) -> torch.memory_format:
+    w = model.head.weight
+    return torch.channels_last if w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() \
+        else torch.contiguous_format
+
+
+def _mode_name(wq: QuantSpec, aq: QuantSpec) -> str:
+    """The quantization mode of a (weight, activation) spec pair; UserError when the engine
+    has no integer model of it."""
+    if wq.kind == "float" and aq.kind == "float":
+        raise UserError(
+            "the model is not quantized (quantization Normal): it has no integer model; "
+            "use the float engine"
+        )
+    pairs = {("fixed", "fixed"): "fixed", ("int", "int"): "int", ("binary", "binary"): "bnn",
+             ("ternary", "float"): "ternary"}
+    mode = pairs.get((wq.kind, aq.kind))
+    if mode is None:
+        raise UserError(
+            f"the integer engine covers FIXED, INT, BNN and Ternary models; this one has "
+            f"{wq} weights and {aq} activations"
+        )
+    return mode

@@ -1,0 +1,200 @@
+"""The medicaltorch-style U-Net of the original code (SPEC §4), with quantized layers.
+
+Every convolution is followed by ``activation -> BatchNorm -> [Dropout2d] -> activation
+quantizer``. Weights are quantized in every convolution except the first block's two and
+the 1-channel head; activations are quantized after every BatchNorm, first block included.
+Biases, BatchNorm, upsampled tensors and the head output stay float.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from quantizer import FLOAT, ActivationQuantizer, QuantConv2d, QuantSpec
+from quantizer.modules import DEFAULT_POW2_MIN_EXPONENT
+
+ACTIVATIONS = ("relu", "tanh", "ternarytanh")
+
+
+class TernaryTanh(nn.Module):
+    """Soft ternary activation of TernaryNet (Heinrich et al.):
+    ``y = 0.5 tanh(b (2x - 1)) + 0.5 tanh(b (2x + 1))``, values in (-1, 1) with plateaus at
+    -1, 0 and 1 that sharpen as ``b`` grows. ``beta`` is a buffer, so it is saved with the
+    model's state (the original forgot it and evaluated with b = 3).
+    """
+
+    def __init__(self, beta: float = 3.0) -> None:
+        super().__init__()
+        self.register_buffer("beta", torch.tensor(float(beta)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        b = self.beta
+        return 0.5 * torch.tanh(b * (2 * x - 1)) + 0.5 * torch.tanh(b * (2 * x + 1))
+
+    def extra_repr(self) -> str:
+        return f"beta={float(self.beta):.3f}"
+
+
+def make_activation(name: str) -> nn.Module:
+    """The nonlinearity named by the config's ``activation`` key."""
+    if name == "relu":
+        return nn.ReLU()
+    if name == "tanh":
+        return nn.Tanh()
+    if name == "ternarytanh":
+        return TernaryTanh()
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
+
+
+class ConvUnit(nn.Sequential):
+    """``conv3x3 -> activation -> BatchNorm -> [Dropout2d] -> activation quantizer``.
+
+    Dropout sits before the quantizer so the unit's output stays on the quantization grid.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        weight_quant: QuantSpec,
+        act_quant: QuantSpec,
+        activation: str,
+        dropout: float,
+        bn_momentum: float,
+    ) -> None:
+        layers: list[nn.Module] = [
+            QuantConv2d(in_channels, out_channels, 3, padding=1, weight_quant=weight_quant),
+            make_activation(activation),
+            nn.BatchNorm2d(out_channels, momentum=bn_momentum),
+        ]
+        if dropout > 0:
+            layers.append(nn.Dropout2d(dropout))
+        # in place: the BatchNorm (or Dropout) output is fresh and not needed for backward
+        layers.append(ActivationQuantizer(act_quant, inplace=True))
+        super().__init__(*layers)
+
+
+class DoubleConv(nn.Sequential):
+    """Two :class:`ConvUnit` in a row (one U-Net block)."""
+
+    def __init__(self, in_channels: int, out_channels: int, **unit_kwargs) -> None:
+        super().__init__(
+            ConvUnit(in_channels, out_channels, **unit_kwargs),
+            ConvUnit(out_channels, out_channels, **unit_kwargs),
+        )
+
+
+class UNet(nn.Module):
+    """U-Net for (B, 1, H, W) inputs with H, W divisible by 8; returns sigmoid probabilities.
+
+    Widths with ``c = base_channels``: encoder 1->c->c, pool, c->2c, pool, 2c->4c, pool,
+    bottom 4c->4c; decoder: bilinear x2 upsampling (align_corners False), concatenation
+    ``[upsampled, skip]``, then 8c->4c, 6c->2c, 3c->c; head 3x3 conv c->1 and sigmoid.
+    At ``c = 64`` the full-precision model has 4,837,249 parameters.
+
+    Convolutions with quantized weights start from ``U(-1, 1)`` weights and zero bias (the
+    original's init for quantized layers); float convolutions keep PyTorch's default init.
+    """
+
+    def __init__(
+        self,
+        base_channels: int = 64,
+        weight_quant: QuantSpec = FLOAT,
+        act_quant: QuantSpec = FLOAT,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        bn_momentum: float = 0.1,
+    ) -> None:
+        super().__init__()
+        c = base_channels
+        common = dict(activation=activation, dropout=dropout, bn_momentum=bn_momentum)
+        first = dict(weight_quant=FLOAT, act_quant=act_quant, **common)
+        quant = dict(weight_quant=weight_quant, act_quant=act_quant, **common)
+        self.enc1 = DoubleConv(1, c, **first)
+        self.enc2 = DoubleConv(c, 2 * c, **quant)
+        self.enc3 = DoubleConv(2 * c, 4 * c, **quant)
+        self.bottom = DoubleConv(4 * c, 4 * c, **quant)
+        self.dec3 = DoubleConv(8 * c, 4 * c, **quant)
+        self.dec2 = DoubleConv(6 * c, 2 * c, **quant)
+        self.dec1 = DoubleConv(3 * c, c, **quant)
+        self.head = nn.Conv2d(c, 1, 3, padding=1)
+        self.weight_quant = weight_quant
+        self.act_quant = act_quant
+        if weight_quant.kind != "float":
+            for conv in self.quantized_convs():
+                nn.init.uniform_(conv.weight, -1.0, 1.0)
+                nn.init.zeros_(conv.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] % 8 or x.shape[-2] % 8:
+            raise ValueError(f"input H and W must be divisible by 8, got {tuple(x.shape[-2:])}")
+        s1 = self.enc1(x)
+        s2 = self.enc2(F.max_pool2d(s1, 2))
+        s3 = self.enc3(F.max_pool2d(s2, 2))
+        y = self.bottom(F.max_pool2d(s3, 2))
+        y = self.dec3(torch.cat([_up(y), s3], dim=1))
+        y = self.dec2(torch.cat([_up(y), s2], dim=1))
+        y = self.dec1(torch.cat([_up(y), s1], dim=1))
+        return torch.sigmoid(self.head(y))
+
+    def quantized_convs(self) -> Iterator[QuantConv2d]:
+        """The convolutions whose weights are quantized (all but the first block and head)."""
+        for module in self.modules():
+            if isinstance(module, QuantConv2d) and module.weight_quant.kind != "float":
+                yield module
+
+    def set_beta(self, beta: float) -> None:
+        """Set ``b`` of every :class:`TernaryTanh` (the ternarytanh schedule)."""
+        for module in self.modules():
+            if isinstance(module, TernaryTanh):
+                module.beta.fill_(beta)
+
+    def beta(self) -> float | None:
+        """The current ternarytanh ``b``, or None when the model has no TernaryTanh."""
+        for module in self.modules():
+            if isinstance(module, TernaryTanh):
+                return float(module.beta)
+        return None
+
+
+def _up(x: Tensor) -> Tensor:
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+def quant_specs(
+    quantization: str,
+    activation_i_width: int,
+    activation_f_width: int,
+    weight_i_width: int,
+    weight_f_width: int,
+    fixed_rounding: str = "nearest",
+    fixed_overflow: str = "wrap",
+    pow2_min_exponent: int = DEFAULT_POW2_MIN_EXPONENT,
+) -> tuple[QuantSpec, QuantSpec]:
+    """Map the config's quantization mode to ``(weight_quant, act_quant)`` specs.
+
+    Normal: float/float. FIXED: Qwi.wf weights and Qai.af activations (pow2 rounding flushes
+    magnitudes below ``2^pow2_min_exponent`` to 0, weights and activations). INT: ``weight_i_width``
+    and ``activation_i_width`` bits (fractional widths unused). BNN: sign/sign. Ternary:
+    TWN weights, float activations.
+    """
+    mode = quantization.lower()
+    if mode == "normal":
+        return FLOAT, FLOAT
+    if mode == "fixed":
+        return (
+            QuantSpec("fixed", weight_i_width, weight_f_width, fixed_rounding, fixed_overflow, pow2_min_exponent),
+            QuantSpec("fixed", activation_i_width, activation_f_width, fixed_rounding, fixed_overflow,
+                      pow2_min_exponent),
+        )
+    if mode == "int":
+        return QuantSpec("int", weight_i_width), QuantSpec("int", activation_i_width)
+    if mode == "bnn":
+        return QuantSpec("binary"), QuantSpec("binary")
+    if mode == "ternary":
+        return QuantSpec("ternary"), FLOAT
+    raise ValueError(f"unknown quantization {quantization!r}")

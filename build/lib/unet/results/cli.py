@@ -1,0 +1,120 @@
+"""The ``python -m unet.results`` command: read the runs, write the tables and figures."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from ..fileio import atomic_write_text
+from .figures import plot_dice_vs_bits, plot_dice_vs_memory, plot_overlays, plot_training_curves, write_weight_grids
+from .runs import collect_results
+from .tables import (
+    compact_table,
+    dataset_labels,
+    markdown_table,
+    memory_note,
+    results_csv,
+    runs_note,
+    settings_sentence,
+)
+
+
+def write_results(folders: Sequence[Path], out: Path | None = None, overrides: Sequence[str] = (),
+                  overlays: bool = True, only: Sequence[str] = (), command: str | None = None,
+                  weights: bool = True) -> dict[str, Any]:
+    """Read the runs under ``folders`` (only the experiments named in ``only`` when given) and
+    write the table and figures into ``out`` (default: the first folder).
+    Returns ``{"groups": ..., "files": [...], "notes": [...]}``."""
+    groups = collect_results(folders, overrides, only)
+    out = Path(out) if out is not None else Path(folders[0])
+    out.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    notes: list[str] = []
+    for name, plot in (("dice_vs_bits.png", plot_dice_vs_bits), ("dice_vs_memory.png", plot_dice_vs_memory),
+                       ("training_curves.png", plot_training_curves)):
+        plot(out / name, groups)
+        files.append(out / name)
+    overlay_files = []
+    if overlays:
+        for group, results in groups.items():
+            path = out / f"overlays_{group}.png"
+            notes.append(f"{group}: {plot_overlays(path, group, results)}")
+            overlay_files.append(path)
+        files += overlay_files
+    weight_files = write_weight_grids(out, groups) if weights else []
+    files += weight_files
+
+    command = command or "python -m unet.results " + " ".join(str(f) for f in folders)
+    labels = dataset_labels(groups)
+    md = ["# Results: Dice against precision and memory", "",
+          f"Written by `{command}` on {time.strftime('%Y-%m-%d %H:%M')} from the run folders of "
+          f"{sum(len(v) for v in groups.values())} experiment(s). Rows in the paper's order; a run without "
+          "summary.json is shown as unfinished with its best epoch so far, an experiment without a run as missing.",
+          ""]
+    for group, results in groups.items():
+        md += [f"## {labels[group]} (`{group}/`)", "", settings_sentence(results), "", markdown_table(results), ""]
+        if runs_note(results):
+            md += [runs_note(results), ""]
+    md += [memory_note(groups), "", "## Figures", "",
+           "![Dice against weight memory](dice_vs_memory.png)", "", "![Dice against weight bits](dice_vs_bits.png)",
+           "", "![Training curves](training_curves.png)", ""]
+    for path in overlay_files:
+        md += [f"![Overlays: orange agree, red missed, blue false positive]({path.name})", ""]
+    if notes:
+        md += ["Overlays: " + "; ".join(notes) + ".", ""]
+    if weight_files:
+        md += ["Weight distributions (float against quantized levels, per layer): " +
+               ", ".join(f"[{p.stem.removeprefix('weights_')}]({p.name})" for p in weight_files) + ".", ""]
+    atomic_write_text(out / "results.md", "\n".join(md))
+    atomic_write_text(out / "results.csv", results_csv(groups))
+    files = [out / "results.md", out / "results.csv", *files]
+    return {"groups": groups, "files": files, "notes": notes}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m unet.results`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="python -m unet.results",
+        description="Write results.md, results.csv and figures (Dice against weight bits and memory, training "
+        "curves, overlays, weight distributions) from the run folders of the experiments under FOLDER.",
+    )
+    parser.add_argument("folders", nargs="+", type=Path, metavar="FOLDER", help="folder(s) of experiments, e.g. em")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: the first FOLDER)")
+    parser.add_argument("--no-overlays", action="store_true",
+                        help="skip the overlay figure (it evaluates every best.pt on the validation set)")
+    parser.add_argument("--no-weights", action="store_true", help="skip the weights_<experiment>.png grids")
+    parser.add_argument("--only", nargs="+", default=[], metavar="NAME",
+                        help="only these experiment folders (by name), as given to the sweep")
+    parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="the overrides the runs were made with, as given to the sweep (only those that "
+                        "move the run folder matter: log_output_dir, experiment_name)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the results; print the tables and the files written. Errors: one line, exit 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        argv = sys.argv[1:] if argv is None else argv
+        written = write_results(args.folders, args.out, args.override, overlays=not args.no_overlays,
+                                only=args.only, command="python -m unet.results " + shlex.join(argv),
+                                weights=not args.no_weights)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for group, results in written["groups"].items():
+        print(f"\n{group}:\n{compact_table(results)}")
+        if runs_note(results):
+            print(runs_note(results).replace("`", ""))
+    for note in written["notes"]:
+        print(f"note: {note}")
+    print("\nall columns (precision, recall, IoU, Hausdorff, memory at c=64 ...) in "
+          f"{written['files'][0]}; wrote " + ", ".join(str(p) for p in written["files"]))
+    return 0
+
