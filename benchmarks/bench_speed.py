@@ -22,7 +22,7 @@ per-slice metrics, overlay, checkpoints).
 Run from the repository root::
 
     python benchmarks/bench_speed.py --quick            # about 40 s on 2 idle cores (under 2 minutes)
-    python benchmarks/bench_speed.py --json speed.json  # the EM recipe's width: about 4 minutes
+    python benchmarks/bench_speed.py --json speed.json  # the EM recipe's width: about 7 minutes
     python benchmarks/bench_speed.py --quick --no-kernels   # the PyTorch rules (quantizer.native off)
     python benchmarks/bench_speed.py --quick --profile --modes normal,fixed_pow2
 """
@@ -266,7 +266,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-batch", type=int, default=None, help="eval batch (default: the EM recipe's, 4)")
     p.add_argument("--epoch-slices", type=int, default=None, help="synthetic EM slices (default 30, quick 15)")
     p.add_argument("--epoch-size", type=int, default=None, help="slice side for the epoch (default 96, quick 64)")
-    p.add_argument("--epoch-base-channels", type=int, default=None, help="width for the epoch (default 16, quick 8)")
+    p.add_argument("--epoch-base-channels", type=int, default=None, help="width for the epoch (default 64, the EM recipe's; quick 8)")
     p.add_argument("--no-epoch", dest="epoch", action="store_false", help="skip the trainer epochs")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--no-tune-allocator", dest="tune_allocator", action="store_false",
@@ -282,7 +282,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown mode(s) {unknown}; choose from {list(MODES)}")
     defaults = {"reps": (5, 7), "epoch_reps": (5, 4), "base_channels": (64, 16), "size": (200, 128),
-                "epoch_slices": (30, 15), "epoch_size": (96, 64), "epoch_base_channels": (16, 8)}
+                "epoch_slices": (30, 15), "epoch_size": (96, 64), "epoch_base_channels": (64, 8)}
     for name, (full, quick) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)

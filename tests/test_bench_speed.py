@@ -1,5 +1,5 @@
-"""benchmarks/bench_speed.py runs as a user runs it and reports every metric with a verdict
-(the speed itself is its output, not a test)."""
+"""benchmarks/bench_speed.py and bench_kernels.py run as a user runs them and report every
+figure with a verdict (the speed itself is their output, not a test)."""
 
 from __future__ import annotations
 
@@ -27,3 +27,12 @@ def test_bench_speed_reports_step_epoch_and_forward_with_verdicts(tmp_path: Path
     assert payload["modes"]["normal"]["forward"]["wall_min_ratio"] == 1.0
     for title in ("training step", "one epoch through the trainer", "eval forward"):
         assert title in result.stdout
+
+
+def test_bench_kernels_compares_every_rule_and_finds_the_same_values() -> None:
+    result = run_command(["benchmarks/bench_kernels.py", "--shape", "1", "5", "16", "24", "--reps", "1"], cwd=REPO,
+                         timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.endswith(("yes", "NO"))]
+    assert len(lines) == 12 and all(line.endswith("yes") for line in lines)
+    assert any(line.startswith("eval ReLU -> BatchNorm -> FIXED pow2") for line in lines)
