@@ -21,8 +21,8 @@ per-slice metrics, overlay, checkpoints).
 
 Run from the repository root::
 
-    python benchmarks/bench_speed.py --quick            # about 40 s on 2 idle cores (under 2 minutes)
-    python benchmarks/bench_speed.py --json speed.json  # the EM recipe's width: about 7 minutes
+    python benchmarks/bench_speed.py --quick            # about 25 s on 2 idle cores (under 2 minutes)
+    python benchmarks/bench_speed.py --json speed.json  # the EM recipe's width: about 6 minutes
     python benchmarks/bench_speed.py --quick --no-kernels   # the PyTorch rules (quantizer.native off)
     python benchmarks/bench_speed.py --quick --profile --modes normal,fixed_pow2
 """
@@ -266,7 +266,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-batch", type=int, default=None, help="eval batch (default: the EM recipe's, 4)")
     p.add_argument("--epoch-slices", type=int, default=None, help="synthetic EM slices (default 30, quick 15)")
     p.add_argument("--epoch-size", type=int, default=None, help="slice side for the epoch (default 96, quick 64)")
-    p.add_argument("--epoch-base-channels", type=int, default=None, help="width for the epoch (default 64, the EM recipe's; quick 8)")
+    p.add_argument("--epoch-base-channels", type=int, default=None,
+                   help="width for the epoch (default 64, the EM recipe's; quick 8)")
     p.add_argument("--no-epoch", dest="epoch", action="store_false", help="skip the trainer epochs")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--no-tune-allocator", dest="tune_allocator", action="store_false",

@@ -112,6 +112,8 @@ def fixed_point_nearest_wrap(x: Tensor, i_bits: int, f_bits: int, inplace: bool 
             return native.nearest(x, native.output_for(x, inplace), scale, None)
         q = x.mul_(scale) if inplace else torch.mul(x, scale)
         return q.round_().div_(scale)
+    if fused and scale < 2.0**127 and limit < 2.0**128:
+        return native.wrap(x, native.output_for(x, inplace), scale, limit)
     frac = torch.frac(x)  # NaN for +-inf, as (a - floor(a)) in the formula
     q = x.sub_(frac) if inplace else torch.sub(x, frac)  # trunc(x), exactly
     frac.mul_(scale).round_().div_(scale)

@@ -58,7 +58,7 @@ static inline float float_of(uint32_t u) {
 }
 
 /* Version of this file's interface; native.py refuses a library that reports another. */
-int unet_native_abi(void) { return 4; }
+int unet_native_abi(void) { return 5; }
 
 /* Whether the library was built with OpenMP (else every kernel runs on the calling thread). */
 int unet_native_openmp(void) {
@@ -162,6 +162,25 @@ UNET_CLONES static void nearest_span(const float *x, float *out, int64_t n, floa
 
 void unet_nearest(const float *x, float *out, int64_t n, float scale, float limit, int clamp, int threads) {
     FOR_SPANS(n, threads, nearest_span(x + start, out + start, count, scale, limit, clamp));
+}
+
+/*
+ * The wrap rule in general (functional.fixed_point_nearest_wrap outside the in-range case):
+ * frac = x - trunc(x), q = clamp(x - frac, -limit, limit) + rint(frac * scale) / scale
+ * (NaN and infinities give NaN, as frac(inf) is NaN).
+ */
+UNET_CLONES static void wrap_span(const float *x, float *out, int64_t n, float scale, float limit) {
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i];
+        float frac = v - truncf(v);
+        float whole = v - frac;
+        whole = whole < -limit ? -limit : (whole > limit ? limit : whole);
+        out[i] = whole + rintf(frac * scale) / scale;
+    }
+}
+
+void unet_wrap(const float *x, float *out, int64_t n, float scale, float limit, int threads) {
+    FOR_SPANS(n, threads, wrap_span(x + start, out + start, count, scale, limit));
 }
 
 /* Whole numbers of the wrap rule with f = 0: q = trunc(clamp(x, -limit, limit)). */

@@ -46,7 +46,7 @@ SOURCE = Path(__file__).with_name("native.c")
 ENV_SWITCH = "UNET_NATIVE_KERNELS"
 #: Folder of the compiled library (default ``~/.cache/unet-fixed-point``).
 ENV_CACHE = "UNET_KERNEL_CACHE"
-ABI = 4
+ABI = 5
 #: ``-ffp-contract=off``: no fused multiply-add, every operation rounds as PyTorch's does.
 #: ``-fno-math-errno`` lets ``rintf``/``floorf``/``truncf`` become single instructions and
 #: ``-fno-trapping-math`` lets the loops vectorize (both concern error reporting, not values).
@@ -130,6 +130,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "unet_pow2": [p, p, i64, u32, u32, u32, p, u32, u32, u32, u32, i32],
         "unet_nearest": [p, p, i64, f32, f32, i32, i32],
         "unet_clamp_trunc": [p, p, i64, f32, i32],
+        "unet_wrap": [p, p, i64, f32, f32, i32],
         "unet_int_minmax": [p, p, i64, f32, f32, f32, i32],
         "unet_binary": [p, p, p, i64, i32],
         "unet_masked_grad": [p, p, p, i64, i32],
@@ -337,6 +338,14 @@ def nearest(x: Tensor, out: Tensor, scale: float, limit: float | None) -> Tensor
     """``out = round(x scale) / scale``, clamped to ``[-limit, limit]`` unless ``limit`` is None."""
     clamp, bound = (0, 0.0) if limit is None else (1, limit)
     library().unet_nearest(x.data_ptr(), out.data_ptr(), x.numel(), scale, bound, clamp, _threads())
+    _mark_written(out, out is x)
+    return out
+
+
+def wrap(x: Tensor, out: Tensor, scale: float, limit: float) -> Tensor:
+    """``out = clamp(x - frac(x), -limit, limit) + round(frac(x) scale) / scale`` (the general
+    nearest-wrap rule; ``frac(x) = x - trunc(x)``)."""
+    library().unet_wrap(x.data_ptr(), out.data_ptr(), x.numel(), scale, limit, _threads())
     _mark_written(out, out is x)
     return out
 
