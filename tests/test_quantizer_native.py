@@ -170,6 +170,7 @@ def test_an_in_place_kernel_write_still_stops_a_backward_that_needs_the_old_valu
             saved.sum().backward()
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.trace is deprecated, still supported
 def test_a_traced_quantizer_gives_the_same_values() -> None:
     class Quant(torch.nn.Module):
         def forward(self, x):
