@@ -63,6 +63,32 @@ def _aminmax(x: Tensor) -> tuple[Tensor, Tensor]:
     return torch.aminmax(_flat(x))
 
 
+def _kernel_takes(scale: float, limit: float) -> bool:
+    """Whether a grid ``scale`` and a clamp ``limit`` are finite as float32, as the kernels take them."""
+    return scale < 2.0**127 and limit < 2.0**128
+
+
+def single_pass_rule(spec_kind: str, i_bits: int, f_bits: int, rounding: str = "nearest",
+                     overflow: str = "wrap", pow2_min_exponent: int | None = None) -> native.PostOp | None:
+    """The rule as a post-op of a fused kernel pass (:func:`quantizer.native.relu_bn`) where it
+    rounds each value on its own (pow2 with an exponent bound, binary, saturate, wrap with
+    ``f = 0``) and the kernels take its format; None for the others (INT and wrap with ``f > 0``
+    need the tensor's range first; ``float`` and ``ternary`` have no such rule)."""
+    if spec_kind == "binary":
+        return native.post_binary()
+    if spec_kind != "fixed":
+        return None
+    if rounding == "pow2":
+        plan = None if pow2_min_exponent is None else native.pow2_plan(pow2_limit(i_bits, f_bits), pow2_min_exponent)
+        return None if plan is None else native.post_pow2(plan)
+    scale = 2.0**f_bits
+    if overflow == "saturate":
+        limit = 2.0**i_bits - 1.0 / scale
+        return native.post_nearest_clamp(scale, limit) if _kernel_takes(scale, limit) else None
+    limit = 2.0**i_bits - 1
+    return native.post_clamp_trunc(limit) if f_bits == 0 and _kernel_takes(1.0, limit) else None
+
+
 def _inside_integer_range(x: Tensor, bound: float, total_bits: int,
                           value_range: tuple[float, float] | None = None) -> bool:
     """Whether every ``|x| < bound`` (False for NaN) and ``x 2^f`` cannot overflow ``x``'s dtype;
@@ -100,7 +126,7 @@ def fixed_point_nearest_wrap(x: Tensor, i_bits: int, f_bits: int, inplace: bool 
     fused = native.applies(x)
     if f_bits == 0:
         # the integer limit commutes with truncation: trunc(clamp(x, -L, L)) (also for +-inf)
-        if fused and limit < 2.0**128:
+        if fused and _kernel_takes(1.0, limit):
             return native.clamp_trunc(x, native.output_for(x, inplace), limit)
         q = x.clamp_(-limit, limit) if inplace else torch.clamp(x, -limit, limit)
         return _trunc_(q)
@@ -112,7 +138,7 @@ def fixed_point_nearest_wrap(x: Tensor, i_bits: int, f_bits: int, inplace: bool 
             return native.nearest(x, native.output_for(x, inplace), scale, None)
         q = x.mul_(scale) if inplace else torch.mul(x, scale)
         return q.round_().div_(scale)
-    if fused and scale < 2.0**127 and limit < 2.0**128:
+    if fused and _kernel_takes(scale, limit):
         return native.wrap(x, native.output_for(x, inplace), scale, limit)
     frac = torch.frac(x)  # NaN for +-inf, as (a - floor(a)) in the formula
     q = x.sub_(frac) if inplace else torch.sub(x, frac)  # trunc(x), exactly
@@ -131,7 +157,7 @@ def fixed_point_nearest_saturate(x: Tensor, i_bits: int, f_bits: int, inplace: b
     scale = 2.0**f_bits
     limit = 2.0**i_bits - 1.0 / scale
     # round and the clamp are odd: sign(x) min(round(|x| s) / s, L) = clamp(round(x s) / s, -L, L)
-    if native.applies(x) and scale < 2.0**127 and limit < 2.0**128:
+    if native.applies(x) and _kernel_takes(scale, limit):
         return native.nearest(x, native.output_for(x, inplace), scale, limit)
     q = x.mul_(scale) if inplace else torch.mul(x, scale)
     return q.round_().div_(scale).clamp_(-limit, limit)

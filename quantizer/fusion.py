@@ -93,24 +93,6 @@ def applies(x: Tensor, bn: nn.BatchNorm2d) -> bool:
             and all(_plain(t) for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias)))
 
 
-def _post_op(spec: QuantSpec) -> native.PostOp | None:
-    """The rules that round each value alone, as a post-op of the BatchNorm pass (the same
-    conditions as their kernels in :mod:`quantizer.functional`); None for the others."""
-    if spec.kind == "binary":
-        return native.post_binary()
-    if spec.kind != "fixed":
-        return None
-    if spec.rounding == "pow2":
-        plan = native.pow2_plan(F.pow2_limit(spec.i_bits, spec.f_bits), spec.pow2_min_exponent)
-        return None if plan is None else native.post_pow2(plan)
-    scale = 2.0**spec.f_bits
-    if spec.overflow == "saturate":
-        limit = 2.0**spec.i_bits - 1.0 / scale
-        return native.post_nearest_clamp(scale, limit) if scale < 2.0**127 and limit < 2.0**128 else None
-    limit = 2.0**spec.i_bits - 1
-    return native.post_clamp_trunc(limit) if spec.f_bits == 0 and limit < 2.0**128 else None
-
-
 def relu_batchnorm_quantize(x: Tensor, relu: bool, bn: nn.BatchNorm2d, spec: QuantSpec) -> Tensor | None:
     """``spec(bn(relu(x)))`` (``bn(x)`` when not ``relu``) in evaluation, bit-equal to the modules
     run in turn, in a new tensor of ``x``'s layout; None where the fusion does not apply."""
@@ -121,7 +103,8 @@ def relu_batchnorm_quantize(x: Tensor, relu: bool, bn: nn.BatchNorm2d, spec: Qua
         return None
     alpha, beta = _affine(bn, fused)
     y = torch.empty_like(x)
-    post = _post_op(spec)
+    post = F.single_pass_rule(spec.kind, spec.i_bits, spec.f_bits, spec.rounding, spec.overflow,
+                              spec.pow2_min_exponent)
     if post is not None:  # one pass: BatchNorm and the rounding
         native.relu_bn(x, y, alpha, beta, relu, fused, want_range=False, post=post)
         return y
