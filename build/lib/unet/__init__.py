@@ -1,1 +1,0 @@
-"""Shared U-Net code: model, config, training engine, losses, metrics, data readers."""

@@ -1,7 +1,0 @@
-"""``python -m unet.results``: see :mod:`unet.results`."""
-
-import sys
-
-from .cli import main
-
-sys.exit(main())
