@@ -96,14 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         for name, spec in RULES.items():
             rows.append((f"{name}, in place", *both(lambda s=spec: s(work.copy_(x), inplace=True), args.reps)))
-        leaf = x.clone().requires_grad_(True)
         grad = torch.randn(*args.shape, generator=g).contiguous(memory_format=torch.channels_last)
         inside = (x.abs() <= 1).contiguous(memory_format=torch.channels_last)
         rows.append(("BNN with its gradient mask", *both(
             lambda: F.binary_forward_with_mask(work.copy_(x), True)[1], args.reps)))
         rows.append(("BNN backward (mask the gradient)", *both(
             lambda: ste._BinarySTE.backward(type("ctx", (), {"saved_tensors": (inside,)})(), grad)[0], args.reps)))
-        del leaf
         for name, spec in {"Normal": QuantSpec(), "FIXED pow2 Q6.0": RULES["FIXED pow2 Q6.0"],
                            "INT 8": RULES["INT 8"], "BNN": RULES["BNN"]}.items():
             def unit(s=spec):
