@@ -92,7 +92,10 @@ def cache_folder() -> Path:
 
 
 def _build(compiler: str, flags: tuple[str, ...]) -> Path:
-    """Compile ``native.c`` (once per source, compiler and flags) and return the library's path."""
+    """Compile ``native.c`` (once per source, compiler and flags) and return the library's path.
+
+    A build that fails (a compiler without OpenMP, say) leaves a ``.failed`` note with its error,
+    so later processes go straight to the next build instead of failing again."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     key = hashlib.sha256("\0".join([SOURCE.read_text(), compiler, version, *flags, platform.machine(),
                                     sys.platform]).encode()).hexdigest()[:16]
@@ -106,15 +109,20 @@ def _build(compiler: str, flags: tuple[str, ...]) -> Path:
         # never load a library from a folder someone else could have written to
         folder = Path(tempfile.mkdtemp(prefix="unet-kernels-"))
     target = folder / f"quantizer-kernels-{key}{suffix}"
+    failed = folder / f"quantizer-kernels-{key}.failed"  # a build that failed is not tried again
     if target.is_file():
         return target
+    if failed.is_file():
+        raise RuntimeError(failed.read_text())
     handle, partial = tempfile.mkstemp(prefix=".building-", suffix=suffix, dir=folder)
     os.close(handle)
     try:
         result = subprocess.run([compiler, *flags, str(SOURCE), "-o", partial, "-lm"], capture_output=True,
                                 text=True, timeout=300)
         if result.returncode != 0:
-            raise RuntimeError(f"{Path(compiler).name} failed: {result.stderr.strip()[-500:]}")
+            message = f"{Path(compiler).name} failed: {result.stderr.strip()[-500:]}"
+            failed.write_text(message)
+            raise RuntimeError(message)
         os.replace(partial, target)  # atomic: a concurrent process sees the whole file or none
     finally:
         if os.path.exists(partial):

@@ -9,6 +9,7 @@ float32 of its range. A short training run per mode writes the same metrics.csv 
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -219,3 +220,22 @@ def test_switch_missing_compiler_and_foreign_cache_fall_back_to_pytorch(tmp_path
     assert str(private) in status and stat.S_IMODE(private.stat().st_mode) == 0o700
     assert [p.suffix for p in private.iterdir()] == [".so"]  # built atomically: no partial file left
     assert run_python(code, UNET_KERNEL_CACHE=str(private)) == status  # reused, not rebuilt
+
+
+def test_a_failed_build_is_remembered_and_the_next_build_used(tmp_path: Path) -> None:
+    """A compiler without OpenMP: the OpenMP build fails once, is noted, and is not tried again."""
+    log = tmp_path / "calls.log"
+    fake = tmp_path / "cc-no-openmp"
+    real = shutil.which("gcc") or shutil.which("cc")
+    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {log}\n"
+                    f"case \"$*\" in *-fopenmp*) echo 'no OpenMP here' >&2; exit 1;; esac\nexec {real} \"$@\"\n")
+    fake.chmod(0o755)
+    code = "from quantizer import native; print(native.status())"
+    cache = tmp_path / "cache"
+    first = run_python(code, CC=str(fake), UNET_KERNEL_CACHE=str(cache))
+    assert first.startswith("active, one thread")
+    second = run_python(code, CC=str(fake), UNET_KERNEL_CACHE=str(cache))
+    assert second == first
+    builds = [line for line in log.read_text().splitlines() if "-o" in line.split()]
+    assert len(builds) == 2 and "-fopenmp" in builds[0] and "-fopenmp" not in builds[1]
+    assert "no OpenMP here" in next(cache.glob("*.failed")).read_text()
