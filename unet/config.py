@@ -93,6 +93,9 @@ COMMON_KEYS: tuple[Key, ...] = (
         "constant", choices=("multistep", "cosine", "constant")),
     Key("val_bn_mode", "choice", "BatchNorm mode during validation: train (running stats updated) or eval",
         choices=("train", "eval")),
+    Key("bn_recalibration", "bool", "recompute every BatchNorm's running statistics over the training set (no "
+        "augmentation) for the weights of each checkpoint before it is written, and log the eval-mode Dice with "
+        "them; false: training's moving averages, as the original"),
     Key("threshold", "float", "binarization threshold of predictions for the metrics",
         check=_open_interval(0, 1)),
     Key("empty_dice", "int", "Dice (x100) of a slice where prediction and truth are both empty",

@@ -26,6 +26,16 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
 from . import distributed
+from .batchnorm import (
+    TRAINING_AVERAGES,
+    batchnorm_buffers,
+    deployment_warning,
+    differs,
+    load_batchnorm_buffers,
+    needs_deployment_warning,
+    preserved_rng,
+    recalibrate_batchnorm,
+)
 from .checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from .config import COMMON_KEYS, Config
 from .errors import DataError, UserError
@@ -231,16 +241,17 @@ def evaluate(
     isbi: bool,
     desc: str = "validate",
     world: distributed.World = distributed.SINGLE,
+    bn_mode: str | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]], list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]]:
     """One pass over ``dataset``: summary metrics (with ``val_loss``), per-slice rows and the
-    overlay samples. BatchNorm runs in ``cfg.val_bn_mode`` (train mode also updates its
-    running statistics, as the original EM code did); Dropout is always off.
+    overlay samples. BatchNorm runs in ``bn_mode`` (``cfg.val_bn_mode`` when None; train mode
+    also updates its running statistics, as the original EM code did); Dropout is always off.
 
     In a distributed ``world`` each rank evaluates its share of the single-process batches
     (:func:`validation_batches`) and every rank returns all rows, in order, so the metrics equal
     a single process's; ``val_loss`` sums the per-batch losses in the same order."""
     loss_fn = get_loss(cfg.loss)
-    set_validation_mode(model, batchnorm_train=cfg.val_bn_mode == "train")
+    set_validation_mode(model, batchnorm_train=(bn_mode or cfg.val_bn_mode) == "train")
     n = len(dataset)
     batches = validation_batches(n, cfg.val_batch_size, world)
     loader = DataLoader(dataset, batch_sampler=batches, **loader_options(cfg))
@@ -318,6 +329,11 @@ class Run:
         self.model = build_model(cfg).to(self.device)
         self.log(describe_model(self.model))
         self.metric_names = BASE_METRICS + (ISBI_METRICS if recipe.isbi_metrics else ())
+        #: How the BatchNorm statistics of the next checkpoint were made, and training's own
+        #: moving averages when they differ from the checkpoint's (see _deployable_statistics).
+        self.bn_record: dict[str, Any] = {"method": TRAINING_AVERAGES}
+        self.bn_seconds = 0.0  # spent recomputing statistics in this process
+        self.training_batchnorm: dict[str, torch.Tensor] | None = None
 
     # -- modes --
 
@@ -340,6 +356,8 @@ class Run:
         """Continue the run folder's interrupted run from its last.pt (``state``, already read)."""
         self._prepare_training()
         load_model_state(self.model, state["model"], self.run_dir / "last.pt")
+        if isinstance(state.get("training_batchnorm"), dict):  # training goes on with the statistics it had
+            load_batchnorm_buffers(self.model, state["training_batchnorm"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["loader_rng"])
@@ -358,7 +376,17 @@ class Run:
         val_set = self.recipe.build_val(cfg)
         state = self._load_weights(checkpoint)
         self.log(f"loaded {checkpoint} (epoch {state.get('epoch', '?')}); evaluating {len(val_set)} slices")
+        if needs_deployment_warning(state):
+            self.log(deployment_warning(checkpoint, state))
+        deployed = None
+        if cfg.val_bn_mode == "train":  # first, before batch statistics overwrite the running ones
+            with preserved_rng(self.device):
+                distributed.broadcast_buffers(self.world, self.model)
+                deployed, _, _ = evaluate(self.model, val_set, cfg, self.device, self.recipe.isbi_metrics,
+                                          desc="validate (eval mode)", world=self.world, bn_mode="eval")
         summary, rows, samples = self._validate(val_set)
+        if deployed is not None:
+            summary = {**summary, **{f"eval_{k}": deployed[k] for k in ("dice", "dice_std", "val_loss")}}
         if not self.world.is_main:
             return 0
         tag = f"{checkpoint_tag(checkpoint, self.run_dir)}_t{cfg.threshold}_bn-{cfg.val_bn_mode}"
@@ -372,7 +400,9 @@ class Run:
                             f"BatchNorm {cfg.val_bn_mode} mode")
         _append_csv(self.run_dir / "inference.csv", {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "folder": tag,
                                                      **record_})
-        self.log("inference: " + _format_metrics(summary, self.metric_names))
+        self.log("inference: " + _format_metrics(summary, self.metric_names)
+                 + ("" if deployed is None else f"; eval mode (the checkpoint's statistics, as deployed): dice "
+                    f"{deployed['dice']:.2f} ± {deployed['dice_std']:.2f}"))
         self.log(f"wrote {out}/ (metrics.json, slices.csv, overlay.png) and a row of {self.run_dir / 'inference.csv'}")
         return 0
 
@@ -459,15 +489,21 @@ class Run:
         train_loss = self._train_epoch(epoch, loader, self.optimizer, loss_fn)
         summary, _, samples = self._validate(self.val_set)
         self.scheduler.step()
+        training_statistics = self._deployable_statistics(epoch)
+        deployed = self._validate_deployed(summary)
         row = {"epoch": epoch, "lr": lr, "beta": self.model.beta() if has_beta else "",
                "train_loss": train_loss, "val_loss": summary["val_loss"], "dice": summary["dice"],
                "dice_std": summary["dice_std"], **{m: summary[m] for m in self.metric_names[1:]},
+               "eval_dice": deployed["dice"], "eval_dice_std": deployed["dice_std"],
+               "eval_val_loss": deployed["val_loss"],
                "seconds": time.perf_counter() - started}
         self.history.append(row)
         if summary["dice"] > self.best["dice"]:
             self.best = {"dice": summary["dice"], "epoch": epoch}
-            self._save_best(epoch, summary)
+            self._save_best(epoch, {**summary, **{f"eval_{k}": v for k, v in deployed.items()}})
         self._save_last(epoch)
+        if training_statistics is not None:  # training goes on with the moving averages it had
+            load_batchnorm_buffers(self.model, training_statistics)
         if not self.world.is_main:
             return
         _write_csv(self.run_dir / "metrics.csv", self.history)
@@ -475,7 +511,7 @@ class Run:
             save_overlay_figure(self.run_dir / "overlays" / f"epoch_{epoch:03d}.png", samples,
                                 cfg.threshold, f"{cfg.experiment_name}, epoch {epoch}")
         self.log(f"epoch {epoch}/{cfg.num_epochs}  lr {lr:.3g}  train_loss {train_loss:.4f}  "
-                 f"val_loss {summary['val_loss']:.4f}  dice {summary['dice']:.2f}  "
+                 f"val_loss {summary['val_loss']:.4f}  dice {summary['dice']:.2f}{self._eval_note(deployed)}  "
                  f"(best {self.best['dice']:.2f} @ {self.best['epoch']})  {row['seconds']:.1f}s")
 
     def _finish(self) -> int:
@@ -485,9 +521,14 @@ class Run:
             return 0
         atomic_write_text(self.run_dir / "summary.json", json.dumps({
             "finished": True, "best_dice": best["dice"], "best_epoch": best["epoch"],
+            "best_eval_dice": self._eval_dice_at(best["epoch"]), "val_bn_mode": self.cfg.val_bn_mode,
+            "bn_recalibration": bool(self.cfg.bn_recalibration), "bn_recalibration_seconds": self.bn_seconds,
             "num_epochs": self.cfg.num_epochs, "experiment_name": self.cfg.experiment_name,
             "total_seconds": sum(r["seconds"] for r in self.history)}, indent=2) + "\n")
-        self.log(f"done: best val Dice {best['dice']:.2f} at epoch {best['epoch']}; results in {self.run_dir}")
+        deployed = self._eval_dice_at(best["epoch"])
+        note = "" if deployed is None or self.cfg.val_bn_mode == "eval" and not self.cfg.bn_recalibration else (
+            f" (eval mode with the checkpoint's BatchNorm statistics: {deployed:.2f})")
+        self.log(f"done: best val Dice {best['dice']:.2f} at epoch {best['epoch']}{note}; results in {self.run_dir}")
         return 0
 
     def _train_epoch(self, epoch: int, loader: DataLoader, optimizer, loss_fn) -> float:
@@ -607,9 +648,59 @@ class Run:
                 seed_everything(self.cfg.seed + self.world.rank)
 
     def _model_state(self, epoch: int) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "epoch": epoch, "beta": self.model.beta(),
-                "config": self.cfg.to_plain(), "dataset": self.recipe.name, "run_id": self.run_id,
-                "input_transform": input_transform_record(self.cfg, self.recipe.name)}
+        state = {"model": self.model.state_dict(), "epoch": epoch, "beta": self.model.beta(),
+                 "config": self.cfg.to_plain(), "dataset": self.recipe.name, "run_id": self.run_id,
+                 "input_transform": input_transform_record(self.cfg, self.recipe.name),
+                 "batchnorm_statistics": {**self.bn_record, "epoch": epoch}}
+        if self.training_batchnorm is not None:
+            state["training_batchnorm"] = self.training_batchnorm
+        return state
+
+    def _deployable_statistics(self, epoch: int) -> dict[str, torch.Tensor] | None:
+        """With ``bn_recalibration``: recompute every BatchNorm's running statistics over the
+        training set for the weights of this epoch (:func:`unet.batchnorm.recalibrate_batchnorm`,
+        no augmentation, every RNG left as it was) and return the moving averages training goes on
+        with, which the checkpoints keep as ``training_batchnorm`` (None when off; the model's
+        statistics are then training's own)."""
+        self.training_batchnorm = None
+        if not self.cfg.bn_recalibration:
+            self.bn_record = {"method": TRAINING_AVERAGES}
+            return None
+        training = batchnorm_buffers(self.model)
+        with distributed.local_batchnorm(self.world, self.model):
+            self.bn_record = recalibrate_batchnorm(
+                self.model, self.train_set, self.cfg.batch_size, self.device, num_workers=self.cfg.num_workers,
+                desc=f"epoch {epoch} BatchNorm statistics", show_progress=self.world.is_main)
+        self.bn_record["over"] = "the training set, no augmentation, quantizers active, Dropout off"
+        self.bn_seconds += self.bn_record["seconds"]
+        if differs(training, batchnorm_buffers(self.model)):
+            self.training_batchnorm = training
+        return training
+
+    def _validate_deployed(self, protocol: dict[str, float]) -> dict[str, float]:
+        """The validation figures of the model as its checkpoint deploys it: eval mode with the
+        statistics the checkpoint holds. ``protocol`` itself when validation already ran so."""
+        if self.cfg.val_bn_mode == "eval" and not self.cfg.bn_recalibration:
+            return {k: protocol[k] for k in ("dice", "dice_std", "val_loss")}
+        with preserved_rng(self.device):  # the extra pass draws nothing training would have drawn
+            distributed.broadcast_buffers(self.world, self.model)
+            summary, _, _ = evaluate(self.model, self.val_set, self.cfg, self.device, self.recipe.isbi_metrics,
+                                     desc="validate (eval mode)", world=self.world, bn_mode="eval")
+        return {k: summary[k] for k in ("dice", "dice_std", "val_loss")}
+
+    def _eval_note(self, deployed: dict[str, float]) -> str:
+        """`` (eval 90.90)`` after the epoch's Dice when the deployed model's figure differs in meaning."""
+        if self.cfg.val_bn_mode == "eval" and not self.cfg.bn_recalibration:
+            return ""
+        return f" (eval {deployed['dice']:.2f})"
+
+    def _eval_dice_at(self, epoch: int) -> float | None:
+        """The eval-mode Dice logged for ``epoch`` (None for rows written before it was logged)."""
+        for row in self.history:
+            if int(row["epoch"]) == int(epoch):
+                value = row.get("eval_dice")
+                return float(value) if value not in (None, "") else None
+        return None
 
     def _save_best(self, epoch: int, summary: dict[str, float]) -> None:
         if not self.world.is_main:

@@ -23,6 +23,7 @@ from typing import Any
 
 from quantizer.modules import DEFAULT_POW2_MIN_EXPONENT
 
+from ..batchnorm import deployment_warning, needs_deployment_warning
 from ..checkpoint import load_checkpoint, load_model_state
 from ..config import Config
 from ..errors import DataError, UserError
@@ -90,6 +91,8 @@ def model_from_checkpoint(path: Path) -> tuple[Any, dict[str, Any], list[str]]:
     values["quantization"] = str(values["quantization"]).lower()
     model = build_model(Config(values, {}))
     load_model_state(model, state["model"], path)
+    if needs_deployment_warning(state):
+        notes.append(deployment_warning(path, state))
     return model, state, notes
 
 

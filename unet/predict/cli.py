@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from unet.batchnorm import deployment_warning, needs_deployment_warning
 from unet.checkpoint import load_checkpoint, load_model_state
 from unet.config import Config, read_yaml_section
 from unet.data.transforms import normalize
@@ -106,6 +107,8 @@ class Predictor:
     dataset: str
     record: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    #: The whole checkpoint as read (its metrics, BatchNorm record and config).
+    state: dict[str, Any] = field(default_factory=dict)
 
 
 def resolve_checkpoint(path: Path) -> Path:
@@ -185,7 +188,7 @@ def load_predictor(model_path: Path) -> Predictor:
     if not isinstance(state.get("model"), dict):
         raise DataError(f"checkpoint {path} is not a checkpoint of this project (no model weights)")
     load_model_state(model, state["model"], path)
-    return Predictor(path, model, cfg, dataset, record, notes)
+    return Predictor(path, model, cfg, dataset, record, notes, state)
 
 
 # --------------------------------------------------------------------------- options
@@ -360,6 +363,8 @@ def predict(args: argparse.Namespace, out: Callable[[str], None], err: Callable[
     todo = check_existing(jobs, args.output, args.overwrite, args.resume)
     for note in predictor.notes:
         err(note)
+    if args.bn_mode == "eval" and needs_deployment_warning(predictor.state):
+        err(deployment_warning(predictor.path, predictor.state))
     if unsupported:
         names = ", ".join(p.name for p in unsupported)
         err(f"warning: skipping {len(unsupported)} file(s) of unsupported type: {names} (supported: {io.SUPPORTED})")

@@ -17,6 +17,7 @@ from .runs import collect_results
 from .tables import (
     compact_table,
     dataset_labels,
+    deployed_logged,
     markdown_table,
     memory_note,
     results_csv,
@@ -61,6 +62,12 @@ def write_results(folders: Sequence[Path], out: Path | None = None, overrides: S
         md += [f"## {labels[group]} (`{group}/`)", "", settings_sentence(results), "", markdown_table(results), ""]
         if runs_note(results):
             md += [runs_note(results), ""]
+    if any(deployed_logged(results) for results in groups.values()):
+        md += ["Which Dice is which: *best val Dice* is the recipe's validation protocol, the one the paper "
+               "reports and the trainer selects best.pt by (EM validates with BatchNorm on each batch's own "
+               "statistics, as the original did); *deployed Dice* is the same best.pt in eval mode with the "
+               "BatchNorm statistics the checkpoint holds, which is what predict, export and the integer engine "
+               "compute.", ""]
     md += [memory_note(groups), "", "## Figures", "",
            "![Dice against weight memory](dice_vs_memory.png)", "", "![Dice against weight bits](dice_vs_bits.png)",
            "", "![Training curves](training_curves.png)", ""]

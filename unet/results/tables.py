@@ -21,6 +21,7 @@ OTHER_METRICS = (("precision", "precision"), ("recall", "recall"), ("specificity
 CSV_FIELDS = (
     "dataset", "group", "experiment", "status", "quantization", "activations", "weights", "quantizer",
     "weight_bits", "activation_bits", "epochs_done", "num_epochs", "best_epoch", "dice", "dice_std",
+    "eval_dice", "eval_dice_std",
     "dice_change_points", "dice_change_percent", *(m for m, _ in OTHER_METRICS), "val_loss",
     "base_channels", "params", "weight_memory_mib", "memory_reduction",
     "params_c64", "weight_memory_mib_c64", "memory_reduction_c64", "float_memory_mib_c64", "run_dir",
@@ -123,6 +124,7 @@ def table_rows(groups: dict[str, list[Result]]) -> list[dict[str, Any]]:
                 "epochs_done": len(r.history) if r.cfg else "", "num_epochs": r.cfg.num_epochs if r.cfg else "",
                 "best_epoch": int(best["epoch"]) if best else "",
                 "dice": best.get("dice", ""), "dice_std": best.get("dice_std", ""),
+                "eval_dice": _logged(best, "eval_dice"), "eval_dice_std": _logged(best, "eval_dice_std"),
                 "dice_change_points": change[0] if change else "", "dice_change_percent": change[1] if change else "",
                 **{m: (best.get(m) if best.get(m) is not None else "") for m, _ in OTHER_METRICS},
                 "val_loss": best.get("val_loss", ""),
@@ -149,11 +151,27 @@ def results_csv(groups: dict[str, list[Result]]) -> str:
     return buffer.getvalue()
 
 
+def _logged(best: dict[str, Any], key: str) -> Any:
+    """``best[key]`` when the run logged it (a number), else ``""``."""
+    value = best.get(key)
+    return "" if value is None or value == "" else value
+
+
+def deployed_logged(results: Sequence[Result]) -> bool:
+    """Whether any run logged the eval-mode Dice of its checkpoints (``eval_dice`` in metrics.csv)."""
+    return any(r.best and _logged(r.best, "eval_dice") != "" for r in results)
+
+
 def markdown_table(results: Sequence[Result]) -> str:
-    """The group's table in Markdown (the metrics columns that any run logged)."""
+    """The group's table in Markdown (the metrics columns that any run logged). The best val Dice
+    is the recipe's validation protocol (the paper's: EM with BatchNorm on batch statistics); the
+    deployed Dice, where logged, is the same checkpoint in eval mode with the BatchNorm statistics
+    it holds, as predict, export and the integer engine run it."""
     logged = {m for r in results for m, _ in OTHER_METRICS if r.best and r.best.get(m) is not None}
     metrics = [(m, h) for m, h in OTHER_METRICS if m in logged]
-    header = ["experiment", "activations / weights", "quantizer", "status", "best val Dice (mean ± std)", "epoch",
+    deployed = deployed_logged(results)
+    header = ["experiment", "activations / weights", "quantizer", "status", "best val Dice (mean ± std)",
+              *(["deployed Dice (eval mode)"] if deployed else []), "epoch",
               "Δ Dice vs full precision", *[h for _, h in metrics], "c",
               "weight memory, this run (MiB)", "reduction", "weight memory at c=64, paper model (MiB)", "reduction"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -171,8 +189,11 @@ def markdown_table(results: Sequence[Result]) -> str:
         else:
             pct = "n/a" if math.isnan(change[1]) else f"{change[1]:+.2f}%"
             delta = f"{change[0]:+.2f} pts ({pct})"
-        cells = [f"`{r.experiment.name}`", f"{act} / {weight}", quantizer_label(r), r.status_text, dice,
-                 str(int(best["epoch"])) if best else "", delta]
+        cells = [f"`{r.experiment.name}`", f"{act} / {weight}", quantizer_label(r), r.status_text, dice]
+        if deployed:
+            value = _logged(best, "eval_dice") if best else ""
+            cells.append(f"{float(value):.2f} ± {float(best['eval_dice_std']):.2f}" if value != "" else "n/a")
+        cells += [str(int(best["epoch"])) if best else "", delta]
         for m, _ in metrics:
             digits = 4 if m in ("rand_error", "pixel_error") else 2
             cells.append(_fmt(best.get(m), digits) if best else "")
@@ -283,7 +304,9 @@ def runs_note(results: Sequence[Result]) -> str:
 def compact_table(results: Sequence[Result]) -> str:
     """The terminal's table: experiment, formats, status, best Dice (± std) and epoch, the change
     against full precision, weight memory and reduction at the run's width; aligned plain text."""
-    rows = [("experiment", "act / weights", "status", "best Dice", "epoch", "Δ vs FP", "MiB", "reduction")]
+    deployed = deployed_logged(results)
+    rows = [("experiment", "act / weights", "status", "best Dice", "epoch", "Δ vs FP", "MiB", "reduction",
+             *(("deployed",) if deployed else ()))]
     for r in results:
         act, weight = formats(r)
         best = r.best
@@ -298,8 +321,10 @@ def compact_table(results: Sequence[Result]) -> str:
         status = r.status_text if r.status != "invalid" else "invalid config"
         rows.append((r.experiment.name, f"{act} / {weight}", status, dice, str(int(best["epoch"])) if best else "-",
                      delta, f"{r.memory.mib:.3f}" if r.memory else "-",
-                     f"{r.memory.reduction:.2f}x" if r.memory else "-"))
+                     f"{r.memory.reduction:.2f}x" if r.memory else "-",
+                     *((f"{float(best['eval_dice']):.2f}" if best and _logged(best, "eval_dice") != "" else "-",)
+                       if deployed else ())))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    right = {3, 4, 5, 6, 7}
+    right = {3, 4, 5, 6, 7, 8}
     return "\n".join("  ".join(cell.rjust(w) if i in right else cell.ljust(w)
                                for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip() for row in rows)
