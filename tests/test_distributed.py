@@ -125,7 +125,8 @@ def test_one_ddp_step_equals_the_averaged_gradients_of_the_two_half_batches(ddp_
             stepped(torch.stack([val_set[i][0] for i in batch]))
 
     state = torch.load(folder / "runs" / "exp" / "last.pt", weights_only=True)
-    saved = state["model"]
+    saved = {**state["model"], **state["training_batchnorm"]}  # the moving averages training goes on with
+    assert state["batchnorm_statistics"]["method"] == "recalibrated"
     for name, value in stepped.state_dict().items():
         if value.is_floating_point():
             torch.testing.assert_close(saved[name], value, rtol=1e-4, atol=1e-5, msg=name)
