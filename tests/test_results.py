@@ -341,3 +341,31 @@ def test_figures_label_what_they_show(swept: dict, monkeypatch: pytest.MonkeyPat
         assert all(t.get_fontsize() >= 8 for ax in panels for t in ax.get_xticklabels())
     finally:
         plt.close("all")
+
+
+@SLOW
+def test_the_deployed_dice_stands_beside_the_protocols_and_only_where_it_was_logged(swept: dict,
+                                                                                   tmp_path: Path) -> None:
+    root = tmp_path / "em"
+    shutil.copytree(swept["root"] / "full_precision", root / "full_precision", symlinks=True)
+    run = root / "full_precision" / "runs" / "full_precision"
+    history = read_csv(run / "metrics.csv")
+    write_results([root], overrides=[], overlays=False, weights=False)
+    (row,) = read_csv(root / "results.csv")
+    best = next(r for r in history if r["epoch"] == row["best_epoch"])
+    assert float(row["eval_dice"]) == pytest.approx(float(best["eval_dice"]))
+    assert float(row["dice"]) == pytest.approx(float(best["dice"]))  # the protocol's column keeps its meaning
+    md = (root / "results.md").read_text()
+    assert "deployed Dice (eval mode)" in md and f"{float(best['eval_dice']):.2f} ± " in md
+    assert "Which Dice is which" in md
+
+    # a run logged before the eval-mode figure existed: no such column, no note
+    keep = [k for k in history[0] if not k.startswith("eval_")]
+    with open(run / "metrics.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keep, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(history)
+    write_results([root], overrides=[], overlays=False, weights=False)
+    assert read_csv(root / "results.csv")[0]["eval_dice"] == ""
+    md = (root / "results.md").read_text()
+    assert "deployed Dice" not in md and "Which Dice is which" not in md
