@@ -27,7 +27,8 @@ def quickstart_row(dataset: str) -> list[str]:
 @pytest.mark.parametrize("dataset", ["em", "gm", "nih"])
 def test_quickstart_table_shows_the_recorded_dice(dataset: str) -> None:
     figures = RECORDED[dataset]
-    dice_cell = quickstart_row(dataset)[-1]
+    dice_cell, deployed_cell = quickstart_row(dataset)[-2:]
+    assert deployed_cell == f"{figures['best_eval_dice']:.2f}"
     assert dice_cell.startswith(f"{figures['best_dice']:.2f} (epoch {figures['best_epoch']} of "
                                 f"{figures['num_epochs']}"), dice_cell
     if "dice_at_0.5" in figures:
