@@ -21,6 +21,8 @@ from typing import Any
 from unet.errors import ConfigError, UserError
 from unet.fileio import PAIRS, SYNTHETIC_SOURCE, atomic_directory, check_output_dir
 from unet.prep.em import (
+    INTENSITY_OPTIONS,
+    describe_intensity,
     parse_index_list,
     prepare_em,
     prepare_em_from_pairs,
@@ -74,6 +76,21 @@ def build_parser() -> argparse.ArgumentParser:
         "0 = keep the size)",
     )
     p.add_argument("--crop", type=int, default=200, help="centre crop size (0 = none; 200)")
+    p.add_argument(
+        "--intensity",
+        choices=INTENSITY_OPTIONS,
+        default="auto",
+        help="grey levels of images that are not 8-bit: auto scales every file by one range, the min..max of "
+        "all the data (recorded in prepare.json; predict applies it to new files); per-file scales each file "
+        "by its own min..max (8-bit images are always used as they are)",
+    )
+    p.add_argument(
+        "--intensity-range",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="scale every file from LO..HI to 0..255 (clipped), e.g. 0 4095 for 12-bit data",
+    )
     p.add_argument(
         "--augment-copies",
         type=int,
@@ -161,6 +178,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         seed=args.seed,
         source={"volume": str(volume_path), "labels": str(labels_path)},
         overwrite=args.overwrite,
+        intensity=args.intensity,
+        intensity_range=args.intensity_range,
     )
 
 
@@ -177,6 +196,8 @@ def summary(info: dict[str, Any], out: Path) -> str:
             f"  {split:5s}: {detail}, {info['pairs'][split]} PNG pairs, "
             f"foreground {100 * info['foreground_fraction'][split]:.1f}%"
         )
+    if "intensity_scaling" in info:
+        lines.append(f"  {describe_intensity(info)}")
     lines.append(f"  image size {info.get('image_size', info.get('crop'))}; details in prepare.json")
     return "\n".join(lines)
 

@@ -300,13 +300,89 @@ def _binary_labels(labels: np.ndarray, source: str) -> np.ndarray:
 
 
 def _as_uint8(volume: np.ndarray) -> np.ndarray:
-    if volume.dtype == np.uint8:
-        return volume
-    v = volume.astype(np.float64)
-    lo, hi = float(v.min()), float(v.max())
+    """``volume`` as uint8: unchanged when it is uint8, else min-max scaled over its own values."""
+    return to_uint8(volume, "per-file", None)
+
+
+# --------------------------------------------------------------------------- intensities
+
+#: ``--intensity`` of the preparation: ``auto`` records one range for the whole data set
+#: (8-bit data is used as it is), ``per-file`` scales every non-8-bit file by its own min..max.
+INTENSITY_OPTIONS = ("auto", "per-file")
+
+#: The recorded scalings (``prepare.json`` ``intensity_scaling``, the checkpoint's
+#: ``input_transform`` record): ``uint8`` value / 255; ``range`` one ``[lo, hi]`` for every
+#: file; ``per-file`` each non-uint8 file's own min..max (uint8 files unchanged).
+INTENSITY_SCALINGS = ("uint8", "range", "per-file")
+
+
+def scale_to_uint8(pixels: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``rint(255 clip((v - lo) / (hi - lo), 0, 1))`` as uint8; all zeros when ``hi <= lo``."""
     if hi <= lo:
-        return np.zeros(volume.shape, dtype=np.uint8)
+        return np.zeros(pixels.shape, dtype=np.uint8)
+    v = pixels.astype(np.float64)
     return np.clip(np.rint((v - lo) / (hi - lo) * 255.0), 0, 255).astype(np.uint8)
+
+
+def to_uint8(pixels: np.ndarray, scaling: str, value_range: Sequence[float] | None) -> np.ndarray:
+    """The grey levels the model sees (uint8) under one of :data:`INTENSITY_SCALINGS`.
+
+    ``range``: :func:`scale_to_uint8` with ``value_range`` whatever the input's type;
+    ``uint8`` and ``per-file``: a uint8 input unchanged, any other scaled over its own
+    min..max (the whole array: a stack is one file).
+    """
+    pixels = np.asarray(pixels)
+    if scaling == "range":
+        if value_range is None:
+            raise ValueError("the range scaling needs a value range")
+        return scale_to_uint8(pixels, float(value_range[0]), float(value_range[1]))
+    if pixels.dtype == np.uint8:
+        return pixels
+    return scale_to_uint8(pixels, float(pixels.min()), float(pixels.max()))
+
+
+def choose_intensity(arrays: Sequence[np.ndarray], option: str = "auto",
+                     value_range: Sequence[float] | None = None) -> dict[str, Any]:
+    """How a preparation scales the grey levels of ``arrays`` (every image or stack it reads).
+
+    Returns the ``prepare.json`` fields ``intensity_scaling`` (one of
+    :data:`INTENSITY_SCALINGS`), ``intensity_range`` (``[lo, hi]``, or None for ``per-file``)
+    and ``intensity_dtypes`` (the stored pixel types met). ``value_range`` (``--intensity-range``)
+    is used for every file; else ``option`` ``auto`` gives ``uint8`` when every array is uint8
+    and otherwise ``range`` over the min..max of all arrays together (so a file's grey levels
+    mean the same whatever else is in it); ``per-file`` keeps each file's own min..max.
+    """
+    if option not in INTENSITY_OPTIONS:
+        raise ConfigError(f"--intensity {option!r}: expected one of {', '.join(INTENSITY_OPTIONS)}")
+    dtypes = sorted({str(np.asarray(a).dtype) for a in arrays})
+    if value_range is not None:
+        lo, hi = float(value_range[0]), float(value_range[1])
+        if not hi > lo:
+            raise ConfigError(f"--intensity-range {lo:g} {hi:g}: the upper bound must be above the lower one")
+        if option == "per-file":
+            raise ConfigError("--intensity-range sets one range for every file; drop --intensity per-file")
+        return {"intensity_scaling": "range", "intensity_range": [lo, hi], "intensity_dtypes": dtypes}
+    if dtypes == ["uint8"]:
+        return {"intensity_scaling": "uint8", "intensity_range": [0.0, 255.0], "intensity_dtypes": dtypes}
+    if option == "per-file":
+        return {"intensity_scaling": "per-file", "intensity_range": None, "intensity_dtypes": dtypes}
+    lo = min(float(np.min(a)) for a in arrays)
+    hi = max(float(np.max(a)) for a in arrays)
+    return {"intensity_scaling": "range", "intensity_range": [lo, hi], "intensity_dtypes": dtypes}
+
+
+def describe_intensity(info: Mapping[str, Any]) -> str:
+    """One line for the preparation's output: which scaling it applied and what predict will do."""
+    scaling, value_range = info.get("intensity_scaling"), info.get("intensity_range")
+    dtypes = ", ".join(info.get("intensity_dtypes") or []) or "?"
+    if scaling == "uint8":
+        return "intensity: 8-bit images used as they are (value / 255)"
+    if scaling == "range":
+        lo, hi = value_range
+        return (f"intensity: {dtypes} grey levels scaled from {lo:g}..{hi:g} to 0..255 for every file "
+                "(recorded in prepare.json; predict applies the same range)")
+    return (f"intensity: each {dtypes} file scaled by its own min..max to 0..255 (--intensity per-file; "
+            "predict does the same per file)")
 
 
 def _write_split(
@@ -356,13 +432,17 @@ def prepare_em(
     seed: int = 0,
     source: Mapping[str, str] | None = None,
     overwrite: bool = False,
+    intensity: str = "auto",
+    intensity_range: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Turn an EM stack and its labels into the PNG-pair folder ``out_dir``; return the manifest.
 
     Each slice is resized to ``resize x resize`` (:func:`resize_pair`; ``None`` keeps the
     size), then centre-cropped to ``crop x crop`` (``None``: no crop). Labels must be binary
     ({0, 255} or {0, 1}); mask = label != 0, so the positive class is the label-255 region
-    (cell interior). A non-uint8 volume is min-max scaled to 0..255. Slices listed in
+    (cell interior). A non-uint8 volume is scaled to 0..255 as :func:`choose_intensity` decides
+    from ``intensity`` and ``intensity_range`` (by default over the stack's min..max; the
+    manifest records the scaling and range, which predict applies). Slices listed in
     ``val_slices`` (default :func:`default_val_slices`) go to ``val``, the others to
     ``train``, named ``slice_00``...; each training slice also gets ``augment_copies``
     augmented copies ``slice_00_aug1``... (:func:`augment_pair`, seeded by ``seed``).
@@ -393,7 +473,8 @@ def prepare_em(
     crop_hw = None if crop is None else (int(crop), int(crop))
     if crop_hw is not None and (crop_hw[0] > size[0] or crop_hw[1] > size[1]):
         raise ConfigError(f"crop {crop} is larger than the resized slice {size}; lower the crop")
-    images = _as_uint8(volume)
+    scaling = choose_intensity([volume], intensity, intensity_range)
+    images = to_uint8(volume, scaling["intensity_scaling"], scaling["intensity_range"])
     masks = _binary_labels(labels, str(src.get("labels")))
 
     rng = np.random.default_rng(seed)
@@ -422,6 +503,7 @@ def prepare_em(
             "pairs": counts,
             "foreground_fraction": fractions,
             "positive_class": "mask 255 = label 255 = cell interior (membranes are 0)",
+            **scaling,
         }
         write_manifest(tmp, info)
     return info
