@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .runs import Result
+from .runs import Result, data_key
 
 #: Metrics shown after Dice, with their table headers (ISBI ones only when a run logged them).
 OTHER_METRICS = (("precision", "precision"), ("recall", "recall"), ("specificity", "specificity"),
@@ -153,7 +153,10 @@ def markdown_table(results: Sequence[Result]) -> str:
     """The group's table in Markdown (the metrics columns that any run logged)."""
     logged = {m for r in results for m, _ in OTHER_METRICS if r.best and r.best.get(m) is not None}
     metrics = [(m, h) for m, h in OTHER_METRICS if m in logged]
-    header = ["experiment", "activations / weights", "quantizer", "status", "best val Dice (mean ± std)", "epoch",
+    found = data_sets(results)
+    data_index = {path: i for i, path in enumerate(found, start=1)} if len(found) > 1 else {}
+    header = ["experiment", *(["data"] if data_index else []), "activations / weights", "quantizer", "status",
+              "best val Dice (mean ± std)", "epoch",
               "Δ Dice vs full precision", *[h for _, h in metrics], "c",
               "weight memory, this run (MiB)", "reduction", "weight memory at c=64, paper model (MiB)", "reduction"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -171,7 +174,9 @@ def markdown_table(results: Sequence[Result]) -> str:
         else:
             pct = "n/a" if math.isnan(change[1]) else f"{change[1]:+.2f}%"
             delta = f"{change[0]:+.2f} pts ({pct})"
-        cells = [f"`{r.experiment.name}`", f"{act} / {weight}", quantizer_label(r), r.status_text, dice,
+        data = ([f"{data_index.get(data_key(r), '?')}: `{data_key(r)}`"] if r.cfg is not None else ["?"]) \
+            if data_index else []
+        cells = [f"`{r.experiment.name}`", *data, f"{act} / {weight}", quantizer_label(r), r.status_text, dice,
                  str(int(best["epoch"])) if best else "", delta]
         for m, _ in metrics:
             digits = 4 if m in ("rand_error", "pixel_error") else 2
@@ -278,6 +283,27 @@ def runs_note(results: Sequence[Result]) -> str:
     return ("Each row is the run in the experiment's own folder (`log_output_dir/experiment_name`). Other runs "
             "beside it, not in the table (pass `-o experiment_name=<folder>` to tabulate one): " + "; ".join(parts)
             + ".")
+
+
+def data_sets(results: Sequence[Result]) -> dict[str, list[str]]:
+    """The data each row was trained on: resolved ``dataset_path`` -> experiment names (rows
+    without a config left out), in table order."""
+    found: dict[str, list[str]] = {}
+    for r in results:
+        if r.cfg is not None:
+            found.setdefault(data_key(r), []).append(r.experiment.name)
+    return found
+
+
+def data_note(results: Sequence[Result]) -> str:
+    """A warning when the rows of one table were trained on different data; empty otherwise."""
+    found = data_sets(results)
+    if len(found) < 2:
+        return ""
+    parts = [f"`{path}`: {', '.join(names)}" for path, names in found.items()]
+    return (f"**These rows come from {len(found)} different data sets** ({'; '.join(parts)}): their Dice values "
+            "are not comparable across data sets, and each Δ Dice is against the full-precision row on the same "
+            "data (n/a without one).")
 
 
 def compact_table(results: Sequence[Result]) -> str:
