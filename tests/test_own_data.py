@@ -139,3 +139,65 @@ def test_old_checkpoint_keeps_per_file_scaling_with_a_note(trained: dict, tmp_pa
     per_file = _probabilities(tmp_path, trained["run"], trained["root"] / "quadrant0.tif", "new", "--intensity",
                               "per-file")
     np.testing.assert_array_equal(old, per_file)
+
+
+# --------------------------------------------------------------------------- names, pairs, instance labels
+
+
+def _instance_labels(labels: np.ndarray) -> np.ndarray:
+    """0/255 labels -> one value per connected object (uint16, 1..n), as instance labels are."""
+    from scipy import ndimage
+
+    objects, _ = ndimage.label(labels > 0)
+    return objects.astype(np.uint16)
+
+
+def test_user_data_is_named_by_its_source_and_never_isbi(trained: dict) -> None:
+    from unet.results.tables import describe_data
+
+    manifest = json.loads((trained["data"] / "prepare.json").read_text())
+    assert manifest["name"] == "volume" and manifest["origin"] == "user"
+    out = trained["prep"].stdout
+    assert out.startswith("prepared 'volume' (--name sets it) in ") and "ISBI" not in out
+    described = describe_data(trained["data"])
+    assert "data set 'volume'" in described and "public" not in described and "ISBI" not in described
+    log = (trained["run"] / "train.log").read_text()
+    assert "ISBI" not in log
+
+
+def test_image_and_mask_folders_with_instance_labels(tmp_path: Path) -> None:
+    """A folder of 16-bit TIFF tiles and a folder of instance-label masks (PNG and TIFF): refused
+    without --binarize with a hint that speaks of objects, not membranes; prepared with it, with
+    the given name, one intensity range over all tiles and masks = label > 0."""
+    image, labels = sixteen_bit_image()
+    images, masks = tmp_path / "nuclei" / "images", tmp_path / "nuclei" / "masks"
+    images.mkdir(parents=True)
+    masks.mkdir()
+    for k, (tile, label) in enumerate(zip(quadrants(image), quadrants(_instance_labels(labels)), strict=True)):
+        tifffile.imwrite(images / f"tile{k}.tif", tile)
+        if k % 2:
+            tifffile.imwrite(masks / f"tile{k}.tif", label)
+        else:
+            from PIL import Image
+
+            Image.fromarray(label.astype(np.uint16)).save(masks / f"tile{k}.png")
+    base = ["preprocessing/em_prepare.py", "--pairs-images", str(images), "--pairs-masks", str(masks), "--crop", "0"]
+    refused = run_command([*base, "--out", str(tmp_path / "refused")], cwd=REPO)
+    assert refused.returncode == 2
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith("error: mask ") and "is not binary" in line and "--binarize" in line
+    assert "membrane" not in line and "cell" not in line
+    done = run_command([*base, "--binarize", "--name", "nuclei (DAPI)", "--val-names", "tile3",
+                        "--out", str(tmp_path / "data")], cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("prepared 'nuclei (DAPI)' (--name sets it) in ")
+    manifest = json.loads((tmp_path / "data" / "prepare.json").read_text())
+    assert manifest["name"] == "nuclei (DAPI)" and manifest["binarize"] is True
+    assert manifest["intensity_range"] == [float(image.min()), float(image.max())]
+    assert manifest["val_names"] == ["tile3"] and manifest["input_shape"] == [4, 64, 64]
+    from unet.data.pairs import read_grey_png, read_mask_png
+
+    prepared = read_grey_png(tmp_path / "data" / "train" / "images" / "tile1.png")
+    np.testing.assert_array_equal(prepared, to_uint8(quadrants(image)[1], "range", manifest["intensity_range"]))
+    mask = read_mask_png(tmp_path / "data" / "train" / "masks" / "tile1.png")
+    np.testing.assert_array_equal(mask, quadrants(labels)[1] > 0)

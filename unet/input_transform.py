@@ -10,7 +10,8 @@ Fields common to every dataset: ``dataset`` (``"EM"``, ``"GM"`` or ``"NIH"``), `
 (:data:`RECORD_VERSION`), ``window`` (the training crop ``[H, W]`` in pixels, the sliding
 window's size), ``normalize`` (the config's ``normalize``: ``"none"`` or ``"instance"``,
 applied per window after padding with 0, as training applied it per crop) and ``source``
-(the ``prepare.json`` read, or ``None``). Then per dataset:
+(the ``prepare.json`` read, or ``None``); EM and NIH also ``data_name`` (the name the
+preparation gave the data, ``--name``, or ``None``). Then per dataset:
 
 * EM: ``resize_factor`` ``[fy, fx]``, prepared size / release size per axis
   (512 -> 256 gives ``[0.5, 0.5]``; ``[1.0, 1.0]`` when the preparation did not resize;
@@ -129,6 +130,7 @@ def input_transform_record(cfg: Mapping[str, Any], dataset_name: str) -> dict[st
         return record
     manifest, path = read_prepare_manifest(cfg.get("dataset_path"))
     record["source"] = None if path is None else str(path)
+    record["data_name"] = None if manifest is None or not manifest.get("name") else str(manifest["name"])
     if dataset == "EM":
         record.update(resize_factor=_em_resize_factor(manifest), **em_intensity(manifest))
     else:

@@ -376,7 +376,9 @@ def predict(args: argparse.Namespace, out: Callable[[str], None], err: Callable[
     forward = make_forward(engine, device, args.tta)
     transform = None if record["normalize"] == "none" else (lambda w: normalize(w, record["normalize"]))
     args.output.mkdir(parents=True, exist_ok=True)
-    out(f"model: {predictor.dataset} {predictor.path} ({cfg.quantization}, base_channels {cfg.base_channels}); "
+    trained_on = f" trained on '{record['data_name']}'" if record.get("data_name") else ""
+    out(f"model: {predictor.dataset}{trained_on} {predictor.path} ({cfg.quantization}, "
+        f"base_channels {cfg.base_channels}); "
         f"window {window[0]}x{window[1]}, step {args.step}, batch {batch_size}, BatchNorm {args.bn_mode}, "
         f"threshold {threshold}, engine {args.engine}{', TTA' if args.tta else ''}, device {device}")
 

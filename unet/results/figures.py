@@ -13,7 +13,7 @@ import numpy as np
 
 from ..fileio import atomic_path
 from .runs import Result, data_key
-from .tables import dataset_labels, short_label, weight_bits
+from .tables import data_name, dataset_labels, short_label, weight_bits
 
 
 def _plt():
@@ -112,7 +112,7 @@ def figure_series(groups: dict[str, list[Result]], x_of: Callable[[Result], floa
                 series.reference = float(r.reference.dice)
         if len(by_data) > 1:
             for series in by_data.values():
-                series.label = f"{labels[group]}, data {_short_path(series.data)}"
+                series.label = f"{labels[group]}, data {data_name(series.data) or _short_path(series.data)}"
         for series in by_data.values():
             series.points.sort(key=lambda p: (p.x, p.dice))
             out.append(series)

@@ -82,13 +82,28 @@ def weight_bits(result: Result) -> int | None:
     return None if specs is None else specs[0].storage_bits
 
 
+def data_name(path: str | Path) -> str | None:
+    """The name a preparation gave the data in ``path`` (``prepare.json`` ``name``, from
+    ``--name``), None when it recorded none."""
+    try:
+        info = json.loads((Path(path) / "prepare.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    name = info.get("name") if isinstance(info, dict) else None
+    return str(name) if name else None
+
+
 def dataset_labels(groups: dict[str, list[Result]]) -> dict[str, str]:
-    """Legend label per group: the configs' ``dataset`` name, or the folder name when two
-    groups share one."""
+    """Legend label per group: the configs' ``dataset`` name with the data set's own name when
+    all its rows share one prepared data set that has one (``em (nuclei)``), or the folder name
+    when two groups share a label."""
     names = {}
     for group, results in groups.items():
         cfgs = [r.cfg for r in results if r.cfg is not None]
         names[group] = str(cfgs[0].dataset) if cfgs else group
+        paths = {data_key(r) for r in results if r.cfg is not None}
+        if len(paths) == 1 and (own := data_name(paths.pop())):
+            names[group] += f" ({own})"
     counts = {n: list(names.values()).count(n) for n in names.values()}
     return {g: (f"{n} ({g}/)" if counts[n] > 1 else n) for g, n in names.items()}
 
@@ -217,8 +232,9 @@ def settings_sentence(results: Sequence[Result]) -> str:
 
 
 def describe_data(path: Path) -> str:
-    """``path`` (relative to the working directory when inside it), and whether it is the
-    synthetic stand-in (read from the preparation's ``prepare.json`` or ``synthetic_release.json``)."""
+    """``path`` (relative to the working directory when inside it) and what it holds: the
+    synthetic stand-in, the public release (only when the preparation recognised it) or the
+    data set the preparation named (``prepare.json``, or ``synthetic_release.json``)."""
     try:
         shown = os.path.relpath(path) if Path(path).resolve().is_relative_to(Path.cwd()) else str(path)
     except ValueError:
@@ -232,8 +248,15 @@ def describe_data(path: Path) -> str:
             info = json.loads(prepare.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             info = {}
-        synthetic = "synthetic" in json.dumps(info.get("source", ""))
-        kind = "synthetic stand-in" if synthetic else f"public data ({info.get('dataset', 'prepared')})"
+        origin = info.get("origin")
+        name = info.get("name") or info.get("dataset") or "prepared data"
+        synthetic = origin == "synthetic" or (origin is None and "synthetic" in json.dumps(info.get("source", "")))
+        if synthetic:
+            kind = "synthetic stand-in"
+        elif origin == "isbi2012":
+            kind = f"the public {name} release"
+        else:
+            kind = f"data set '{name}'"
         pairs = info.get("pairs") or info.get("slices")
         if isinstance(pairs, dict) and {"train", "val"} <= set(pairs):
             kind += f", {pairs['train']} train / {pairs['val']} val slices"

@@ -135,6 +135,7 @@ class Report:
 
     out_dir: Path
     split: str
+    name: str = "NIH Pancreas-CT"
     cases: dict[str, list[int]] = field(default_factory=dict)
     slices: dict[str, int] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -149,7 +150,7 @@ class Report:
         """A few lines: cases used/skipped, then cases and slices per split."""
         total = len(self.used) + len(self.skipped)
         lines = [
-            f"NIH Pancreas-CT: {len(self.used)} of {total} cases used, "
+            f"{self.name}: {len(self.used)} of {total} cases used, "
             f"{len(self.skipped)} skipped (split by {self.split})"
         ]
         for split in ("train", "val"):
@@ -229,6 +230,7 @@ def prepare_nih(
     seed: int = 0,
     progress: bool = True,
     overwrite: bool = False,
+    name: str | None = None,
 ) -> Report:
     """Prepare NIH Pancreas-CT as PNG pairs in ``out_dir`` (atomically; a previous preparation
     only with ``overwrite``, see :func:`unet.fileio.atomic_directory`) and report.
@@ -242,7 +244,9 @@ def prepare_nih(
     * ``"slice"``: the original's hold-out: the same count rule over all slices of all
       cases (sorted by name, then permuted with the seed), so a patient may be in both.
 
-    The split depends only on the set of usable cases (or slices) and the seed.
+    The split depends only on the set of usable cases (or slices) and the seed. ``name``
+    (default: the images folder's name) names the data set in the summary, ``prepare.json``
+    and the results.
     A case with no label, an unreadable CT or label, a label shape that differs from the CT
     or an empty label is skipped and listed in ``Report.skipped`` and in the manifest
     (``prepare.json``, which also records cases per split, window, size, split and seed).
@@ -262,7 +266,8 @@ def prepare_nih(
             raise ConfigError(f"val_cases {missing} are not in {images_dir}")
 
     out_dir = Path(out_dir)
-    report = Report(out_dir=out_dir, split=split, skipped=list(rejected), warnings=list(notes))
+    report = Report(out_dir=out_dir, split=split, name=name or Path(images_dir).resolve().name,
+                    skipped=list(rejected), warnings=list(notes))
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         names: dict[int, list[str]] = {}
         bar = tqdm(cases, desc="NIH cases", unit="case", disable=bar_disable(not progress))
@@ -342,6 +347,7 @@ def _manifest(
 ) -> dict[str, Any]:
     return {
         "dataset": "nih-pancreas-ct",
+        "name": report.name,
         "source": {"images": str(Path(images_dir).resolve()), "labels": str(Path(labels_dir).resolve())},
         "split": report.split,
         "val_fraction": float(val_fraction),
