@@ -21,7 +21,7 @@ from unet.predict import cli as predict_cli
 from unet.prep.em import choose_intensity, synthetic_em_stack, to_uint8
 
 from .conftest import REPO, run_command
-from .tiny_em import make_experiment, trainer_in_process
+from .tiny_em import trainer_in_process
 
 TINY = ["-o", "base_channels=4", "-o", "num_epochs=1", "-o", "crop_size=[64,64]", "-o", "batch_size=4",
         "-o", "val_batch_size=4", "-o", "overlay_every=1000"]
@@ -64,15 +64,19 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
                         str(root / "labels.tif"), "--resize", "0", "--crop", "0", "--val-slices", "3",
                         "--out", str(data)], cwd=REPO)
     assert prep.returncode == 0, prep.stderr
-    folder = make_experiment(root, "exp", "quickstart")
+    folder = root / "experiments" / "exp"
+    folder.parent.mkdir()
+    made = run_command(["-m", "unet.new_experiment", "em/quickstart", str(folder), "--dataset-path", str(data),
+                        *TINY], cwd=REPO)
+    assert made.returncode == 0, made.stderr
     monkeypatch = pytest.MonkeyPatch()
     try:
-        status = trainer_in_process(monkeypatch, folder, ["-f", "config.yaml", "-t", "UNET", *TINY,
-                                                          "-o", f"dataset_path={data}"])
+        status = trainer_in_process(monkeypatch, folder, ["-f", "config.yaml", "-t", "UNET"])
     finally:
         monkeypatch.undo()
     assert status == 0
-    return {"root": root, "data": data, "run": folder / "runs" / "exp", "prep": prep, "image": image}
+    return {"root": root, "data": data, "run": folder / "runs" / "exp", "prep": prep, "image": image,
+            "folder": folder, "made": made}
 
 
 def test_choose_intensity_rules() -> None:
@@ -201,3 +205,32 @@ def test_image_and_mask_folders_with_instance_labels(tmp_path: Path) -> None:
     np.testing.assert_array_equal(prepared, to_uint8(quadrants(image)[1], "range", manifest["intensity_range"]))
     mask = read_mask_png(tmp_path / "data" / "train" / "masks" / "tile1.png")
     np.testing.assert_array_equal(mask, quadrants(labels)[1] > 0)
+
+
+# --------------------------------------------------------------------------- a new experiment folder
+
+
+def test_new_experiment_copies_the_config_and_links_the_trainer(trained: dict, tmp_path: Path) -> None:
+    import yaml
+
+    folder = trained["folder"]
+    config = yaml.safe_load((folder / "config.yaml").read_text())["UNET"]
+    assert config["dataset_path"] == "../../data" and (folder / config["dataset_path"]).resolve() == trained["data"]
+    assert config["crop_size"] == [64, 64] and config["quantization"] == "FIXED" and config["base_channels"] == 4
+    link = folder / "em_unet.py"
+    assert link.is_symlink() and not Path(link.readlink()).is_absolute()
+    assert link.resolve() == (REPO / "EM_BASE" / "em_unet.py").resolve()
+    last = trained["made"].stdout.splitlines()[-1]
+    assert last == f"train it: cd {folder} && python em_unet.py -f config.yaml -t UNET"
+    assert (trained["run"] / "best.pt").is_file()  # the trainer ran from it
+
+    small = run_command(["-m", "unet.new_experiment", str(folder), str(tmp_path / "small"), "-o", "crop_size=[32,32]"],
+                        cwd=tmp_path)
+    assert small.returncode == 0, small.stderr
+    assert "note: crop_size [32, 32] is smaller than the prepared images (64 x 64)" in small.stdout
+    assert "-o crop_size=[64,64]" in small.stdout
+    again = run_command(["-m", "unet.new_experiment", str(folder), str(tmp_path / "small")], cwd=tmp_path)
+    assert again.returncode == 2 and again.stderr.strip() == f"error: {tmp_path / 'small'} already exists; choose a " \
+        "new folder name"
+    bad = run_command(["-m", "unet.new_experiment", str(folder), str(tmp_path / "bad"), "-o", "lr=-1"], cwd=tmp_path)
+    assert bad.returncode == 2 and "key 'lr' must be > 0" in bad.stderr and not (tmp_path / "bad").exists()
