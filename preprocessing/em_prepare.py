@@ -223,8 +223,18 @@ def summary(info: dict[str, Any], out: Path) -> str:
         )
     if "intensity_scaling" in info:
         lines.append(f"  {describe_intensity(info)}")
-    lines.append(f"  image size {info.get('image_size', info.get('crop'))}; details in prepare.json")
+    lines.append(f"  image size {_image_size(info)}; details in prepare.json")
     return "\n".join(lines)
+
+
+def _image_size(info: dict[str, Any]) -> str:
+    """``200x200`` (the crop, else the resize), or the input sizes of uncropped pairs."""
+    if info.get("image_size"):
+        return "x".join(str(v) for v in info["image_size"])
+    side = info.get("crop") or info.get("resize")
+    if side:
+        return f"{side}x{side}"
+    return ", ".join("x".join(str(v) for v in size) for size in info.get("input_sizes") or []) or "?"
 
 
 def _ranges(indices: list[int]) -> str:

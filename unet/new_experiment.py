@@ -116,7 +116,8 @@ def make_experiment(source: Path, dest: Path, dataset_path: Path | None = None,
 
 def crop_notes(cfg: Any) -> list[str]:
     """Notes on ``crop_size`` against the prepared images of ``cfg.dataset_path`` (its
-    ``prepare.json``): a crop smaller than the images trains on their centre only."""
+    ``prepare.json``): a crop smaller than the images trains on their centre only, one larger
+    pads them with 0."""
     path = Path(cfg.dataset_path)
     try:
         info = json.loads((path / "prepare.json").read_text(encoding="utf-8"))
@@ -132,6 +133,10 @@ def crop_notes(cfg: Any) -> list[str]:
         fit = [int(size[0]) // 8 * 8, int(size[1]) // 8 * 8]
         return [f"note: crop_size {crop} is smaller than the prepared images ({size[0]} x {size[1]}): training sees "
                 f"only their centre; add -o crop_size=[{fit[0]},{fit[1]}] (multiples of 8) to train on whole images"]
+    if crop[0] > int(size[0]) + 7 or crop[1] > int(size[1]) + 7:
+        fit = [-(-int(size[0]) // 8) * 8, -(-int(size[1]) // 8) * 8]
+        return [f"note: crop_size {crop} is larger than the prepared images ({size[0]} x {size[1]}): they are padded "
+                f"with 0; -o crop_size=[{fit[0]},{fit[1]}] fits them"]
     return []
 
 

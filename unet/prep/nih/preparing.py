@@ -186,9 +186,10 @@ def _n_val(n: int, fraction: float, what: str) -> int:
 
 
 def _process_case(
-    case: Case, window: tuple[float, float], size: tuple[int, int]
+    case: Case, window: tuple[float, float], size: tuple[int, int], pancreas: bool = True
 ) -> tuple[list[tuple[int, np.ndarray, np.ndarray]], list[str]]:
-    """Load and slice one case; raise DataError with the skip reason when unusable."""
+    """Load and slice one case; raise DataError with the skip reason when unusable. ``pancreas``:
+    warn when the mean value under the label is not pancreas-like HU (the NIH data)."""
     if case.label is None:
         raise DataError(f"no label (expected label{case.number:04d}.nii.gz)")
     try:
@@ -202,7 +203,7 @@ def _process_case(
     if label.shape != ct.shape:
         raise DataError(f"label shape {label.shape} differs from CT shape {ct.shape}")
     if not label.any():
-        raise DataError(f"empty label {case.label.name} (no pancreas voxel)")
+        raise DataError(f"empty label {case.label.name} (no labelled voxel)")
     notes = []
     if not np.allclose(ct_affine, label_affine, atol=_AFFINE_TOL_MM):
         notes.append(
@@ -210,7 +211,7 @@ def _process_case(
             "by index after reorientation, check the overlay"
         )
     mean_hu = float(ct[label].mean())
-    if not _PANCREAS_HU_RANGE[0] <= mean_hu <= _PANCREAS_HU_RANGE[1]:
+    if pancreas and not _PANCREAS_HU_RANGE[0] <= mean_hu <= _PANCREAS_HU_RANGE[1]:
         notes.append(
             f"{case.name}: mean CT value under the label is {mean_hu:.0f} HU (pancreas is about "
             "30-150 HU); is the label aligned and the CT in HU?"
@@ -246,7 +247,8 @@ def prepare_nih(
 
     The split depends only on the set of usable cases (or slices) and the seed. ``name``
     (default: the images folder's name) names the data set in the summary, ``prepare.json``
-    and the results.
+    and the results; the check that the label covers pancreas-like HU runs unless ``name``
+    is given without the word "pancreas" (other data).
     A case with no label, an unreadable CT or label, a label shape that differs from the CT
     or an empty label is skipped and listed in ``Report.skipped`` and in the manifest
     (``prepare.json``, which also records cases per split, window, size, split and seed).
@@ -266,6 +268,7 @@ def prepare_nih(
             raise ConfigError(f"val_cases {missing} are not in {images_dir}")
 
     out_dir = Path(out_dir)
+    pancreas = name is None or "pancreas" in name.lower()
     report = Report(out_dir=out_dir, split=split, name=name or Path(images_dir).resolve().name,
                     skipped=list(rejected), warnings=list(notes))
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
@@ -274,7 +277,7 @@ def prepare_nih(
         for case in bar:
             bar.set_postfix_str(case.name)
             try:
-                pairs, case_notes = _process_case(case, window, size)
+                pairs, case_notes = _process_case(case, window, size, pancreas)
             except DataError as exc:
                 report.skipped.append((case.name, str(exc)))
                 continue
