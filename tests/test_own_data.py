@@ -234,3 +234,17 @@ def test_new_experiment_copies_the_config_and_links_the_trainer(trained: dict, t
         "new folder name"
     bad = run_command(["-m", "unet.new_experiment", str(folder), str(tmp_path / "bad"), "-o", "lr=-1"], cwd=tmp_path)
     assert bad.returncode == 2 and "key 'lr' must be > 0" in bad.stderr and not (tmp_path / "bad").exists()
+
+
+def test_one_2d_tiff_as_a_stack_points_to_the_pairs(tmp_path: Path) -> None:
+    from unet.prep.em import is_isbi_release
+
+    tifffile.imwrite(tmp_path / "one.tif", np.zeros((32, 32), np.uint16))
+    result = run_command(["preprocessing/em_prepare.py", "--volume", str(tmp_path / "one.tif"), "--labels",
+                          str(tmp_path / "one.tif"), "--out", str(tmp_path / "out")], cwd=REPO)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "is one 2-D image (32, 32)" in line and "--pairs-images and --pairs-masks" in line
+    release = np.zeros((30, 512, 512), np.uint8)
+    assert is_isbi_release("x/train-volume.tif", release)
+    assert not is_isbi_release("x/nuclei.tif", release) and not is_isbi_release("train-volume.tif", release[:5])

@@ -56,6 +56,12 @@ def read_tiff_stack(path: str | Path) -> np.ndarray:
     except Exception as exc:  # noqa: BLE001 - any decoder failure means an unreadable file
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"cannot read TIFF stack {path} ({reason}); the file is corrupt") from exc
+    if array.ndim == 2:
+        raise DataError(
+            f"TIFF {path} is one 2-D image {array.shape}; --volume takes a stack of pages (N, H, W). For 2-D "
+            "images put them (cut into tiles if you have one large image) with their masks in two folders and "
+            "use --pairs-images and --pairs-masks"
+        )
     if array.ndim != 3:
         raise DataError(
             f"TIFF {path} has array shape {array.shape}; expected a stack of greyscale pages "

@@ -434,7 +434,7 @@ def plot_overlays(path: Path, group: str, results: Sequence[Result]) -> str:
     thresholds = sorted({f"{r.cfg.threshold:g}" for r, _, _, _ in rows})
     same = "the same validation slices" if sum(k == "image" for k, _ in layout) == 1 else \
         "its own validation slices (the image row above it)"
-    fig.suptitle(f"{group}: each experiment's best.pt on {same}\n"
+    fig.suptitle(f"{dataset_labels({group: list(results)})[group]}: each experiment's best.pt on {same}\n"
                  f"prediction: probability > {' / '.join(thresholds)}", fontsize=9)
     fig.tight_layout(rect=(0, 0.03, 1, 0.98))
     _save(fig, path, palette=(AGREE, MISSED, FALSE_POSITIVE))
