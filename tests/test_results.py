@@ -328,7 +328,7 @@ def test_figures_label_what_they_show(swept: dict, monkeypatch: pytest.MonkeyPat
                 colours.setdefault(line.get_label(), set()).add(line.get_color())
         assert len(colours) == len(ran) and all(len(c) == 1 for c in colours.values())  # one colour each ...
         assert len({c.pop() for c in colours.values()}) == len(ran)  # ... and a different one per experiment
-        assert drawn["curves.png"].axes[0].get_title() == "em: val Dice (%), threshold 0.999"
+        assert drawn["curves.png"].axes[0].get_title() == "em (synthetic EM stand-in): val Dice (%), threshold 0.999"
 
         figures.write_weight_grids(tmp_path, groups)
         fig = drawn["weights_a6.0_w0.4.png"]
