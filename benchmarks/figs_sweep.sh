@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerate Figs/ (the README's showcase) on the synthetic EM stand-in by the float-then-quantize
-# route, with a stated budget (issue 17 item 8):
+# route, with a stated budget:
 #
 #   1. prepare the synthetic EM data with 3 augmented copies (96 train / 6 val slices);
 #   2. train full precision from scratch for FP_EPOCHS epochs (base_channels 8, 96x96 crops,

@@ -1,4 +1,5 @@
-"""Prepare the ISBI 2012 EM data (or a synthetic stand-in) for the EM trainer.
+"""Prepare EM-style 2-D data for the EM trainer: the ISBI 2012 release, your own stacks or
+image/mask folders, or a synthetic stand-in.
 
 Examples::
 
@@ -21,6 +22,9 @@ from typing import Any
 from unet.errors import ConfigError, UserError
 from unet.fileio import PAIRS, SYNTHETIC_SOURCE, atomic_directory, check_output_dir
 from unet.prep.em import (
+    INTENSITY_OPTIONS,
+    describe_intensity,
+    is_isbi_release,
     parse_index_list,
     prepare_em,
     prepare_em_from_pairs,
@@ -36,20 +40,33 @@ DEFAULT_OUT = REPO_ROOT / "data" / "em"
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options (see ``--help``)."""
     p = argparse.ArgumentParser(
-        description="Turn the ISBI 2012 EM stacks (or PNG pairs, or a synthetic stand-in) "
-        "into the train/val PNG-pair folder the EM trainer reads.",
+        description="Turn 2-D images and their masks (TIFF stacks such as the ISBI 2012 release, folders of "
+        "image/mask pairs, or a synthetic stand-in) into the train/val PNG-pair folder the EM trainer reads.",
     )
     src = p.add_argument_group("input (choose one)")
-    src.add_argument("--volume", type=Path, help="train-volume.tif (N x H x W uint8 stack)")
-    src.add_argument("--labels", type=Path, help="train-labels.tif (255 = cell, 0 = membrane)")
+    src.add_argument("--volume", type=Path, help="TIFF stack of N images (N x H x W), e.g. train-volume.tif")
+    src.add_argument("--labels", type=Path, help="its labels, the same shape: 0 background, 255 (or 1) foreground "
+                     "(ISBI 2012 train-labels.tif: 255 cell interior, 0 membrane)")
     src.add_argument(
         "--synthetic",
         action="store_true",
         help="draw a synthetic EM-like stack into <out>-synthetic-source/ and prepare it",
     )
-    src.add_argument("--pairs-images", type=Path, help="folder of image PNGs (paired by name)")
-    src.add_argument("--pairs-masks", type=Path, help="folder of mask PNGs (0/255)")
+    src.add_argument("--pairs-images", type=Path,
+                     help="folder of 2-D images, PNG or TIFF of any bit depth (paired with the masks by file stem)")
+    src.add_argument("--pairs-masks", type=Path, help="folder of their masks, PNG or TIFF (0/255 or 0/1; "
+                     "instance labels with --binarize)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder ({DEFAULT_OUT})")
+    p.add_argument(
+        "--name",
+        help="the data set's name, recorded in prepare.json and shown in messages and results (default: "
+        "'ISBI 2012 EM segmentation' for that release, 'synthetic EM stand-in', else the source file's name)",
+    )
+    p.add_argument(
+        "--binarize",
+        action="store_true",
+        help="labels are instance labels (one value per object, 0 background): every label > 0 is foreground",
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -74,6 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
         "0 = keep the size)",
     )
     p.add_argument("--crop", type=int, default=200, help="centre crop size (0 = none; 200)")
+    p.add_argument(
+        "--intensity",
+        choices=INTENSITY_OPTIONS,
+        default="auto",
+        help="grey levels of images that are not 8-bit: auto scales every file by one range, the min..max of "
+        "all the data (recorded in prepare.json; predict applies it to new files); per-file scales each file "
+        "by its own min..max (8-bit images are always used as they are)",
+    )
+    p.add_argument(
+        "--intensity-range",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="scale every file from LO..HI to 0..255 (clipped), e.g. 0 4095 for 12-bit data",
+    )
     p.add_argument(
         "--augment-copies",
         type=int,
@@ -129,6 +161,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             augment_copies=args.augment_copies,
             seed=args.seed,
             overwrite=args.overwrite,
+            intensity=args.intensity,
+            intensity_range=args.intensity_range,
+            binarize=args.binarize,
+            name=args.name,
         )
 
     check_output_dir(out, PAIRS, args.overwrite)  # before minutes of work, not after
@@ -150,6 +186,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     volume = read_tiff_stack(volume_path)
     labels = read_tiff_stack(labels_path)
+    origin = "synthetic" if args.synthetic else "isbi2012" if is_isbi_release(volume_path, volume) else "user"
     return prepare_em(
         volume,
         labels,
@@ -161,12 +198,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         seed=args.seed,
         source={"volume": str(volume_path), "labels": str(labels_path)},
         overwrite=args.overwrite,
+        intensity=args.intensity,
+        intensity_range=args.intensity_range,
+        name=args.name,
+        origin=origin,
+        binarize=args.binarize,
     )
 
 
 def summary(info: dict[str, Any], out: Path) -> str:
     """A few lines describing the prepared folder: pairs and foreground fraction per split."""
-    lines = [f"prepared {info['dataset']} in {out}"]
+    name = info.get("name", info["dataset"])
+    shown = name if info.get("origin") in ("isbi2012", "synthetic") else f"'{name}' (--name sets it)"
+    lines = [f"prepared {shown} in {out}"]
     for split in ("train", "val"):
         if "val_slices" in info:
             which = info[f"{split}_slices"]
@@ -177,8 +221,20 @@ def summary(info: dict[str, Any], out: Path) -> str:
             f"  {split:5s}: {detail}, {info['pairs'][split]} PNG pairs, "
             f"foreground {100 * info['foreground_fraction'][split]:.1f}%"
         )
-    lines.append(f"  image size {info.get('image_size', info.get('crop'))}; details in prepare.json")
+    if "intensity_scaling" in info:
+        lines.append(f"  {describe_intensity(info)}")
+    lines.append(f"  image size {_image_size(info)}; details in prepare.json")
     return "\n".join(lines)
+
+
+def _image_size(info: dict[str, Any]) -> str:
+    """``200x200`` (the crop, else the resize), or the input sizes of uncropped pairs."""
+    if info.get("image_size"):
+        return "x".join(str(v) for v in info["image_size"])
+    side = info.get("crop") or info.get("resize")
+    if side:
+        return f"{side}x{side}"
+    return ", ".join("x".join(str(v) for v in size) for size in info.get("input_sizes") or []) or "?"
 
 
 def _ranges(indices: list[int]) -> str:
@@ -202,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    for warning in info.get("warnings") or []:
+        print(warning, file=sys.stderr)
     print(summary(info, args.out.resolve()))
     return 0
 

@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", type=Path, help="folder of CT volumes (NIfTI or DICOM folders)")
     parser.add_argument("--labels", type=Path, help="folder of label0001.nii.gz files")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    parser.add_argument("--name", help="the data set's name, recorded in prepare.json and shown in messages and "
+                        "results (default: the --images folder's name; 'synthetic CT stand-in' with --synthetic); "
+                        "a name without the word 'pancreas' also drops the check that labels cover pancreas-like HU")
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -136,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             progress=not args.no_progress,
             overwrite=args.overwrite,
+            name=args.name or ("synthetic pancreas CT stand-in" if args.synthetic else None),
         )
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -211,9 +211,11 @@ def test_mirror_tta_averages_the_flipped_predictions() -> None:
 
 def test_checkpoints_record_the_input_transform(runs) -> None:
     em = load_checkpoint(runs["em"]["run"] / "best.pt")["input_transform"]
-    assert em == {"dataset": "EM", "version": 1, "window": [48, 48], "normalize": "none",
-                  "source": str(runs["em"]["data"] / "prepare.json"), "resize_factor": [0.5, 0.5],
-                  "intensity": "uint8 / 255"}
+    assert em == {"dataset": "EM", "version": 2, "window": [48, 48], "normalize": "none",
+                  "source": str(runs["em"]["data"] / "prepare.json"), "data_name": "user data",
+                  "resize_factor": [0.5, 0.5],
+                  "intensity": "uint8 / 255", "intensity_scaling": "uint8", "intensity_range": [0.0, 255.0],
+                  "intensity_dtypes": ["uint8"]}
     gm = load_checkpoint(runs["gm"]["run"] / "last.pt")["input_transform"]
     assert gm["dataset"] == "GM" and gm["resolution_mm"] == 0.25 and gm["normalize"] == "instance"
     nih = load_checkpoint(runs["nih"]["run"] / "best.pt")["input_transform"]

@@ -328,7 +328,7 @@ def test_figures_label_what_they_show(swept: dict, monkeypatch: pytest.MonkeyPat
                 colours.setdefault(line.get_label(), set()).add(line.get_color())
         assert len(colours) == len(ran) and all(len(c) == 1 for c in colours.values())  # one colour each ...
         assert len({c.pop() for c in colours.values()}) == len(ran)  # ... and a different one per experiment
-        assert drawn["curves.png"].axes[0].get_title() == "em: val Dice (%), threshold 0.999"
+        assert drawn["curves.png"].axes[0].get_title() == "em (synthetic EM stand-in): val Dice (%), threshold 0.999"
 
         figures.write_weight_grids(tmp_path, groups)
         fig = drawn["weights_a6.0_w0.4.png"]
@@ -369,3 +369,128 @@ def test_the_deployed_dice_stands_beside_the_protocols_and_only_where_it_was_log
     assert read_csv(root / "results.csv")[0]["eval_dice"] == ""
     md = (root / "results.md").read_text()
     assert "deployed Dice" not in md and "Which Dice is which" not in md
+
+
+# --- the Dice figures plot the table --------------------------------------------------------
+
+
+def _plotted(fig) -> dict[str, list[tuple[float, float, float]]]:
+    """(x, Dice, error) of every errorbar point per panel title, read back from the figure's artists."""
+    out: dict[str, list[tuple[float, float, float]]] = {}
+    for ax in fig.axes:
+        for container in ax.containers:
+            line, _caps, (bars,) = container.lines[0], container.lines[1], container.lines[2]
+            segments = bars.get_segments()
+            for (x, y), segment in zip(line.get_xydata(), segments, strict=True):
+                out.setdefault(ax.get_title(), []).append((float(x), float(y), float(segment[1][1] - y)))
+    return out
+
+
+@SLOW
+def test_figure_points_and_error_bars_are_the_table_rows(swept: dict, monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from unet.results import collect_results, figures
+
+    drawn: dict[str, object] = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, path, **_: drawn.__setitem__(Path(path).name, fig))
+    groups = collect_results([swept["root"]], swept["overrides"][1::2])
+    rows = {r["experiment"]: r for r in read_csv(swept["root"] / "results.csv") if r["dice"] != ""}
+    assert len(rows) == 2
+    try:
+        for name, x_column in (("memory", "weight_memory_mib"), ("bits", "weight_bits")):
+            x_of = (lambda r: r.memory.mib) if name == "memory" else figures.weight_bits
+            (series,) = figures.figure_series(groups, x_of)
+            assert {p.experiment for p in series.points} == set(rows)
+            for p in series.points:
+                row = rows[p.experiment]
+                assert (p.x, p.dice, p.std) == pytest.approx((float(row[x_column]), float(row["dice"]),
+                                                              float(row["dice_std"])))
+                assert p.delta == pytest.approx(float(row["dice_change_points"]))
+            assert series.reference == pytest.approx(float(rows["full_precision"]["dice"]))
+            plot = figures.plot_dice_vs_memory if name == "memory" else figures.plot_dice_vs_bits
+            plot(tmp_path / f"{name}.png", groups)
+            fig = drawn[f"{name}.png"]
+            (points,) = _plotted(fig).values()
+            expected = sorted((float(r[x_column]), float(r["dice"]), float(r["dice_std"])) for r in rows.values())
+            assert sorted(points) == pytest.approx(expected)
+            ax = fig.axes[0]
+            assert not [line for line in ax.get_lines() if line.get_linestyle() == "-"]  # no line joining rows
+            reference = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
+            assert [line.get_ydata()[0] for line in reference] == pytest.approx([series.reference])
+            labels = [t for t in ax.texts if t.get_text().split(" (")[0] in {p.label for p in series.points}]
+            assert len(labels) == 2
+            boxes = [t.get_window_extent() for t in labels]
+            assert not boxes[0].overlaps(boxes[1])
+    finally:
+        plt.close("all")
+
+
+def test_labels_of_crowded_points_do_not_overlap() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from unet.results.figures import place_labels
+
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=100)
+    points = [(3.05, 97.9, "Q6.0/Q0.4 (6.1x)"), (3.05, 98.1, "Q4.0/Q0.2 (6.1x)"), (3.06, 96.9, "Q8.0/Q0.8 (6.1x)"),
+              (0.76, 96.5, "BNN (24.3x)"), (1.34, 97.3, "Ternary (13.8x)"), (18.5, 98.0, "FP (1.0x)")]
+    ax.plot([p[0] for p in points], [p[1] for p in points], "o")
+    ax.set_xscale("log")
+    ax.set_xlim(0.4, 40)
+    ax.set_ylim(95, 99.5)
+    fig.tight_layout()
+    try:
+        labels = place_labels(ax, [(x, y, text, "C0") for x, y, text in points])
+        renderer = fig.canvas.get_renderer()
+        boxes = [a.get_window_extent(renderer) for a in labels]
+        assert len(boxes) == len(points)
+        assert not [(i, j) for i in range(len(boxes)) for j in range(i) if boxes[i].overlaps(boxes[j])]
+        frame = ax.get_window_extent(renderer)
+        assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in boxes)
+        again = place_labels(ax, [(x, y, text, "C0") for x, y, text in points])  # deterministic
+        assert [a.xyann for a in again] == [a.xyann for a in labels]
+    finally:
+        plt.close(fig)
+
+
+@SLOW
+def test_rows_of_another_data_set_are_said_and_compared_to_their_own_reference(swept: dict, tmp_path: Path) -> None:
+    """A folder whose experiments ran on two data sets: the table says so, the Δ Dice of each row
+    is against full precision on its own data, and the figures draw two series."""
+    from unet.results import collect_results, figures
+
+    root = tmp_path / "em"
+    for name in ("full_precision", "a6.0_w0.4"):
+        shutil.copytree(swept["root"] / name, root / name, symlinks=True)
+    shutil.copytree(swept["root"] / "full_precision", root / "other_fp", symlinks=True)
+    other_data = tmp_path / "other_data"
+    shutil.copytree(swept["data"], other_data)
+    (root / "other_fp" / "runs" / "full_precision").rename(root / "other_fp" / "runs" / "other_fp")
+    saved = root / "other_fp" / "runs" / "other_fp" / "config.yaml"
+    saved.write_text(saved.read_text().replace(str(swept["data"]), str(other_data)))
+    overrides = [o for o in swept["overrides"][1::2] if not o.startswith("dataset_path=")]
+    groups = collect_results([root], overrides)
+    by_name = {r.experiment.name: r for r in groups["em"]}
+    assert by_name["a6.0_w0.4"].reference is by_name["full_precision"]
+    assert by_name["other_fp"].reference is by_name["other_fp"]
+    series = figures.figure_series(groups, lambda r: r.memory.mib)
+    assert sorted(len(s.points) for s in series) == [1, 2] and all(", data " in s.label for s in series)
+    write_results([root], overrides=overrides, overlays=False, weights=False)
+    md = (root / "results.md").read_text()
+    assert "**These rows come from 2 different data sets**" in md and str(other_data) in md
+
+
+def test_overlay_grid_shows_each_experiment_its_own_images() -> None:
+    import numpy as np
+
+    from unet.results.figures import overlay_layout
+
+    a = [("s1", np.zeros((4, 4)), None, None), ("s2", np.ones((4, 4)), None, None)]
+    b = [("s1", np.full((4, 4), 7.0), None, None), ("s2", np.ones((4, 4)), None, None)]
+    assert overlay_layout([a, a, a]) == [("image", 0), ("overlay", 0), ("overlay", 1), ("overlay", 2)]
+    assert overlay_layout([a, b, b, a]) == [("image", 0), ("overlay", 0), ("image", 1), ("overlay", 1),
+                                            ("overlay", 2), ("image", 3), ("overlay", 3)]

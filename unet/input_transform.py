@@ -10,12 +10,18 @@ Fields common to every dataset: ``dataset`` (``"EM"``, ``"GM"`` or ``"NIH"``), `
 (:data:`RECORD_VERSION`), ``window`` (the training crop ``[H, W]`` in pixels, the sliding
 window's size), ``normalize`` (the config's ``normalize``: ``"none"`` or ``"instance"``,
 applied per window after padding with 0, as training applied it per crop) and ``source``
-(the ``prepare.json`` read, or ``None``). Then per dataset:
+(the ``prepare.json`` read, or ``None``); EM and NIH also ``data_name`` (the name the
+preparation gave the data, ``--name``, or ``None``). Then per dataset:
 
 * EM: ``resize_factor`` ``[fy, fx]``, prepared size / release size per axis
   (512 -> 256 gives ``[0.5, 0.5]``; ``[1.0, 1.0]`` when the preparation did not resize;
-  ``None`` when unknown), ``intensity`` ``"uint8 / 255"`` (non-uint8 stacks are min-max
-  scaled to 0..255 first, as the preparation does).
+  ``None`` when unknown); the grey levels as the preparation scaled them (its
+  ``prepare.json``, see :func:`unet.prep.em.choose_intensity`): ``intensity_scaling``
+  (``"uint8"``: value / 255; ``"range"``: every file scaled from ``intensity_range``
+  ``[lo, hi]`` to 0..255; ``"per-file"``: each non-uint8 file by its own min..max; ``None``:
+  data prepared before the scaling was recorded, read as per-file), ``intensity_range``,
+  ``intensity_dtypes`` (the pixel types the preparation met, or ``None``) and ``intensity``
+  (the same in words).
 * GM: ``resolution_mm`` (in-plane resampling target), ``slice_axis`` 2, ``interpolation``
   ``"linear"`` (header voxel sizes, pixel edges aligned), ``intensity`` ``"raw"``.
 * NIH: ``orientation`` ``"RAS"`` (canonical voxel axes, axial slices along axis 2, shown rows
@@ -32,8 +38,9 @@ from typing import Any
 
 from .errors import DataError
 
-#: Version of the record layout; a reader refuses a newer one.
-RECORD_VERSION = 1
+#: Version of the record layout; a reader refuses a newer one. 2: the EM intensity scaling
+#: and range (a version-1 record is read as per-file scaling of non-uint8 inputs).
+RECORD_VERSION = 2
 
 DATASETS = ("EM", "GM", "NIH")
 
@@ -80,6 +87,28 @@ def _em_resize_factor(manifest: Mapping[str, Any] | None) -> list[float] | None:
     return None
 
 
+def em_intensity(manifest: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The EM record's intensity fields from a ``prepare.json`` (see the module docstring)."""
+    scaling = None if manifest is None else manifest.get("intensity_scaling")
+    value_range = None if manifest is None else manifest.get("intensity_range")
+    dtypes = None if manifest is None else manifest.get("intensity_dtypes")
+    valid_range = (isinstance(value_range, list) and len(value_range) == 2
+                   and all(isinstance(v, int | float) for v in value_range) and value_range[1] > value_range[0])
+    if scaling == "range" and valid_range:
+        lo, hi = (float(v) for v in value_range)
+        words = f"rint(255 clip((v - {lo:g}) / ({hi:g} - {lo:g}), 0, 1)) / 255, every file"
+        return {"intensity_scaling": "range", "intensity_range": [lo, hi], "intensity_dtypes": dtypes,
+                "intensity": words}
+    if scaling == "uint8":
+        return {"intensity_scaling": "uint8", "intensity_range": [0.0, 255.0], "intensity_dtypes": dtypes,
+                "intensity": EM_INTENSITY}
+    if scaling == "per-file":
+        return {"intensity_scaling": "per-file", "intensity_range": None, "intensity_dtypes": dtypes,
+                "intensity": f"{EM_INTENSITY}, other pixel types min-max scaled per file"}
+    return {"intensity_scaling": None, "intensity_range": None, "intensity_dtypes": None,
+            "intensity": f"{EM_INTENSITY} (other pixel types min-max scaled per file: no range recorded)"}
+
+
 def input_transform_record(cfg: Mapping[str, Any], dataset_name: str) -> dict[str, Any]:
     """The input-transform record of a run (see the module docstring for every field).
 
@@ -101,8 +130,9 @@ def input_transform_record(cfg: Mapping[str, Any], dataset_name: str) -> dict[st
         return record
     manifest, path = read_prepare_manifest(cfg.get("dataset_path"))
     record["source"] = None if path is None else str(path)
+    record["data_name"] = None if manifest is None or not manifest.get("name") else str(manifest["name"])
     if dataset == "EM":
-        record.update(resize_factor=_em_resize_factor(manifest), intensity=EM_INTENSITY)
+        record.update(resize_factor=_em_resize_factor(manifest), **em_intensity(manifest))
     else:
         window = None if manifest is None else manifest.get("window_hu")
         valid = isinstance(window, list) and len(window) == 2 and float(window[1]) > float(window[0])
@@ -111,5 +141,5 @@ def input_transform_record(cfg: Mapping[str, Any], dataset_name: str) -> dict[st
     return record
 
 
-__all__ = ["DATASETS", "RECORD_VERSION", "canonical_dataset_name", "input_transform_record",
+__all__ = ["DATASETS", "RECORD_VERSION", "canonical_dataset_name", "em_intensity", "input_transform_record",
            "read_prepare_manifest"]

@@ -50,10 +50,52 @@ def _missing(record: dict[str, Any], key: str, what: str, hint: str) -> DataErro
     return DataError(f"the checkpoint's {what} is unknown ({origin} gives no '{key}'); {hint}")
 
 
-def _image_case(item: io.InputItem, factor: Sequence[float] | None) -> Case:
+#: ``--intensity`` of predict: ``training`` applies the checkpoint's recorded scaling,
+#: ``per-file`` scales each non-uint8 file by its own min..max (uint8 files as they are).
+INTENSITY_OPTIONS = ("training", "per-file")
+
+
+def intensity_rule(record: dict[str, Any], dtype: np.dtype, path: Path,
+                   option: str = "training") -> tuple[str, list[float] | None, list[str]]:
+    """``(scaling, range, warnings)`` for an image of pixel type ``dtype`` under the checkpoint's
+    ``record`` (see :mod:`unet.input_transform`) and the ``--intensity`` ``option``.
+
+    ``training``: a recorded ``range`` is applied to every file (a warning when the file's type
+    is not one the preparation met); a model trained on 8-bit data scales another type by the
+    file's own min..max with a warning; a record without a scaling (data prepared before it was
+    recorded) keeps that per-file behaviour with a note. ``per-file``: each file's own min..max.
+    """
+    dtype = np.dtype(dtype)
+    if option == "per-file":
+        return "per-file", None, []
+    scaling = record.get("intensity_scaling")
+    value_range = record.get("intensity_range")
+    trained = record.get("intensity_dtypes") or []
+    if scaling == "range" and value_range is not None:
+        warnings = []
+        if trained and str(dtype) not in trained:
+            warnings.append(f"warning: {path} holds {dtype} pixels but the model was trained on {', '.join(trained)} "
+                            f"images; scaled by the training range {value_range[0]:g}..{value_range[1]:g} "
+                            "(--intensity per-file scales it by its own min..max)")
+        return "range", [float(v) for v in value_range], warnings
+    if dtype == np.uint8 or scaling == "per-file":
+        return "per-file", None, []
+    if scaling == "uint8":
+        return "per-file", None, [f"warning: {path} holds {dtype} pixels but the model was trained on 8-bit images; "
+                                  "scaled by the file's own min..max to 0..255"]
+    if record.get("dataset") != "EM":
+        return "per-file", None, []
+    return "per-file", None, [f"note: the checkpoint records no training intensity range (its data was prepared "
+                              f"before the range was recorded); {path} ({dtype}) is scaled by its own min..max as "
+                              "before: prepare and train again to apply one range to every file"]
+
+
+def _image_case(item: io.InputItem, factor: Sequence[float] | None, record: dict[str, Any],
+                intensity: str = "training") -> Case:
     image = io.read_image(item.path)
     n, h, w = image.pixels.shape
-    slices = transforms.em_forward(image.pixels, factor)
+    scaling, value_range, notes = intensity_rule(record, image.pixels.dtype, item.path, intensity)
+    slices = transforms.em_forward(image.pixels, factor, scaling, value_range)
     stack = image.stack
 
     def finish(probs: list[np.ndarray]) -> np.ndarray:
@@ -72,7 +114,7 @@ def _image_case(item: io.InputItem, factor: Sequence[float] | None) -> Case:
     shape = f"{n} x {h} x {w} stack" if stack else f"{h} x {w} image"
     model_shape = "x".join(str(v) for v in slices[0].shape)
     return Case(item, slices, finish, write_mask, write_probability,
-                f"{shape}, model slices {model_shape}", image.warnings)
+                f"{shape}, model slices {model_shape}", image.warnings + notes)
 
 
 def _resolve_roi(roi: Roi, shape: Sequence[int], item: io.InputItem) -> list[tuple[int, int]]:
@@ -140,8 +182,10 @@ def _gm_case(item: io.InputItem, resolution_mm: float) -> Case:
                 lambda p, a: write(p, a.astype(np.float32)), description)
 
 
-def prepare_case(item: io.InputItem, record: dict[str, Any], prepared: bool, roi: Roi | None = None) -> Case:
-    """Read ``item`` and transform it as the checkpoint's ``record`` says (see the module doc).
+def prepare_case(item: io.InputItem, record: dict[str, Any], prepared: bool, roi: Roi | None = None,
+                 intensity: str = "training") -> Case:
+    """Read ``item`` and transform it as the checkpoint's ``record`` says (see the module doc);
+    ``intensity`` is the ``--intensity`` option of 2-D images (:func:`intensity_rule`).
 
     Raises :class:`DataError` naming the input when this model cannot take its kind, the
     record lacks a value the transform needs, or the file is unreadable.
@@ -159,13 +203,13 @@ def prepare_case(item: io.InputItem, record: dict[str, Any], prepared: bool, roi
                 raise _missing(record, "resize_factor", "EM resize factor (release pixel size -> training "
                                "pixel size)", f"pass --prepared with images already at the training pixel "
                                f"size to predict {item.path}")
-        return _image_case(item, factor)
+        return _image_case(item, factor, record, intensity)
     if dataset == "NIH":
         if prepared:
             if not images:
                 raise DataError(f"{item.path}: --prepared takes PNG/TIFF slices as nih_prepare.py writes "
                                 "them; drop --prepared to predict a CT volume")
-            return _image_case(item, None)
+            return _image_case(item, None, record, intensity)
         if images:
             raise DataError(f"{item.path}: an NIH model takes CT volumes in HU (NIfTI or a DICOM series "
                             "folder); for PNG slices in the prepared format pass --prepared")
@@ -179,4 +223,4 @@ def prepare_case(item: io.InputItem, record: dict[str, Any], prepared: bool, roi
     return _gm_case(item, float(record["resolution_mm"]))
 
 
-__all__ = ["Case", "Roi", "prepare_case"]
+__all__ = ["INTENSITY_OPTIONS", "Case", "Roi", "intensity_rule", "prepare_case"]

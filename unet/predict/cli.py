@@ -37,7 +37,7 @@ from unet.progress import bar_disable, switch_off
 from unet.runtime import tune_allocator
 
 from . import io
-from .cases import Case, Roi, prepare_case
+from .cases import INTENSITY_OPTIONS, Case, Roi, prepare_case
 from .sliding import Forward, mirror_tta, sliding_window_stream
 
 EXIT_UNSUPPORTED = 1
@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--engine", choices=ENGINES, default="float",
                         help="float: the PyTorch model (default); integer: the bit-true integer engine; "
                         "onnx: onnxruntime")
+    parser.add_argument("--intensity", choices=INTENSITY_OPTIONS, default="training",
+                        help="grey levels of images that are not 8-bit: training (default) applies the range the "
+                        "preparation recorded (every file alike); per-file scales each file by its own min..max")
     parser.add_argument("--roi", default=None, metavar="X0:X1,Y0:Y1,Z0:Z1",
                         help="NIH: predict only inside this voxel box of the output grid (half-open index "
                         "ranges; an empty bound means the axis end, e.g. 100:400,120:380,:); 0 outside")
@@ -378,7 +381,9 @@ def predict(args: argparse.Namespace, out: Callable[[str], None], err: Callable[
     forward = make_forward(engine, device, args.tta)
     transform = None if record["normalize"] == "none" else (lambda w: normalize(w, record["normalize"]))
     args.output.mkdir(parents=True, exist_ok=True)
-    out(f"model: {predictor.dataset} {predictor.path} ({cfg.quantization}, base_channels {cfg.base_channels}); "
+    trained_on = f" trained on '{record['data_name']}'" if record.get("data_name") else ""
+    out(f"model: {predictor.dataset}{trained_on} {predictor.path} ({cfg.quantization}, "
+        f"base_channels {cfg.base_channels}); "
         f"window {window[0]}x{window[1]}, step {args.step}, batch {batch_size}, BatchNorm {args.bn_mode}, "
         f"threshold {threshold}, engine {args.engine}{', TTA' if args.tta else ''}, device {device}")
 
@@ -405,7 +410,7 @@ def predict(args: argparse.Namespace, out: Callable[[str], None], err: Callable[
         for index, job in enumerate(todo):
             begun = time.perf_counter()
             try:
-                job.case = prepare_case(job.item, record, args.prepared, roi)
+                job.case = prepare_case(job.item, record, args.prepared, roi, args.intensity)
             except UserError as exc:
                 job.error = str(exc)
                 err(f"error: {job.error}")
@@ -468,7 +473,8 @@ def _write_manifest(args: argparse.Namespace, predictor: Predictor, threshold: f
         "input_transform": predictor.record,
         "options": {"threshold": threshold, "step": args.step, "batch_size": batch_size, "window": list(window),
                     "bn_mode": args.bn_mode, "tta": args.tta, "engine": args.engine, "device": device,
-                    "prepared": args.prepared, "roi": args.roi, "probabilities": args.probabilities},
+                    "prepared": args.prepared, "roi": args.roi, "probabilities": args.probabilities,
+                    "intensity": args.intensity},
         "files": [{"input": str(job.item.path), "outputs": [str(p) for p in job.outputs], "ok": job.done,
                    "seconds": round(job.seconds, 3), **({"error": job.error} if job.error else {})}
                   for job in jobs],

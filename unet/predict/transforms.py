@@ -18,7 +18,7 @@ from scipy import ndimage
 from skimage import transform as sktf
 
 from unet.data.gm import resample_inplane
-from unet.prep.em import _as_uint8
+from unet.prep.em import to_uint8
 from unet.prep.nih import axial_slice, window_and_scale
 
 # --------------------------------------------------------------------------- shared
@@ -56,15 +56,18 @@ def resize_probability(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 # --------------------------------------------------------------------------- EM
 
 
-def em_forward(pixels: np.ndarray, resize_factor: Sequence[float] | None) -> list[np.ndarray]:
+def em_forward(pixels: np.ndarray, resize_factor: Sequence[float] | None, scaling: str = "per-file",
+               value_range: Sequence[float] | None = None) -> list[np.ndarray]:
     """EM images or stack ``pixels`` (N, H, W) -> N model slices float32 in [0, 1].
 
-    As the preparation: a non-uint8 stack is min-max scaled to 0..255 over the whole stack
-    (:func:`unet.prep.em._as_uint8`); each slice is resized by ``resize_factor`` ``[fy, fx]``
-    to :func:`scaled_shape` (:func:`resize_image`; ``None`` or ``[1, 1]``: unchanged); then
-    ``uint8 / 255`` as the PNG-pair reader does.
+    As the preparation: the grey levels are scaled to uint8 by :func:`unet.prep.em.to_uint8`
+    (``scaling`` ``"range"``: from ``value_range`` whatever the file holds; ``"uint8"`` or
+    ``"per-file"``: a non-uint8 file over its own min..max, the whole stack at once); each
+    slice is resized by ``resize_factor`` ``[fy, fx]`` to :func:`scaled_shape`
+    (:func:`resize_image`; ``None`` or ``[1, 1]``: unchanged); then ``uint8 / 255`` as the
+    PNG-pair reader does.
     """
-    stack = _as_uint8(np.asarray(pixels))
+    stack = to_uint8(np.asarray(pixels), scaling, value_range)
     target = None if resize_factor is None else scaled_shape(stack.shape[1:], resize_factor)
     out = []
     for image in stack:

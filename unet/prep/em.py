@@ -56,6 +56,12 @@ def read_tiff_stack(path: str | Path) -> np.ndarray:
     except Exception as exc:  # noqa: BLE001 - any decoder failure means an unreadable file
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"cannot read TIFF stack {path} ({reason}); the file is corrupt") from exc
+    if array.ndim == 2:
+        raise DataError(
+            f"TIFF {path} is one 2-D image {array.shape}; --volume takes a stack of pages (N, H, W). For 2-D "
+            "images put them (cut into tiles if you have one large image) with their masks in two folders and "
+            "use --pairs-images and --pairs-masks"
+        )
     if array.ndim != 3:
         raise DataError(
             f"TIFF {path} has array shape {array.shape}; expected a stack of greyscale pages "
@@ -293,20 +299,131 @@ def augment_pair(
     )
 
 
-def _binary_labels(labels: np.ndarray, source: str) -> np.ndarray:
-    return to_binary_mask(
-        labels, f"labels {source}", "labels must hold only 0 (membrane) and 255 (cell interior), or 0 and 1"
-    )
+#: Where prepared EM-style data came from (``prepare.json`` ``origin``): the public ISBI 2012
+#: release, the synthetic stand-in, or anybody's own data.
+ORIGINS = ("isbi2012", "synthetic", "user")
+
+#: The name of the ISBI 2012 release, used only for it.
+ISBI_NAME = "ISBI 2012 EM segmentation"
+SYNTHETIC_NAME = "synthetic EM stand-in"
+
+
+def is_isbi_release(path: str | Path, volume: np.ndarray) -> bool:
+    """Whether a stack read from ``path`` looks like the ISBI 2012 training release:
+    ``train-volume.tif`` of 30 uint8 slices of 512 x 512."""
+    return Path(path).name == "train-volume.tif" and volume.dtype == np.uint8 and volume.shape == (30, 512, 512)
+
+
+def default_name(origin: str, source: str | Path) -> str:
+    """The data set's name when ``--name`` is not given: the ISBI or synthetic name, else the
+    source's file stem (a folder called ``images`` gives its parent's name)."""
+    if origin == "isbi2012":
+        return ISBI_NAME
+    if origin == "synthetic":
+        return SYNTHETIC_NAME
+    path = Path(source)
+    if path.name.lower() in ("images", "image", "imgs"):
+        path = path.parent
+    stem = path.name.split(".")[0]
+    return stem if stem and not stem.startswith("<") else "user data"
+
+
+def label_hint(origin: str) -> str:
+    """What binary labels look like, in the words of the data's origin."""
+    if origin == "isbi2012":
+        return "labels must hold only 0 (membrane) and 255 (cell interior), or 0 and 1"
+    return ("labels must hold only 0 (background) and 255 (foreground), or 0 and 1; for instance labels "
+            "(one value per object) pass --binarize to take every label > 0 as foreground")
+
+
+def _binary_labels(labels: np.ndarray, source: str, origin: str = "user") -> np.ndarray:
+    return to_binary_mask(labels, source, label_hint(origin))
 
 
 def _as_uint8(volume: np.ndarray) -> np.ndarray:
-    if volume.dtype == np.uint8:
-        return volume
-    v = volume.astype(np.float64)
-    lo, hi = float(v.min()), float(v.max())
+    """``volume`` as uint8: unchanged when it is uint8, else min-max scaled over its own values."""
+    return to_uint8(volume, "per-file", None)
+
+
+# --------------------------------------------------------------------------- intensities
+
+#: ``--intensity`` of the preparation: ``auto`` records one range for the whole data set
+#: (8-bit data is used as it is), ``per-file`` scales every non-8-bit file by its own min..max.
+INTENSITY_OPTIONS = ("auto", "per-file")
+
+#: The recorded scalings (``prepare.json`` ``intensity_scaling``, the checkpoint's
+#: ``input_transform`` record): ``uint8`` value / 255; ``range`` one ``[lo, hi]`` for every
+#: file; ``per-file`` each non-uint8 file's own min..max (uint8 files unchanged).
+INTENSITY_SCALINGS = ("uint8", "range", "per-file")
+
+
+def scale_to_uint8(pixels: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``rint(255 clip((v - lo) / (hi - lo), 0, 1))`` as uint8; all zeros when ``hi <= lo``."""
     if hi <= lo:
-        return np.zeros(volume.shape, dtype=np.uint8)
+        return np.zeros(pixels.shape, dtype=np.uint8)
+    v = pixels.astype(np.float64)
     return np.clip(np.rint((v - lo) / (hi - lo) * 255.0), 0, 255).astype(np.uint8)
+
+
+def to_uint8(pixels: np.ndarray, scaling: str, value_range: Sequence[float] | None) -> np.ndarray:
+    """The grey levels the model sees (uint8) under one of :data:`INTENSITY_SCALINGS`.
+
+    ``range``: :func:`scale_to_uint8` with ``value_range`` whatever the input's type;
+    ``uint8`` and ``per-file``: a uint8 input unchanged, any other scaled over its own
+    min..max (the whole array: a stack is one file).
+    """
+    pixels = np.asarray(pixels)
+    if scaling == "range":
+        if value_range is None:
+            raise ValueError("the range scaling needs a value range")
+        return scale_to_uint8(pixels, float(value_range[0]), float(value_range[1]))
+    if pixels.dtype == np.uint8:
+        return pixels
+    return scale_to_uint8(pixels, float(pixels.min()), float(pixels.max()))
+
+
+def choose_intensity(arrays: Sequence[np.ndarray], option: str = "auto",
+                     value_range: Sequence[float] | None = None) -> dict[str, Any]:
+    """How a preparation scales the grey levels of ``arrays`` (every image or stack it reads).
+
+    Returns the ``prepare.json`` fields ``intensity_scaling`` (one of
+    :data:`INTENSITY_SCALINGS`), ``intensity_range`` (``[lo, hi]``, or None for ``per-file``)
+    and ``intensity_dtypes`` (the stored pixel types met). ``value_range`` (``--intensity-range``)
+    is used for every file; else ``option`` ``auto`` gives ``uint8`` when every array is uint8
+    and otherwise ``range`` over the min..max of all arrays together (so a file's grey levels
+    mean the same whatever else is in it); ``per-file`` keeps each file's own min..max.
+    """
+    if option not in INTENSITY_OPTIONS:
+        raise ConfigError(f"--intensity {option!r}: expected one of {', '.join(INTENSITY_OPTIONS)}")
+    dtypes = sorted({str(np.asarray(a).dtype) for a in arrays})
+    if value_range is not None:
+        lo, hi = float(value_range[0]), float(value_range[1])
+        if not hi > lo:
+            raise ConfigError(f"--intensity-range {lo:g} {hi:g}: the upper bound must be above the lower one")
+        if option == "per-file":
+            raise ConfigError("--intensity-range sets one range for every file; drop --intensity per-file")
+        return {"intensity_scaling": "range", "intensity_range": [lo, hi], "intensity_dtypes": dtypes}
+    if dtypes == ["uint8"]:
+        return {"intensity_scaling": "uint8", "intensity_range": [0.0, 255.0], "intensity_dtypes": dtypes}
+    if option == "per-file":
+        return {"intensity_scaling": "per-file", "intensity_range": None, "intensity_dtypes": dtypes}
+    lo = min(float(np.min(a)) for a in arrays)
+    hi = max(float(np.max(a)) for a in arrays)
+    return {"intensity_scaling": "range", "intensity_range": [lo, hi], "intensity_dtypes": dtypes}
+
+
+def describe_intensity(info: Mapping[str, Any]) -> str:
+    """One line for the preparation's output: which scaling it applied and what predict will do."""
+    scaling, value_range = info.get("intensity_scaling"), info.get("intensity_range")
+    dtypes = ", ".join(info.get("intensity_dtypes") or []) or "?"
+    if scaling == "uint8":
+        return "intensity: 8-bit images used as they are (value / 255)"
+    if scaling == "range":
+        lo, hi = value_range
+        return (f"intensity: {dtypes} grey levels scaled from {lo:g}..{hi:g} to 0..255 for every file "
+                "(recorded in prepare.json; predict applies the same range)")
+    return (f"intensity: each {dtypes} file scaled by its own min..max to 0..255 (--intensity per-file; "
+            "predict does the same per file)")
 
 
 def _write_split(
@@ -356,20 +473,30 @@ def prepare_em(
     seed: int = 0,
     source: Mapping[str, str] | None = None,
     overwrite: bool = False,
+    intensity: str = "auto",
+    intensity_range: Sequence[float] | None = None,
+    name: str | None = None,
+    origin: str = "user",
+    binarize: bool = False,
 ) -> dict[str, Any]:
     """Turn an EM stack and its labels into the PNG-pair folder ``out_dir``; return the manifest.
 
     Each slice is resized to ``resize x resize`` (:func:`resize_pair`; ``None`` keeps the
     size), then centre-cropped to ``crop x crop`` (``None``: no crop). Labels must be binary
     ({0, 255} or {0, 1}); mask = label != 0, so the positive class is the label-255 region
-    (cell interior). A non-uint8 volume is min-max scaled to 0..255. Slices listed in
+    (cell interior). A non-uint8 volume is scaled to 0..255 as :func:`choose_intensity` decides
+    from ``intensity`` and ``intensity_range`` (by default over the stack's min..max; the
+    manifest records the scaling and range, which predict applies). Slices listed in
     ``val_slices`` (default :func:`default_val_slices`) go to ``val``, the others to
     ``train``, named ``slice_00``...; each training slice also gets ``augment_copies``
     augmented copies ``slice_00_aug1``... (:func:`augment_pair`, seeded by ``seed``).
     The folder is written through :func:`unet.fileio.atomic_directory` and holds
     ``prepare.json`` with the options, the split and the foreground fraction per split. A
     non-empty ``out_dir`` is refused unless it holds a previous preparation and ``overwrite``
-    is true; then only the previous preparation's files are replaced.
+    is true; then only the previous preparation's files are replaced. ``name`` (default
+    :func:`default_name`) and ``origin`` (one of :data:`ORIGINS`) are recorded in the manifest
+    and name the data in messages and results; ``binarize`` takes every label > 0 as
+    foreground (instance labels) instead of requiring binary labels.
     Raises :class:`DataError` for shape mismatches or non-binary labels and
     :class:`ConfigError` for a bad split or crop larger than the resized slice.
     """
@@ -393,8 +520,9 @@ def prepare_em(
     crop_hw = None if crop is None else (int(crop), int(crop))
     if crop_hw is not None and (crop_hw[0] > size[0] or crop_hw[1] > size[1]):
         raise ConfigError(f"crop {crop} is larger than the resized slice {size}; lower the crop")
-    images = _as_uint8(volume)
-    masks = _binary_labels(labels, str(src.get("labels")))
+    scaling = choose_intensity([volume], intensity, intensity_range)
+    images = to_uint8(volume, scaling["intensity_scaling"], scaling["intensity_range"])
+    masks = labels_to_mask(labels, f"labels {src.get('labels')}", binarize, origin)
 
     rng = np.random.default_rng(seed)
     width = max(2, len(str(n - 1)))
@@ -408,8 +536,11 @@ def prepare_em(
             copies = augment_copies if split == "train" else 0
             _write_split(tmp, split, f"slice_{i:0{width}d}", image, mask, crop_hw, copies, rng, stats)
         counts, fractions = _summary(stats)
+        name = name or default_name(origin, src.get("volume", "stack"))
         info: dict[str, Any] = {
-            "dataset": "ISBI 2012 EM segmentation",
+            "dataset": name,
+            "name": name,
+            "origin": origin,
             "source": src,
             "input_shape": [n, h, w],
             "resize": resize,
@@ -421,10 +552,52 @@ def prepare_em(
             "seed": seed,
             "pairs": counts,
             "foreground_fraction": fractions,
-            "positive_class": "mask 255 = label 255 = cell interior (membranes are 0)",
+            "positive_class": ("mask 255 = label > 0 (--binarize)" if binarize
+                               else "mask 255 = label 255 = cell interior (membranes are 0)" if origin == "isbi2012"
+                               else "mask 255 = label 255 (or 1) = foreground"),
+            "binarize": binarize,
+            **scaling,
         }
         write_manifest(tmp, info)
     return info
+
+
+#: Image and mask files a folder of pairs may hold (any case of the suffix).
+PAIR_SUFFIXES = (".png", ".tif", ".tiff")
+
+
+def list_images(folder: Path) -> dict[str, Path]:
+    """Map file stem -> path for every PNG or TIFF directly in ``folder`` (hidden files skipped).
+    Raises :class:`DataError` when two files share a stem (``a.png`` and ``a.tif``)."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.name.startswith(".") or path.suffix.lower() not in PAIR_SUFFIXES:
+            continue
+        if path.stem in found:
+            raise DataError(f"{found[path.stem].name} and {path.name} in {folder} share the name {path.stem!r}; "
+                            "keep one of them")
+        found[path.stem] = path
+    return found
+
+
+def read_plane(path: Path, what: str) -> tuple[np.ndarray, list[str]]:
+    """One 2-D image (PNG or single-page TIFF, any bit depth; colour turned grey with a
+    warning) as stored, with its warnings. A multi-page TIFF is a :class:`DataError`."""
+    from unet.predict.io import read_image
+
+    image = read_image(path)
+    if image.pixels.shape[0] != 1:
+        raise DataError(f"{what} {path} is a stack of {image.pixels.shape[0]} pages; a folder of pairs holds 2-D "
+                        "images (give stacks with --volume and --labels)")
+    return image.pixels[0], image.warnings
+
+
+def labels_to_mask(labels: np.ndarray, source: str, binarize: bool, origin: str = "user") -> np.ndarray:
+    """Labels -> uint8 0/1 mask: ``labels > 0`` with ``binarize`` (instance labels), else the
+    binary check of :func:`unet.data.transforms.to_binary_mask` (0/255 or 0/1)."""
+    if binarize:
+        return (np.asarray(labels) > 0).astype(np.uint8)
+    return _binary_labels(labels, source, origin)
 
 
 def prepare_em_from_pairs(
@@ -438,32 +611,42 @@ def prepare_em_from_pairs(
     augment_copies: int = 0,
     seed: int = 0,
     overwrite: bool = False,
+    intensity: str = "auto",
+    intensity_range: Sequence[float] | None = None,
+    binarize: bool = False,
+    name: str | None = None,
 ) -> dict[str, Any]:
-    """Turn a folder of image PNGs and a folder of mask PNGs (paired by stem) into ``out_dir``.
+    """Turn a folder of 2-D images and a folder of masks (PNG or TIFF, paired by file stem)
+    into ``out_dir``; return the manifest.
 
-    Every pair is validated (:func:`unet.data.pairs.read_pair`: greyscale 8-bit, binary
-    mask, equal sizes). Validation set: the stems in ``val_names`` when given, else the last
-    ``max(1, round(val_fraction * n))`` stems in sorted order (serial sections named in order
-    stay contiguous). Then, per pair: optional resize to ``resize x resize``, centre crop to
-    ``crop x crop`` (an image smaller than the crop is an error), ``augment_copies``
-    augmented copies of training pairs, written like :func:`prepare_em` (``overwrite`` too)
-    under their own stems. Returns the manifest.
+    Images may have any bit depth (scaled to 0..255 by :func:`choose_intensity` over all the
+    images, or per file, as ``intensity`` and ``intensity_range`` say; colour is turned grey
+    with a warning listed in the manifest's ``warnings``); masks must be binary (0/255 or
+    0/1) unless ``binarize`` takes every label > 0 as foreground (instance labels); an image
+    and its mask must have one size. Validation set: the stems in ``val_names`` when given,
+    else the last ``max(1, round(val_fraction * n))`` stems in sorted order (serial sections
+    named in order stay contiguous). Then, per pair: optional resize to ``resize x resize``,
+    centre crop to ``crop x crop`` (an image smaller than the crop is an error),
+    ``augment_copies`` augmented copies of training pairs, written like :func:`prepare_em`
+    (``overwrite`` too) under their own stems. ``name`` (default: the images folder's name,
+    its parent's when it is called ``images``) names the data set.
     """
-    from unet.data.pairs import list_pngs, pair_files, read_pair
+    from unet.data.pairs import pair_files
 
     images_dir, masks_dir = Path(images_dir), Path(masks_dir)
     for folder, what in ((images_dir, "images"), (masks_dir, "masks")):
         if not folder.is_dir():
             raise DataError(f"{what} folder {folder} does not exist")
-    images, masks = list_pngs(images_dir), list_pngs(masks_dir)
-    if not images:
-        raise DataError(f"images folder {images_dir} holds no PNG files")
-    if not masks:
-        raise DataError(f"masks folder {masks_dir} holds no PNG files")
-    pairs = pair_files(images, masks, images_dir, masks_dir)
+    image_files, mask_files = list_images(images_dir), list_images(masks_dir)
+    if not image_files:
+        raise DataError(f"images folder {images_dir} holds no PNG or TIFF files")
+    if not mask_files:
+        raise DataError(f"masks folder {masks_dir} holds no PNG or TIFF files")
+    pairs = pair_files(image_files, mask_files, images_dir, masks_dir)
     names = [p[0] for p in pairs]
     if len(names) < 2:
-        raise DataError(f"{images_dir} holds only {len(names)} pair; need at least 2 to split")
+        raise DataError(f"{images_dir} holds only {len(names)} pair; need at least 2 to split (cut a large image "
+                        "into tiles, one file each)")
     if val_names is not None:
         unknown = sorted(set(val_names) - set(names))
         if unknown:
@@ -480,12 +663,24 @@ def prepare_em_from_pairs(
         raise ConfigError(f"augment_copies must be >= 0, got {augment_copies}")
     crop_hw = None if crop is None else (int(crop), int(crop))
 
+    warnings: list[str] = []
+    raw: list[tuple[str, Path, np.ndarray, np.ndarray]] = []
+    for stem, image_path, mask_path in pairs:
+        image, image_warnings = read_plane(image_path, "image")
+        labels, mask_warnings = read_plane(mask_path, "mask")
+        warnings += image_warnings + mask_warnings
+        if image.shape != labels.shape:
+            raise DataError(f"image {image_path} has size {image.shape} but its mask {mask_path} has size "
+                            f"{labels.shape}; an image and its mask must have the same height and width")
+        raw.append((stem, image_path, image, labels_to_mask(labels, f"mask {mask_path}", binarize)))
+    scaling = choose_intensity([image for _, _, image, _ in raw], intensity, intensity_range)
+
     rng = np.random.default_rng(seed)
     stats: dict[str, list[int]] = {"train": [0, 0, 0], "val": [0, 0, 0]}
     val_set = set(val)
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
-        for name, image_path, mask_path in pairs:
-            image, mask = read_pair(image_path, mask_path)
+        for stem, image_path, pixels, mask in raw:
+            image = to_uint8(pixels, scaling["intensity_scaling"], scaling["intensity_range"])
             if resize is not None:
                 image, mask = resize_pair(image, mask, int(resize))
             if crop_hw is not None and (image.shape[0] < crop_hw[0] or image.shape[1] < crop_hw[1]):
@@ -493,13 +688,18 @@ def prepare_em_from_pairs(
                     f"image {image_path} has size {image.shape} (after resizing), smaller than "
                     f"the crop {crop_hw}; lower --crop or use larger images"
                 )
-            split = "val" if name in val_set else "train"
+            split = "val" if stem in val_set else "train"
             copies = augment_copies if split == "train" else 0
-            _write_split(tmp, split, name, image, mask, crop_hw, copies, rng, stats)
+            _write_split(tmp, split, stem, image, mask, crop_hw, copies, rng, stats)
         counts, fractions = _summary(stats)
+        name = name or default_name("user", images_dir)
+        sizes = sorted({tuple(int(v) for v in pixels.shape) for _, _, pixels, _ in raw})
         info: dict[str, Any] = {
-            "dataset": "EM segmentation (PNG pairs)",
+            "dataset": name,
+            "name": name,
+            "origin": "user",
             "source": {"images": str(images_dir), "masks": str(masks_dir)},
+            "input_sizes": [list(size) for size in sizes],
             "resize": resize,
             "crop": crop,
             "val_names": val,
@@ -508,7 +708,12 @@ def prepare_em_from_pairs(
             "seed": seed,
             "pairs": counts,
             "foreground_fraction": fractions,
-            "positive_class": "mask 255 = foreground (cell interior)",
+            "positive_class": "mask 255 = label > 0 (--binarize)" if binarize else "mask 255 = label 255 (or 1)",
+            "binarize": binarize,
+            "warnings": warnings,
+            **scaling,
         }
+        if len(sizes) == 1:  # one input size: predict can resize new images by the same factor
+            info["input_shape"] = [len(raw), *sizes[0]]
         write_manifest(tmp, info)
     return info

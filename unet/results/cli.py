@@ -16,6 +16,7 @@ from .figures import plot_dice_vs_bits, plot_dice_vs_memory, plot_overlays, plot
 from .runs import collect_results
 from .tables import (
     compact_table,
+    data_note,
     dataset_labels,
     deployed_logged,
     markdown_table,
@@ -37,10 +38,17 @@ def write_results(folders: Sequence[Path], out: Path | None = None, overrides: S
     out.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
     notes: list[str] = []
-    for name, plot in (("dice_vs_bits.png", plot_dice_vs_bits), ("dice_vs_memory.png", plot_dice_vs_memory),
-                       ("training_curves.png", plot_training_curves)):
-        plot(out / name, groups)
-        files.append(out / name)
+    per_group: dict[str, list[Path]] = {group: [] for group in groups}
+    for name, plot in (("dice_vs_bits", plot_dice_vs_bits), ("dice_vs_memory", plot_dice_vs_memory)):
+        plot(out / f"{name}.png", groups)  # one panel per data set
+        files.append(out / f"{name}.png")
+        if len(groups) > 1:  # and one figure per data set
+            for group in groups:
+                plot(out / f"{name}_{group}.png", {group: groups[group]})
+                per_group[group].append(out / f"{name}_{group}.png")
+    plot_training_curves(out / "training_curves.png", groups)
+    files.append(out / "training_curves.png")
+    files += [path for paths in per_group.values() for path in paths]
     overlay_files = []
     if overlays:
         for group, results in groups.items():
@@ -59,16 +67,27 @@ def write_results(folders: Sequence[Path], out: Path | None = None, overrides: S
           "summary.json is shown as unfinished with its best epoch so far, an experiment without a run as missing.",
           ""]
     for group, results in groups.items():
-        md += [f"## {labels[group]} (`{group}/`)", "", settings_sentence(results), "", markdown_table(results), ""]
+        md += [f"## {labels[group]} (`{group}/`)", "", settings_sentence(results), ""]
+        if data_note(results):
+            md += [data_note(results), ""]
+        md += [markdown_table(results), ""]
         if runs_note(results):
             md += [runs_note(results), ""]
+        if per_group[group]:
+            md += ["Figures of this data set alone: " + ", ".join(f"[{p.stem}]({p.name})" for p in per_group[group])
+                   + ".", ""]
     if any(deployed_logged(results) for results in groups.values()):
         md += ["Which Dice is which: *best val Dice* is the recipe's validation protocol, the one the paper "
                "reports and the trainer selects best.pt by (EM validates with BatchNorm on each batch's own "
                "statistics, as the original did); *deployed Dice* is the same best.pt in eval mode with the "
                "BatchNorm statistics the checkpoint holds, which is what predict, export and the integer engine "
                "compute.", ""]
+    several = (" One panel per data set: Dice values of different data sets are not comparable."
+               if len(groups) > 1 else "")
     md += [memory_note(groups), "", "## Figures", "",
+           "Points are experiments (best val Dice, error bars the standard deviation over validation slices), "
+           "the dotted line the full-precision Dice on the same data, the right axis the change against it, "
+           "the dashed line the Pareto front (the best Dice at that memory or less)." + several, "",
            "![Dice against weight memory](dice_vs_memory.png)", "", "![Dice against weight bits](dice_vs_bits.png)",
            "", "![Training curves](training_curves.png)", ""]
     for path in overlay_files:

@@ -178,16 +178,24 @@ def read_result(experiment: Experiment) -> Result:
 def collect_results(folders: Sequence[Path], overrides: Sequence[str] = (),
                     only: Sequence[str] = ()) -> dict[str, list[Result]]:
     """Results per group (folder name), each in the paper's order, with the full-precision
-    reference set on every row; ``only`` keeps the named experiment folders."""
+    reference on the same data (:func:`data_key`) set on every row; ``only`` keeps the named
+    experiment folders."""
     experiments = collect(folders, overrides, only)
     groups: dict[str, list[Result]] = {}
     for experiment in experiments:
         groups.setdefault(experiment.group, []).append(read_result(experiment))
     for group, results in groups.items():
         results.sort(key=lambda r: _paper_key(r.cfg, r.experiment.name))
-        reference = next((r for r in results if r.cfg is not None and r.cfg.quantization == "normal"
-                          and r.dice is not None), None)
-        for r in results:
-            r.reference = reference
+        for r in results:  # Dice changes only against full precision on the same data
+            r.reference = next((f for f in results if f.cfg is not None and f.cfg.quantization == "normal"
+                                and f.dice is not None and data_key(f) == data_key(r)), None)
         groups[group] = results
     return groups
+
+
+def data_key(result: Result) -> str:
+    """The resolved ``dataset_path`` of a result's config ("" without a config): rows with
+    different keys were trained on different data."""
+    if result.cfg is None or result.cfg.get("dataset_path") is None:
+        return ""
+    return str(Path(result.cfg.dataset_path).resolve())

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .runs import Result
+from .runs import Result, data_key
 
 #: Metrics shown after Dice, with their table headers (ISBI ones only when a run logged them).
 OTHER_METRICS = (("precision", "precision"), ("recall", "recall"), ("specificity", "specificity"),
@@ -83,13 +83,28 @@ def weight_bits(result: Result) -> int | None:
     return None if specs is None else specs[0].storage_bits
 
 
+def data_name(path: str | Path) -> str | None:
+    """The name a preparation gave the data in ``path`` (``prepare.json`` ``name``, from
+    ``--name``), None when it recorded none."""
+    try:
+        info = json.loads((Path(path) / "prepare.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    name = info.get("name") if isinstance(info, dict) else None
+    return str(name) if name else None
+
+
 def dataset_labels(groups: dict[str, list[Result]]) -> dict[str, str]:
-    """Legend label per group: the configs' ``dataset`` name, or the folder name when two
-    groups share one."""
+    """Legend label per group: the configs' ``dataset`` name with the data set's own name when
+    all its rows share one prepared data set that has one (``em (nuclei)``), or the folder name
+    when two groups share a label."""
     names = {}
     for group, results in groups.items():
         cfgs = [r.cfg for r in results if r.cfg is not None]
         names[group] = str(cfgs[0].dataset) if cfgs else group
+        paths = {data_key(r) for r in results if r.cfg is not None}
+        if len(paths) == 1 and (own := data_name(paths.pop())):
+            names[group] += f" ({own})"
     counts = {n: list(names.values()).count(n) for n in names.values()}
     return {g: (f"{n} ({g}/)" if counts[n] > 1 else n) for g, n in names.items()}
 
@@ -170,8 +185,10 @@ def markdown_table(results: Sequence[Result]) -> str:
     logged = {m for r in results for m, _ in OTHER_METRICS if r.best and r.best.get(m) is not None}
     metrics = [(m, h) for m, h in OTHER_METRICS if m in logged]
     deployed = deployed_logged(results)
-    header = ["experiment", "activations / weights", "quantizer", "status", "best val Dice (mean ± std)",
-              *(["deployed Dice (eval mode)"] if deployed else []), "epoch",
+    found = data_sets(results)
+    data_index = {path: i for i, path in enumerate(found, start=1)} if len(found) > 1 else {}
+    header = ["experiment", *(["data"] if data_index else []), "activations / weights", "quantizer", "status",
+              "best val Dice (mean ± std)", *(["deployed Dice (eval mode)"] if deployed else []), "epoch",
               "Δ Dice vs full precision", *[h for _, h in metrics], "c",
               "weight memory, this run (MiB)", "reduction", "weight memory at c=64, paper model (MiB)", "reduction"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -189,7 +206,9 @@ def markdown_table(results: Sequence[Result]) -> str:
         else:
             pct = "n/a" if math.isnan(change[1]) else f"{change[1]:+.2f}%"
             delta = f"{change[0]:+.2f} pts ({pct})"
-        cells = [f"`{r.experiment.name}`", f"{act} / {weight}", quantizer_label(r), r.status_text, dice]
+        data = ([f"{data_index.get(data_key(r), '?')}: `{data_key(r)}`"] if r.cfg is not None else ["?"]) \
+            if data_index else []
+        cells = [f"`{r.experiment.name}`", *data, f"{act} / {weight}", quantizer_label(r), r.status_text, dice]
         if deployed:
             value = _logged(best, "eval_dice") if best else ""
             cells.append(f"{float(value):.2f} ± {float(best['eval_dice_std']):.2f}" if value != "" else "n/a")
@@ -233,8 +252,9 @@ def settings_sentence(results: Sequence[Result]) -> str:
 
 
 def describe_data(path: Path) -> str:
-    """``path`` (relative to the working directory when inside it), and whether it is the
-    synthetic stand-in (read from the preparation's ``prepare.json`` or ``synthetic_release.json``)."""
+    """``path`` (relative to the working directory when inside it) and what it holds: the
+    synthetic stand-in, the public release (only when the preparation recognised it) or the
+    data set the preparation named (``prepare.json``, or ``synthetic_release.json``)."""
     try:
         shown = os.path.relpath(path) if Path(path).resolve().is_relative_to(Path.cwd()) else str(path)
     except ValueError:
@@ -248,8 +268,15 @@ def describe_data(path: Path) -> str:
             info = json.loads(prepare.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             info = {}
-        synthetic = "synthetic" in json.dumps(info.get("source", ""))
-        kind = "synthetic stand-in" if synthetic else f"public data ({info.get('dataset', 'prepared')})"
+        origin = info.get("origin")
+        name = info.get("name") or info.get("dataset") or "prepared data"
+        synthetic = origin == "synthetic" or (origin is None and "synthetic" in json.dumps(info.get("source", "")))
+        if synthetic:
+            kind = "synthetic stand-in"
+        elif origin == "isbi2012":
+            kind = f"the public {name} release"
+        else:
+            kind = f"data set '{name}'"
         pairs = info.get("pairs") or info.get("slices")
         if isinstance(pairs, dict) and {"train", "val"} <= set(pairs):
             kind += f", {pairs['train']} train / {pairs['val']} val slices"
@@ -299,6 +326,27 @@ def runs_note(results: Sequence[Result]) -> str:
     return ("Each row is the run in the experiment's own folder (`log_output_dir/experiment_name`). Other runs "
             "beside it, not in the table (pass `-o experiment_name=<folder>` to tabulate one): " + "; ".join(parts)
             + ".")
+
+
+def data_sets(results: Sequence[Result]) -> dict[str, list[str]]:
+    """The data each row was trained on: resolved ``dataset_path`` -> experiment names (rows
+    without a config left out), in table order."""
+    found: dict[str, list[str]] = {}
+    for r in results:
+        if r.cfg is not None:
+            found.setdefault(data_key(r), []).append(r.experiment.name)
+    return found
+
+
+def data_note(results: Sequence[Result]) -> str:
+    """A warning when the rows of one table were trained on different data; empty otherwise."""
+    found = data_sets(results)
+    if len(found) < 2:
+        return ""
+    parts = [f"`{path}`: {', '.join(names)}" for path, names in found.items()]
+    return (f"**These rows come from {len(found)} different data sets** ({'; '.join(parts)}): their Dice values "
+            "are not comparable across data sets, and each Δ Dice is against the full-precision row on the same "
+            "data (n/a without one).")
 
 
 def compact_table(results: Sequence[Result]) -> str:

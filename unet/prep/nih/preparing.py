@@ -135,6 +135,7 @@ class Report:
 
     out_dir: Path
     split: str
+    name: str = "NIH Pancreas-CT"
     cases: dict[str, list[int]] = field(default_factory=dict)
     slices: dict[str, int] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -149,7 +150,7 @@ class Report:
         """A few lines: cases used/skipped, then cases and slices per split."""
         total = len(self.used) + len(self.skipped)
         lines = [
-            f"NIH Pancreas-CT: {len(self.used)} of {total} cases used, "
+            f"{self.name}: {len(self.used)} of {total} cases used, "
             f"{len(self.skipped)} skipped (split by {self.split})"
         ]
         for split in ("train", "val"):
@@ -185,9 +186,10 @@ def _n_val(n: int, fraction: float, what: str) -> int:
 
 
 def _process_case(
-    case: Case, window: tuple[float, float], size: tuple[int, int]
+    case: Case, window: tuple[float, float], size: tuple[int, int], pancreas: bool = True
 ) -> tuple[list[tuple[int, np.ndarray, np.ndarray]], list[str]]:
-    """Load and slice one case; raise DataError with the skip reason when unusable."""
+    """Load and slice one case; raise DataError with the skip reason when unusable. ``pancreas``:
+    warn when the mean value under the label is not pancreas-like HU (the NIH data)."""
     if case.label is None:
         raise DataError(f"no label (expected label{case.number:04d}.nii.gz)")
     try:
@@ -201,7 +203,7 @@ def _process_case(
     if label.shape != ct.shape:
         raise DataError(f"label shape {label.shape} differs from CT shape {ct.shape}")
     if not label.any():
-        raise DataError(f"empty label {case.label.name} (no pancreas voxel)")
+        raise DataError(f"empty label {case.label.name} (no labelled voxel)")
     notes = []
     if not np.allclose(ct_affine, label_affine, atol=_AFFINE_TOL_MM):
         notes.append(
@@ -209,7 +211,7 @@ def _process_case(
             "by index after reorientation, check the overlay"
         )
     mean_hu = float(ct[label].mean())
-    if not _PANCREAS_HU_RANGE[0] <= mean_hu <= _PANCREAS_HU_RANGE[1]:
+    if pancreas and not _PANCREAS_HU_RANGE[0] <= mean_hu <= _PANCREAS_HU_RANGE[1]:
         notes.append(
             f"{case.name}: mean CT value under the label is {mean_hu:.0f} HU (pancreas is about "
             "30-150 HU); is the label aligned and the CT in HU?"
@@ -229,6 +231,7 @@ def prepare_nih(
     seed: int = 0,
     progress: bool = True,
     overwrite: bool = False,
+    name: str | None = None,
 ) -> Report:
     """Prepare NIH Pancreas-CT as PNG pairs in ``out_dir`` (atomically; a previous preparation
     only with ``overwrite``, see :func:`unet.fileio.atomic_directory`) and report.
@@ -242,7 +245,10 @@ def prepare_nih(
     * ``"slice"``: the original's hold-out: the same count rule over all slices of all
       cases (sorted by name, then permuted with the seed), so a patient may be in both.
 
-    The split depends only on the set of usable cases (or slices) and the seed.
+    The split depends only on the set of usable cases (or slices) and the seed. ``name``
+    (default: the images folder's name) names the data set in the summary, ``prepare.json``
+    and the results; the check that the label covers pancreas-like HU runs unless ``name``
+    is given without the word "pancreas" (other data).
     A case with no label, an unreadable CT or label, a label shape that differs from the CT
     or an empty label is skipped and listed in ``Report.skipped`` and in the manifest
     (``prepare.json``, which also records cases per split, window, size, split and seed).
@@ -262,14 +268,16 @@ def prepare_nih(
             raise ConfigError(f"val_cases {missing} are not in {images_dir}")
 
     out_dir = Path(out_dir)
-    report = Report(out_dir=out_dir, split=split, skipped=list(rejected), warnings=list(notes))
+    pancreas = name is None or "pancreas" in name.lower()
+    report = Report(out_dir=out_dir, split=split, name=name or Path(images_dir).resolve().name,
+                    skipped=list(rejected), warnings=list(notes))
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         names: dict[int, list[str]] = {}
         bar = tqdm(cases, desc="NIH cases", unit="case", disable=bar_disable(not progress))
         for case in bar:
             bar.set_postfix_str(case.name)
             try:
-                pairs, case_notes = _process_case(case, window, size)
+                pairs, case_notes = _process_case(case, window, size, pancreas)
             except DataError as exc:
                 report.skipped.append((case.name, str(exc)))
                 continue
@@ -342,6 +350,7 @@ def _manifest(
 ) -> dict[str, Any]:
     return {
         "dataset": "nih-pancreas-ct",
+        "name": report.name,
         "source": {"images": str(Path(images_dir).resolve()), "labels": str(Path(labels_dir).resolve())},
         "split": report.split,
         "val_fraction": float(val_fraction),
