@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +31,7 @@ from unet.checkpoint import load_checkpoint, load_model_state
 from unet.config import Config, read_yaml_section
 from unet.data.transforms import normalize
 from unet.errors import ConfigError, DataError, UserError
-from unet.fileio import atomic_write_text
+from unet.fileio import atomic_write_text, check_writable_dir
 from unet.input_transform import RECORD_VERSION, canonical_dataset_name, input_transform_record
 from unet.progress import bar_disable, switch_off
 from unet.runtime import tune_allocator
@@ -312,10 +313,38 @@ def plan_jobs(items: list[io.InputItem], output: Path, probabilities: bool) -> l
     return jobs
 
 
+MANIFEST = "predict.json"
+
+
+def read_manifest(output: Path) -> dict[str, Any] | None:
+    """``OUTPUT_DIR/predict.json`` when a predict run wrote it (a mapping with a ``files``
+    list of entries with an ``input``), else None (missing, or a file of the user's)."""
+    path = output / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
+        return None
+    if not all(isinstance(entry, dict) and isinstance(entry.get("input"), str) for entry in manifest["files"]):
+        return None
+    return manifest
+
+
 def check_existing(jobs: list[Job], output: Path, overwrite: bool, resume: bool) -> list[Job]:
     """The jobs to run: without --overwrite or --continue an output folder that already holds
-    any of the outputs is refused (ConfigError); --continue drops the jobs whose outputs all exist."""
-    existing = [path for job in jobs for path in job.outputs if path.exists()]
+    any of the outputs or a ``predict.json`` is refused (ConfigError); --continue drops the jobs
+    whose outputs all exist, and refuses a ``predict.json`` that no predict run wrote (it could
+    not add to it)."""
+    manifest = output / MANIFEST
+    if os.path.lexists(manifest):
+        if not manifest.is_file():
+            raise ConfigError(f"{manifest} exists and is not a file; choose another OUTPUT_DIR (-o)")
+        if resume and read_manifest(output) is None:
+            raise ConfigError(f"{manifest} was not written by predict (not its record), so --continue cannot add "
+                              "to it; move it away or choose another OUTPUT_DIR (-o)")
+    existing = [path for job in jobs for path in (*job.outputs, manifest) if path.exists()]
+    existing = list(dict.fromkeys(existing))
     if existing and not (overwrite or resume):
         raise ConfigError(f"output folder {output} already holds {len(existing)} of the outputs (e.g. "
                           f"{existing[0].name}); pass --overwrite to replace them or --continue to skip the inputs "
@@ -358,6 +387,9 @@ def predict(args: argparse.Namespace, out: Callable[[str], None], err: Callable[
 
     jobs = plan_jobs(items, args.output, args.probabilities)
     todo = check_existing(jobs, args.output, args.overwrite, args.resume)
+    check_writable_dir(args.output, "output folder")  # before predicting anything, not at the first write
+    if args.probabilities:
+        check_writable_dir(args.output / PROBABILITY_FOLDER, "probability folder")
     for note in predictor.notes:
         err(note)
     if unsupported:
@@ -468,7 +500,11 @@ def _write_manifest(args: argparse.Namespace, predictor: Predictor, threshold: f
                    "seconds": round(job.seconds, 3), **({"error": job.error} if job.error else {})}
                   for job in jobs],
     }
-    atomic_write_text(args.output / "predict.json", json.dumps(manifest, indent=2) + "\n")
+    earlier = read_manifest(args.output) if args.resume else None
+    if earlier is not None:  # --continue: keep the record of the inputs done before
+        done_now = {entry["input"] for entry in manifest["files"]}
+        manifest["files"] = [entry for entry in earlier["files"] if entry["input"] not in done_now] + manifest["files"]
+    atomic_write_text(args.output / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
