@@ -30,9 +30,10 @@ from .checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from .config import COMMON_KEYS, Config
 from .errors import DataError, UserError
 from .export.packed import float32_size_bytes, packed_size_bytes
-from .fileio import atomic_path, atomic_write_text
+from .fileio import atomic_path, atomic_write_text, check_writable_dir
 from .input_transform import input_transform_record
 from .invocation import Invocation, record, recorded, resume_command
+from .lock import FolderLock
 from .losses import get_loss
 from .metrics import BASE_METRICS, ISBI_METRICS, slice_metrics, summarize
 from .model import UNet, quant_specs
@@ -696,7 +697,24 @@ def run(cfg: Config, recipe: Recipe, script: str, new_run: bool = False, overwri
 
 def _run(cfg: Config, recipe: Recipe, script: str, new_run: bool, overwrite_trained_model: bool,
          world: distributed.World, invocation: Invocation | None) -> int:
-    """:func:`run` in the process group of ``world``."""
+    """:func:`run` in the process group of ``world``: rank 0 holds the run folder's lock
+    (:mod:`unet.lock`) from before its checks to the end, so two trainings never share a folder."""
+    run_dir = Path(cfg.log_output_dir) / cfg.experiment_name
+    locks: list[FolderLock] = []
+    try:
+        if world.is_main:
+            check_writable_dir(run_dir.parent, "log_output_dir")
+            locks.append(FolderLock(run_dir, "run folder"))
+            locks[-1].acquire()
+        return _run_locked(cfg, recipe, script, new_run, overwrite_trained_model, world, invocation, locks)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _run_locked(cfg: Config, recipe: Recipe, script: str, new_run: bool, overwrite_trained_model: bool,
+                world: distributed.World, invocation: Invocation | None, locks: list[FolderLock]) -> int:
+    """:func:`_run` once rank 0 holds the run folder's lock; a new run's folder is locked too."""
     mode = cfg.operation_mode
     run_dir = Path(cfg.log_output_dir) / cfg.experiment_name
     checkpoint = Path(cfg.trained_model) if cfg.trained_model is not None else run_dir / "best.pt"
@@ -704,6 +722,9 @@ def _run(cfg: Config, recipe: Recipe, script: str, new_run: bool, overwrite_trai
         if not new_run:
             raise UserError(existing_run_message(run_dir, cfg, recipe, invocation))
         run_dir = next_free_run_dir(run_dir)
+        if world.is_main:
+            locks.append(FolderLock(run_dir, "run folder"))
+            locks[-1].acquire()
         cfg["experiment_name"] = run_dir.name  # its config.yaml and checkpoints name the folder it is in
     resume_state = None
     if mode == "resume":

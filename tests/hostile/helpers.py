@@ -90,3 +90,15 @@ def run_module(args: list[str], cwd: Path, timeout: float = 120, env: dict[str, 
             "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {})}
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env=full, preexec_fn=preexec)
+
+
+def script_main(relative: str):
+    """The ``main`` of a command-line script of the repository (e.g. ``preprocessing/em_prepare.py``),
+    imported from its file, to run it in this process as ``python SCRIPT ...`` would."""
+    import importlib.util
+
+    path = REPO / relative
+    spec = importlib.util.spec_from_file_location(f"_hostile_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main

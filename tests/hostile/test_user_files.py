@@ -15,7 +15,7 @@ from unet.predict.cli import main as predict_main
 from unet.results.cli import main as results_main
 
 from ..conftest import REPO
-from .helpers import digest, error_line, png, run_module, tiny_state, write_checkpoint
+from .helpers import digest, error_line, png, run_module, script_main, tiny_state, write_checkpoint
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -134,13 +134,12 @@ EM_PREPARE = ["preprocessing/em_prepare.py", "--synthetic", "--synthetic-slices"
 
 def test_prepare_overwrite_removes_only_what_it_wrote(tmp_path: Path) -> None:
     out = tmp_path / "data"
-    first = run_module([*EM_PREPARE, "--out", str(out)], cwd=REPO)
-    assert first.returncode == 0, first.stderr
+    prepare = script_main(EM_PREPARE[0])
+    assert prepare([*EM_PREPARE[1:], "--out", str(out)]) == 0
     listed = json.loads((out / "prepare.json").read_text())["files"]
     assert "train/images/slice_00.png" in listed and "prepare.json" not in listed
     (out / "train" / "images" / "my_extra.png").write_bytes(b"the user's own slice")
-    second = run_module([*EM_PREPARE, "--out", str(out), "--overwrite"], cwd=REPO)
-    assert second.returncode == 0, second.stderr
+    assert prepare([*EM_PREPARE[1:], "--out", str(out), "--overwrite"]) == 0
     assert (out / "train" / "images" / "my_extra.png").read_bytes() == b"the user's own slice"
 
 

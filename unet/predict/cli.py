@@ -13,6 +13,7 @@ its own ``error:`` line while the others were still predicted); 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -33,6 +34,7 @@ from unet.data.transforms import normalize
 from unet.errors import ConfigError, DataError, UserError
 from unet.fileio import atomic_write_text, check_writable_dir
 from unet.input_transform import RECORD_VERSION, canonical_dataset_name, input_transform_record
+from unet.lock import folder_lock
 from unet.progress import bar_disable, switch_off
 from unet.runtime import tune_allocator
 
@@ -386,8 +388,25 @@ def predict(args: argparse.Namespace, out: Callable[[str], None], err: Callable[
     window = (int(record["window"][0]), int(record["window"][1]))
 
     jobs = plan_jobs(items, args.output, args.probabilities)
-    todo = check_existing(jobs, args.output, args.overwrite, args.resume)
+    created = not os.path.lexists(args.output)
     check_writable_dir(args.output, "output folder")  # before predicting anything, not at the first write
+    try:
+        with folder_lock(args.output, "output folder"):  # one predict per OUTPUT_DIR at a time
+            return _predict_locked(args, out, err, jobs, unsupported, predictor, roi, device, threshold,
+                                   batch_size, window)
+    except UserError:
+        if created:  # a refused run leaves no empty OUTPUT_DIR behind
+            with contextlib.suppress(OSError):
+                args.output.rmdir()
+        raise
+
+
+def _predict_locked(args: argparse.Namespace, out: Callable[[str], None], err: Callable[[str], None],
+                    jobs: list[Job], unsupported: list[Path], predictor: Predictor, roi: Roi | None,
+                    device: torch.device, threshold: float, batch_size: int, window: tuple[int, int]) -> int:
+    """The part of :func:`predict` that runs while it holds OUTPUT_DIR's lock."""
+    cfg, record = predictor.cfg, predictor.record
+    todo = check_existing(jobs, args.output, args.overwrite, args.resume)
     if args.probabilities:
         check_writable_dir(args.output / PROBABILITY_FOLDER, "probability folder")
     for note in predictor.notes:
