@@ -18,6 +18,7 @@ import numpy as np
 
 from unet.errors import DataError
 from unet.fileio import atomic_path
+from unet.nifti_check import check_nifti
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -228,9 +229,11 @@ def write_tiff(path: Path, array: np.ndarray) -> None:
 def read_nifti_header(path: str | Path) -> nib.spatialimages.SpatialImage:
     """The NIfTI image object of ``path`` (header and affine; data not read yet)."""
     try:
-        return nib.load(str(path))
+        img = nib.load(str(path))
     except Exception as exc:  # noqa: BLE001 - nibabel raises many types for a damaged file
         raise DataError(f"cannot read NIfTI file {path} ({type(exc).__name__}: {_reason(exc)})") from None
+    check_nifti(path, img)
+    return img
 
 
 def nifti_bytes(array: np.ndarray, affine: np.ndarray, reference: nib.spatialimages.SpatialImage | None,

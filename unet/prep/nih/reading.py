@@ -15,6 +15,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
 from unet.errors import DataError
+from unet.nifti_check import check_nifti
 
 
 def _canonical(img: nib.spatialimages.SpatialImage, source: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -29,6 +30,7 @@ def _canonical(img: nib.spatialimages.SpatialImage, source: Path) -> tuple[np.nd
 def _load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         img = nib.load(str(path))
+        check_nifti(path, img)  # before any voxel is allocated
         return _canonical(img, path)
     except DataError:
         raise
