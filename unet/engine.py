@@ -8,6 +8,7 @@ checkpoints, metrics, logs and figures.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
@@ -32,6 +33,7 @@ from .errors import DataError, UserError
 from .export.packed import float32_size_bytes, packed_size_bytes
 from .fileio import atomic_path, atomic_write_text, check_writable_dir
 from .input_transform import input_transform_record
+from .interrupts import Interrupted
 from .invocation import Invocation, record, recorded, resume_command
 from .lock import FolderLock
 from .losses import get_loss
@@ -750,15 +752,16 @@ def _run_locked(cfg: Config, recipe: Recipe, script: str, new_run: bool, overwri
         cfg = checkpoint_model_config(cfg, preloaded, checkpoint, str(recipe.base_config))
     distributed.barrier(world)  # every rank has checked the folder before rank 0 writes to it
     created = None if run_dir.exists() or not world.is_main else _topmost_missing(run_dir)
-    if world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if invocation is not None:
-            record(run_dir, invocation, mode)
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    stop = distributed.StopRequest() if world.distributed else None
-    if threading_main():
-        _install_stop_handlers(stop)
-    try:
+    session: Run | None = None
+    try:  # from the folder's creation on, a failed or interrupted start removes what it created
+        if world.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if invocation is not None:
+                record(run_dir, invocation, mode)
+        stop = distributed.StopRequest() if world.distributed else None
+        if threading_main():
+            _install_stop_handlers(stop)
         session = Run(cfg, recipe, run_dir, script, run_id, best_copy if world.is_main else None, world, stop)
         session.invocation = invocation
         session.preloaded = preloaded
@@ -775,10 +778,38 @@ def _run_locked(cfg: Config, recipe: Recipe, script: str, new_run: bool, overwri
         if created is not None and not (run_dir / "metrics.csv").exists():
             shutil.rmtree(created, ignore_errors=True)  # a failed start leaves no run folder behind
         raise
+    except KeyboardInterrupt:  # before the epoch loop took over (start-up) or after it (the final test)
+        if created is not None and not (run_dir / "metrics.csv").exists():
+            shutil.rmtree(created, ignore_errors=True)
+            raise Interrupted("interrupted during start-up, before the first epoch; nothing was kept: run the same "
+                              "command again") from None
+        raise Interrupted(f"interrupted; {run_dir} keeps what was written before (every file there is written "
+                          f"whole){_continue_hint(run_dir, session)}") from None
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        if created is not None and not (run_dir / "metrics.csv").exists():
+            shutil.rmtree(created, ignore_errors=True)
+        where = exc.filename or run_dir
+        raise UserError(f"cannot write {where} ({exc.strerror}); the files already in {run_dir} are intact (each is "
+                        f"replaced whole, never half-written){_continue_hint(run_dir, session)}"
+                        ) from None
     finally:
         if threading_main():
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+
+#: Write errors a user fixes (full disk or quota, read-only file system): one line, not a traceback.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG)
+
+
+def _continue_hint(run_dir: Path, session: Run | None) -> str:
+    """How to go on after a stop: resume from last.pt when there is one, else start again."""
+    if not (run_dir / "last.pt").is_file():
+        return "; there is no checkpoint to resume from yet: fix that and run the same command again"
+    command = session._resume_hint() if session is not None else "-o operation_mode=resume"
+    return f"; last.pt holds the last completed epoch: fix that and continue with: {command}"
 
 
 def checkpoint_tag(checkpoint: Path, run_dir: Path) -> str:

@@ -37,6 +37,10 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
         _fsync_dir(target.parent)
+    except OSError as exc:
+        if exc.filename is None or Path(exc.filename) == tmp:  # name the file being written, not the temporary
+            raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from exc
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -50,10 +54,14 @@ def atomic_write_text(target: str | os.PathLike[str], text: str) -> None:
 
 def atomic_torch_save(obj: Any, target: str | os.PathLike[str]) -> None:
     """``torch.save`` ``obj`` to ``target`` atomically (checkpoints are never half-written)."""
+    import io
+
     import torch
 
-    with atomic_path(target) as tmp:
-        torch.save(obj, tmp)
+    buffer = io.BytesIO()  # torch.save reports a full disk as a RuntimeError; a plain write says ENOSPC
+    torch.save(obj, buffer)
+    with atomic_path(target) as tmp, open(tmp, "wb") as handle:
+        handle.write(buffer.getbuffer())
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,9 @@ from quantizer.modules import DEFAULT_POW2_MIN_EXPONENT
 
 from ..checkpoint import load_checkpoint, load_model_state
 from ..config import Config
-from ..errors import DataError, UserError
+from ..errors import DataError, UserError, short_repr
 from ..fileio import atomic_write_text, check_writable_dir
+from ..interrupts import EXIT_INTERRUPTED, terminate_as_interrupt
 from ..runtime import tune_allocator
 from .packed import read_header, write_packed
 
@@ -89,7 +90,11 @@ def model_from_checkpoint(path: Path) -> tuple[Any, dict[str, Any], list[str]]:
     if missing:
         raise DataError(f"checkpoint {path}: its config lacks {', '.join(missing)}; it is not from this project")
     values["quantization"] = str(values["quantization"]).lower()
-    model = build_model(Config(values, {}))
+    try:
+        model = build_model(Config(values, {}))
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"checkpoint {path}: its stored config cannot build a model ({type(exc).__name__}: "
+                        f"{short_repr(str(exc))})") from None
     load_model_state(model, state["model"], path)
     return model, state, notes
 
@@ -205,10 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     tune_allocator()
     args = build_parser().parse_args(argv)
     try:
-        record = export(args)
+        with terminate_as_interrupt():
+            record = export(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the output is written whole or not at all
+        print("interrupted; nothing was exported (no output is ever half-written)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(describe(record))
     return 0
 

@@ -411,9 +411,15 @@ def _predict_locked(args: argparse.Namespace, out: Callable[[str], None], err: C
         check_writable_dir(args.output / PROBABILITY_FOLDER, "probability folder")
     for note in predictor.notes:
         err(note)
-    if unsupported:
-        names = ", ".join(p.name for p in unsupported)
-        err(f"warning: skipping {len(unsupported)} file(s) of unsupported type: {names} (supported: {io.SUPPORTED})")
+    special = [p for p in unsupported if not p.is_file()]
+    if special:
+        names = ", ".join(f"{p.name} ({io.special_kind(p)})" for p in special)
+        err(f"warning: skipping {len(special)} entr{'y' if len(special) == 1 else 'ies'} that are not regular files "
+            f"or folders: {names}")
+    if len(special) < len(unsupported):
+        names = ", ".join(p.name for p in unsupported if p.is_file())
+        err(f"warning: skipping {len(unsupported) - len(special)} file(s) of unsupported type: {names} (supported: "
+            f"{io.SUPPORTED})")
     skipped = len(jobs) - len(todo)
     if skipped:
         out(f"--continue: {skipped} input(s) already done in {args.output}, {len(todo)} to predict")

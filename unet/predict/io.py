@@ -10,6 +10,7 @@ raise :class:`unet.errors.DataError` naming the file; writers write atomically
 from __future__ import annotations
 
 import gzip
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,6 +86,9 @@ def find_inputs(path: str | Path) -> tuple[list[InputItem], list[Path]]:
     path = Path(path)
     if not path.exists():
         raise DataError(f"input {path} does not exist")
+    if not path.is_file() and not path.is_dir():
+        raise DataError(f"input {path} is not a regular file or a folder ({special_kind(path)}); give an image, a "
+                        "volume or a folder of them")
     if path.is_file():
         kind = kind_of(path)
         if kind is None:
@@ -95,7 +99,9 @@ def find_inputs(path: str | Path) -> tuple[list[InputItem], list[Path]]:
     unsupported: list[Path] = []
     dicom_here = False
     for entry in sorted(p for p in path.iterdir() if not p.name.startswith(".")):
-        if entry.is_dir():
+        if not entry.is_dir() and not entry.is_file():  # a FIFO, socket or device: never opened (it could block)
+            unsupported.append(entry)
+        elif entry.is_dir():
             items.append(InputItem(entry.name, entry, "dicom"))
         elif (kind := kind_of(entry)) is not None:
             items.append(InputItem(_stem(entry), entry, kind))
@@ -111,6 +117,21 @@ def find_inputs(path: str | Path) -> tuple[list[InputItem], list[Path]]:
             raise DataError(f"input folder {path} holds no file to predict (found {names}; supported: {SUPPORTED})")
         raise DataError(f"input folder {path} is empty; put the images or volumes to segment in it")
     return items, unsupported
+
+
+def special_kind(path: Path) -> str:
+    """What a path that is neither a regular file nor a folder is: ``a named pipe (FIFO)``, ..."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "a broken link"
+    for test, name in ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
 
 
 def _stem(path: Path) -> str:

@@ -47,7 +47,8 @@ def load_ct(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     towards the patient's Right, axis 1 towards Anterior, axis 2 towards Superior, and the
     returned affine maps those voxel indices to RAS+ millimetres.
 
-    Raises :class:`DataError` for a missing, unreadable or non-3-D input.
+    Raises :class:`DataError` for a missing, unreadable or non-3-D input, and for NaN or
+    infinite voxels.
     """
     path = Path(path)
     if path.is_dir():
@@ -56,7 +57,12 @@ def load_ct(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
         data, affine = _load_nifti(path)
     else:
         raise DataError(f"{path} does not exist")
-    return np.ascontiguousarray(data, dtype=np.float32), affine
+    volume = np.ascontiguousarray(data, dtype=np.float32)
+    if not np.isfinite(volume).all():  # HU are finite; NaN/Inf would be segmented as nonsense without a word
+        bad = int(volume.size - np.count_nonzero(np.isfinite(volume)))
+        raise DataError(f"{path}: contains NaN or infinite values ({bad} of {volume.size} voxels); a CT volume in HU "
+                        "holds finite numbers only")
+    return volume, affine
 
 
 def load_label(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
