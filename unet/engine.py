@@ -31,7 +31,7 @@ from .checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from .config import COMMON_KEYS, Config
 from .errors import DataError, UserError
 from .export.packed import float32_size_bytes, packed_size_bytes
-from .fileio import atomic_path, atomic_write_text, check_writable_dir
+from .fileio import atomic_path, atomic_write_text, check_writable_dir, remove_stale_temporaries
 from .input_transform import input_transform_record
 from .interrupts import Interrupted
 from .invocation import Invocation, record, recorded, resume_command
@@ -741,6 +741,11 @@ def _run_locked(cfg: Config, recipe: Recipe, script: str, new_run: bool, overwri
         if (run_dir / "summary.json").is_file():
             raise UserError(f"run {run_dir} already finished; nothing to resume. "
                             + _finished_alternatives(run_dir, cfg, recipe, invocation))
+    if world.is_main and run_dir.is_dir():  # the lock makes the folder ours: a killed write's leftovers go
+        removed = remove_stale_temporaries(run_dir, recursive=True)
+        if removed:
+            print(f"note: removed {len(removed)} temporary file(s) an interrupted write left in {run_dir} "
+                  f"({', '.join(p.name for p in removed[:3])}{' ...' if len(removed) > 3 else ''})", file=sys.stderr)
     run_id = (resume_state or {}).get("run_id") or new_run_id()
     best_copy = _best_model_copy(cfg, resume_state, run_id, overwrite_trained_model)
     if mode in ("retrain", "inference", "visualize") and not checkpoint.is_file():

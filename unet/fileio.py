@@ -9,9 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -371,3 +372,37 @@ def check_writable_dir(folder: str | os.PathLike[str], what: str) -> None:
         reason = exc.strerror or str(exc)
         raise DataError(f"{what} {folder} cannot be written ({reason}); choose another or fix its "
                         "permissions / free space") from None
+
+
+#: The name :func:`atomic_path` gives its temporary: ``.<target name>.<8 random characters>.tmp``.
+TEMPORARY_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str], targets: Iterable[str] | None = None,
+                             recursive: bool = False) -> list[Path]:
+    """Remove the temporaries an interrupted :func:`atomic_path` write left in ``folder``.
+
+    Only regular files named as :data:`TEMPORARY_NAME` are touched (never links or folders),
+    and with ``targets`` only those of the listed file names (the files the calling command
+    writes there). Call it only while the command owns ``folder`` (holds its lock,
+    :mod:`unet.lock`): no other writer can be mid-write then. ``recursive`` also cleans the
+    sub-folders (not following links). Returns the removed paths.
+    """
+    folder = Path(folder)
+    wanted = None if targets is None else set(targets)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    walker = os.walk(folder) if recursive else [(str(folder), [], os.listdir(folder))]
+    for root, _dirs, names in walker:
+        for name in names:
+            match = TEMPORARY_NAME.match(name)
+            path = Path(root) / name
+            if match is None or (wanted is not None and match["target"] not in wanted):
+                continue
+            if path.is_symlink() or not path.is_file():
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed

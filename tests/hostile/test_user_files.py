@@ -44,14 +44,16 @@ def test_predict_refuses_to_replace_a_users_predict_json(checkpoint, tmp_path: P
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "predict.json").write_text("my own notes, not JSON\n")
     before = digest(tmp_path)
-    error_line(predict(checkpoint, tmp_path / "in", tmp_path / "out"), capsys.readouterr().err, "predict.json",
-               "--overwrite")
-    error_line(predict(checkpoint, tmp_path / "in", tmp_path / "out", "--continue"), capsys.readouterr().err,
-               "predict.json", "not written by predict")
+    for extra in ([], ["--continue"]):
+        status = predict(checkpoint, tmp_path / "in", tmp_path / "out", *extra)
+        error_line(status, capsys.readouterr().err, str(tmp_path / "out" / "predict.json"), "not written by predict",
+                   "--overwrite")
     assert digest(tmp_path) == before
+    assert predict(checkpoint, tmp_path / "in", tmp_path / "out", "--overwrite") == 0  # asked for
+    assert json.loads((tmp_path / "out" / "predict.json").read_text())["files"][0]["ok"]
 
 
-def test_continue_adds_to_the_record_of_earlier_outputs(checkpoint, tmp_path: Path, capsys) -> None:
+def test_later_runs_add_to_the_record_of_earlier_outputs(checkpoint, tmp_path: Path, capsys) -> None:
     png(tmp_path / "in" / "a.png")
     assert predict(checkpoint, tmp_path / "in", tmp_path / "out") == 0
     png(tmp_path / "in" / "b.png", seed=1)
@@ -59,6 +61,10 @@ def test_continue_adds_to_the_record_of_earlier_outputs(checkpoint, tmp_path: Pa
     files = json.loads((tmp_path / "out" / "predict.json").read_text())["files"]
     assert sorted(Path(entry["input"]).name for entry in files) == ["a.png", "b.png"]
     assert all(entry["ok"] for entry in files)
+    png(tmp_path / "other" / "c.png", seed=2)  # another input folder into the same OUTPUT_DIR
+    assert predict(checkpoint, tmp_path / "other", tmp_path / "out") == 0, capsys.readouterr().err
+    files = json.loads((tmp_path / "out" / "predict.json").read_text())["files"]
+    assert sorted(Path(entry["input"]).name for entry in files) == ["a.png", "b.png", "c.png"]
 
 
 # --- export ------------------------------------------------------------------------------------

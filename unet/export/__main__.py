@@ -27,8 +27,9 @@ from quantizer.modules import DEFAULT_POW2_MIN_EXPONENT
 from ..checkpoint import load_checkpoint, load_model_state
 from ..config import Config
 from ..errors import DataError, UserError, short_repr
-from ..fileio import atomic_write_text, check_writable_dir
+from ..fileio import atomic_write_text, check_writable_dir, remove_stale_temporaries
 from ..interrupts import EXIT_INTERRUPTED, terminate_as_interrupt
+from ..lock import folder_lock
 from ..runtime import tune_allocator
 from .packed import read_header, write_packed
 
@@ -149,6 +150,16 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     checkpoint = checkpoint_path(args.source)
     out = args.out if args.out is not None else default_out(checkpoint, args.format)
     check_outputs(checkpoint, out, args.overwrite)
+    with folder_lock(out, "output file"):  # one export per output at a time
+        removed = remove_stale_temporaries(out.parent, {out.name, sidecar(out).name})
+        if removed:
+            print(f"note: removed {len(removed)} temporary file(s) an interrupted export left beside {out}",
+                  file=sys.stderr)
+        return _export_locked(args, checkpoint, out)
+
+
+def _export_locked(args: argparse.Namespace, checkpoint: Path, out: Path) -> dict[str, Any]:
+    """:func:`export` once it holds the output's lock."""
     if args.float16 and args.format != "packed":
         raise UserError("--float16 applies to --format packed only")
     model, state, notes = model_from_checkpoint(checkpoint)

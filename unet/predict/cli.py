@@ -32,7 +32,7 @@ from unet.checkpoint import load_checkpoint, load_model_state
 from unet.config import Config, read_yaml_section
 from unet.data.transforms import normalize
 from unet.errors import ConfigError, DataError, UserError
-from unet.fileio import atomic_write_text, check_writable_dir
+from unet.fileio import atomic_write_text, check_writable_dir, remove_stale_temporaries
 from unet.input_transform import RECORD_VERSION, canonical_dataset_name, input_transform_record
 from unet.lock import folder_lock
 from unet.progress import bar_disable, switch_off
@@ -335,18 +335,16 @@ def read_manifest(output: Path) -> dict[str, Any] | None:
 
 def check_existing(jobs: list[Job], output: Path, overwrite: bool, resume: bool) -> list[Job]:
     """The jobs to run: without --overwrite or --continue an output folder that already holds
-    any of the outputs or a ``predict.json`` is refused (ConfigError); --continue drops the jobs
-    whose outputs all exist, and refuses a ``predict.json`` that no predict run wrote (it could
-    not add to it)."""
+    any of the outputs is refused (ConfigError); --continue drops the jobs whose outputs all exist.
+
+    A ``predict.json`` there that an earlier predict wrote is kept and added to (its record of
+    other inputs stays); one that no predict wrote (the user's own file) is replaced only with
+    --overwrite."""
     manifest = output / MANIFEST
-    if os.path.lexists(manifest):
-        if not manifest.is_file():
-            raise ConfigError(f"{manifest} exists and is not a file; choose another OUTPUT_DIR (-o)")
-        if resume and read_manifest(output) is None:
-            raise ConfigError(f"{manifest} was not written by predict (not its record), so --continue cannot add "
-                              "to it; move it away or choose another OUTPUT_DIR (-o)")
-    existing = [path for job in jobs for path in (*job.outputs, manifest) if path.exists()]
-    existing = list(dict.fromkeys(existing))
+    if os.path.lexists(manifest) and not overwrite and read_manifest(output) is None:
+        raise ConfigError(f"{manifest} exists and was not written by predict (it is not its record); pass "
+                          "--overwrite to replace it, move it away, or choose another OUTPUT_DIR (-o)")
+    existing = [path for job in jobs for path in job.outputs if path.exists()]
     if existing and not (overwrite or resume):
         raise ConfigError(f"output folder {output} already holds {len(existing)} of the outputs (e.g. "
                           f"{existing[0].name}); pass --overwrite to replace them or --continue to skip the inputs "
@@ -407,6 +405,12 @@ def _predict_locked(args: argparse.Namespace, out: Callable[[str], None], err: C
     """The part of :func:`predict` that runs while it holds OUTPUT_DIR's lock."""
     cfg, record = predictor.cfg, predictor.record
     todo = check_existing(jobs, args.output, args.overwrite, args.resume)
+    removed = remove_stale_temporaries(args.output, {job.outputs[0].name for job in jobs} | {MANIFEST})
+    if args.probabilities:
+        removed += remove_stale_temporaries(args.output / PROBABILITY_FOLDER, {job.outputs[1].name for job in jobs})
+    if removed:  # safe: this process holds OUTPUT_DIR's lock, so no other predict is writing them
+        err(f"note: removed {len(removed)} temporary file(s) an interrupted predict left in {args.output} "
+            f"({', '.join(p.name for p in removed[:3])}{' ...' if len(removed) > 3 else ''})")
     if args.probabilities:
         check_writable_dir(args.output / PROBABILITY_FOLDER, "probability folder")
     for note in predictor.notes:
@@ -525,8 +529,8 @@ def _write_manifest(args: argparse.Namespace, predictor: Predictor, threshold: f
                    "seconds": round(job.seconds, 3), **({"error": job.error} if job.error else {})}
                   for job in jobs],
     }
-    earlier = read_manifest(args.output) if args.resume else None
-    if earlier is not None:  # --continue: keep the record of the inputs done before
+    earlier = read_manifest(args.output)
+    if earlier is not None:  # keep the record of the inputs an earlier run did
         done_now = {entry["input"] for entry in manifest["files"]}
         manifest["files"] = [entry for entry in earlier["files"] if entry["input"] not in done_now] + manifest["files"]
     atomic_write_text(args.output / MANIFEST, json.dumps(manifest, indent=2) + "\n")
