@@ -703,6 +703,7 @@ def _run(cfg: Config, recipe: Recipe, script: str, new_run: bool, overwrite_trai
     (:mod:`unet.lock`) from before its checks to the end, so two trainings never share a folder."""
     run_dir = Path(cfg.log_output_dir) / cfg.experiment_name
     locks: list[FolderLock] = []
+    made = None if not world.is_main or run_dir.parent.exists() else _topmost_missing(run_dir.parent)
     try:
         if world.is_main:
             check_writable_dir(run_dir.parent, "log_output_dir")
@@ -712,6 +713,13 @@ def _run(cfg: Config, recipe: Recipe, script: str, new_run: bool, overwrite_trai
     finally:
         for lock in locks:
             lock.release()
+        if made is not None:  # a failed start leaves no empty log_output_dir behind either
+            folder = run_dir.parent
+            while folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+                if folder == made:
+                    break
+                folder = folder.parent
 
 
 def _run_locked(cfg: Config, recipe: Recipe, script: str, new_run: bool, overwrite_trained_model: bool,
