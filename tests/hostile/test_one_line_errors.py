@@ -354,3 +354,14 @@ def test_sweep_reports_a_non_utf8_experiment_and_runs_the_others(tmp_path: Path)
     assert result.returncode != 0  # one experiment failed
     assert "not UTF-8" in result.stdout + result.stderr and str(bad / "config.yaml") in result.stdout + result.stderr
     assert (good / "runs" / "good" / "summary.json").is_file(), result.stdout + result.stderr
+
+
+def test_results_reports_a_non_utf8_experiment_config_and_shows_the_others(tmp_path: Path, capsys) -> None:
+    good = make_experiment(tmp_path / "em", "good")
+    bad = make_experiment(tmp_path / "em", "bad")
+    (bad / "config.yaml").write_bytes(b"UNET:\n  lr: 0.001  # caf\xe9\n")
+    status = results_main([str(tmp_path / "em"), "--no-overlays", "--no-weights"])
+    captured = capsys.readouterr()
+    assert status == 0 and "Traceback" not in captured.err, captured.err
+    table = (tmp_path / "em" / "results.md").read_text()
+    assert "not UTF-8" in table and str(bad / "config.yaml") in table and good.name in table
