@@ -126,8 +126,8 @@ def validate_checkpoint(state: dict[str, Any], path: Path) -> None:
     if record is not None:
         _check_record(record, path)
     epoch = state.get("epoch")
-    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0):
-        raise DataError(f"checkpoint {path}: 'epoch' must be an integer >= 0, got {short_repr(epoch)}")
+    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
+        raise DataError(f"checkpoint {path}: 'epoch' must be an integer, got {short_repr(epoch)}")
 
 
 def _check_entry(name: Any, value: Any, path: Path) -> None:
