@@ -1,7 +1,8 @@
 """Exclusive locks on the folders a command writes: one process per run folder, prediction
 output or prepared data set.
 
-The lock is a hidden file beside the folder, ``<parent>/.<name>.lock``, created with
+The lock is a hidden file beside the folder, ``<parent>/.<name>.lock`` (inside it, ``.unet.lock``,
+when only the folder is writable), created with
 ``O_CREAT | O_EXCL`` semantics (a complete file is hard-linked into place, which fails when the
 name exists) and holding JSON: ``pid``, ``host``, ``command``, ``since`` (UTC, ISO 8601) and the
 process start time. It is held for the whole command and removed on exit. A lock whose process
@@ -102,6 +103,10 @@ class FolderLock:
         self.folder = Path(folder)
         self.what = what
         self.path = lock_path(folder)
+        parent, inside = self.path.parent, Path(os.path.abspath(folder)) / ".unet.lock"
+        if parent.is_dir() and not os.access(parent, os.W_OK) and self.folder.is_dir() \
+                and os.access(self.folder, os.W_OK):
+            self.path = inside  # a writable folder in a read-only parent: every process chooses the same
         self.command = command if command is not None else command_line()
         self.held = False
 

@@ -132,3 +132,17 @@ def test_a_stale_or_unreadable_old_lock_does_not_block(tmp_path: Path, holder: s
     with FolderLock(folder, "output folder"):
         assert json.loads(lock.read_text())["pid"] == os.getpid()
     assert not lock.exists()
+
+
+def test_a_writable_folder_in_a_read_only_parent_is_locked_inside(tmp_path: Path, monkeypatch) -> None:
+    import unet.lock as lock_module
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    real = os.access
+    monkeypatch.setattr(lock_module.os, "access", lambda path, mode: Path(path) != tmp_path and real(path, mode))
+    with lock_module.FolderLock(folder, "output folder") as lock:
+        assert lock.path == folder / ".unet.lock" and lock.path.is_file()
+        with pytest.raises(lock_module.LockedError, match=f"in use by process {os.getpid()}"):
+            lock_module.FolderLock(folder, "output folder").acquire()
+    assert not (folder / ".unet.lock").exists() and not lock_path(folder).exists()
