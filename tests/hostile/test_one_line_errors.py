@@ -365,3 +365,14 @@ def test_results_reports_a_non_utf8_experiment_config_and_shows_the_others(tmp_p
     assert status == 0 and "Traceback" not in captured.err, captured.err
     table = (tmp_path / "em" / "results.md").read_text()
     assert "not UTF-8" in table and str(bad / "config.yaml") in table and good.name in table
+
+
+def test_a_fifo_inside_a_dicom_series_folder_is_named_not_opened(models, tmp_path: Path, capsys) -> None:
+    series = tmp_path / "in" / "case1"
+    series.mkdir(parents=True)
+    os.mkfifo(series / "IM0001.dcm")
+    started = time.monotonic()
+    status = predict_main(["-m", str(models["NIH"]), "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
+                           "--device", "cpu", "--no-progress"])
+    assert time.monotonic() - started < 60
+    error_line(status, capsys.readouterr().err, str(series / "IM0001.dcm"), "not a regular file")

@@ -106,6 +106,12 @@ def load_dicom_series(folder: str | os.PathLike[str]) -> tuple[np.ndarray, np.nd
     import SimpleITK as sitk
 
     folder = Path(folder)
+    for root, _dirs, names in os.walk(folder):  # the scanner opens every file: a FIFO would block it
+        for name in names:
+            entry = Path(root) / name
+            if not entry.is_file():
+                raise DataError(f"{entry} in the DICOM series folder {folder} is not a regular file (a named pipe, "
+                                "socket, device or broken link); remove it from the folder")
     series = _dicom_series(folder)
     if not series:
         raise DataError(f"no DICOM images with position and orientation found under {folder}")
