@@ -9,8 +9,13 @@ crop, elastic + affine augmentation, per-image standardisation, -soft Dice loss,
 import sys
 from pathlib import Path
 
-from unet.cli import main
-from unet.recipes import gm_recipe
+from unet.interrupts import quiet_interrupts
+
+if __name__ == "__main__":
+    quiet_interrupts()  # a Ctrl-C while torch loads: one line, no traceback
+
+from unet.cli import main  # noqa: E402
+from unet.recipes import gm_recipe  # noqa: E402
 
 RECIPE = gm_recipe(
     base_config=Path(__file__).resolve().parent / "config.yaml",

@@ -9,8 +9,13 @@ intensities, -soft Dice loss, cosine LR.
 import sys
 from pathlib import Path
 
-from unet.cli import main
-from unet.recipes import png_pair_recipe
+from unet.interrupts import quiet_interrupts
+
+if __name__ == "__main__":
+    quiet_interrupts()  # a Ctrl-C while torch loads: one line, no traceback
+
+from unet.cli import main  # noqa: E402
+from unet.recipes import png_pair_recipe  # noqa: E402
 
 RECIPE = png_pair_recipe(
     name="NIH",

@@ -21,6 +21,7 @@ from typing import Any
 
 from unet.errors import ConfigError, UserError
 from unet.fileio import PAIRS, SYNTHETIC_SOURCE, atomic_directory, check_output_dir
+from unet.lock import folder_lock
 from unet.prep.em import (
     INTENSITY_OPTIONS,
     describe_intensity,
@@ -254,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv``, prepare the data, print a summary; return the exit status (2 on UserError)."""
     args = build_parser().parse_args(argv)
     try:
-        info = run(args)
+        with folder_lock(args.out, "output folder"):  # one preparation per output folder at a time
+            info = run(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from unet.errors import UserError
+from unet.lock import folder_lock
 from unet.prep.gm import SITE_PROFILES, inspect_release, write_synthetic_release
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -59,15 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.synthetic:
-            out = write_synthetic_release(
-                args.out,
-                sites=args.sites,
-                subjects=range(1, args.subjects + 1),
-                n_slices=args.slices,
-                size=args.size,
-                seed=args.seed,
-                overwrite=args.overwrite,
-            )
+            with folder_lock(args.out, "output folder"):  # one preparation per output folder at a time
+                out = write_synthetic_release(
+                    args.out,
+                    sites=args.sites,
+                    subjects=range(1, args.subjects + 1),
+                    n_slices=args.slices,
+                    size=args.size,
+                    seed=args.seed,
+                    overwrite=args.overwrite,
+                )
             print(f"wrote a synthetic GM release (not real data) to {out}")
             print(inspect_release(out).summary())
             return 0

@@ -17,9 +17,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from unet.errors import UserError
 from unet.fileio import PAIRS, check_output_dir
+from unet.lock import folder_lock
 from unet.prep.nih import DEFAULT_SIZE, DEFAULT_WINDOW, prepare_nih, write_synthetic_nih
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -108,39 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        out = args.out.resolve()
-        if args.synthetic:
-            if args.images or args.labels:
-                raise UserError("--synthetic writes its own CT volumes; drop --images/--labels")
-            source = out.with_name(f"{out.name}-synthetic-source")
-            check_output_dir(out, PAIRS, args.overwrite)  # before writing the source, not after
-            write_synthetic_nih(
-                source,
-                n_cases=args.synthetic_cases,
-                shape=tuple(args.synthetic_shape),
-                seed=args.seed,
-                overwrite=args.overwrite,
-            )
-            print(f"wrote synthetic NIH volumes to {source}")
-            images, labels = source / "images", source / "labels"
-        else:
-            if args.images is None or args.labels is None:
-                raise UserError("give --images and --labels (or --synthetic)")
-            images, labels = args.images, args.labels
-        report = prepare_nih(
-            images,
-            labels,
-            out,
-            split=args.split,
-            val_fraction=args.val_fraction,
-            val_cases=args.val_cases,
-            window=tuple(args.hu_window),
-            size=tuple(args.crop_size),
-            seed=args.seed,
-            progress=not args.no_progress,
-            overwrite=args.overwrite,
-            name=args.name or ("synthetic pancreas CT stand-in" if args.synthetic else None),
-        )
+        with folder_lock(args.out, "output folder"):  # one preparation per output folder at a time
+            report = _prepare(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -151,6 +122,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(report.summary())
     print(f"wrote {report.out_dir}")
     return 0
+
+
+def _prepare(args: argparse.Namespace) -> Any:
+    """Write the synthetic source when asked, then prepare; returns :func:`prepare_nih`'s report."""
+    out = args.out.resolve()
+    if args.synthetic:
+        if args.images or args.labels:
+            raise UserError("--synthetic writes its own CT volumes; drop --images/--labels")
+        source = out.with_name(f"{out.name}-synthetic-source")
+        check_output_dir(out, PAIRS, args.overwrite)  # before writing the source, not after
+        write_synthetic_nih(
+            source,
+            n_cases=args.synthetic_cases,
+            shape=tuple(args.synthetic_shape),
+            seed=args.seed,
+            overwrite=args.overwrite,
+        )
+        print(f"wrote synthetic NIH volumes to {source}")
+        images, labels = source / "images", source / "labels"
+    else:
+        if args.images is None or args.labels is None:
+            raise UserError("give --images and --labels (or --synthetic)")
+        images, labels = args.images, args.labels
+    return prepare_nih(
+        images,
+        labels,
+        out,
+        split=args.split,
+        val_fraction=args.val_fraction,
+        val_cases=args.val_cases,
+        window=tuple(args.hu_window),
+        size=tuple(args.crop_size),
+        seed=args.seed,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+        name=args.name or ("synthetic pancreas CT stand-in" if args.synthetic else None),
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from .config import load_config
 from .distributed import env_world
 from .engine import run
 from .errors import MissingDataError, UserError
+from .interrupts import EXIT_INTERRUPTED, Interrupted
 from .invocation import Invocation, prepare_hint, python_word, trainer_script
 from .progress import switch_off
 from .recipe import Recipe
@@ -76,3 +77,11 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> int:
         if env_world().is_main:
             print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        if env_world().is_main:
+            print(str(exc), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM while reading the config, before the run folder
+        if env_world().is_main:
+            print("interrupted during start-up, before the first epoch; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -19,7 +19,7 @@ import yaml
 
 from quantizer.modules import POW2_MIN_EXPONENT_RANGE
 
-from .errors import ConfigError
+from .errors import ConfigError, short_repr
 
 QUANTIZATIONS = ("normal", "fixed", "int", "bnn", "ternary")
 MODES = ("normal", "retrain", "inference", "visualize", "resume")
@@ -155,13 +155,20 @@ def read_yaml_section(path: Path, top_key: str) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                          "save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
+    try:
+        document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(document, dict) or top_key not in document:
-        found = ", ".join(map(str, document)) if isinstance(document, dict) else "no mapping"
+        found = ", ".join(str(k)[:60] for k in list(document)[:10]) if isinstance(document, dict) else "no mapping"
         raise ConfigError(
             f"{path}: no top key '{top_key}' (found: {found}); pass the right one with -t"
         )
@@ -201,54 +208,54 @@ def _coerce(key: Key, value: Any, base_dir: Path) -> Any:
     kind = key.kind
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"must be an integer, got {value!r}")
+            raise ValueError(f"must be an integer, got {short_repr(value)}")
     elif kind == "float":
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
             try:
                 value = float(value)
             except ValueError:
-                raise ValueError(f"must be a number, got {value!r}") from None
+                raise ValueError(f"must be a number, got {short_repr(value)}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"must be a number, got {value!r}")
+            raise ValueError(f"must be a number, got {short_repr(value)}")
         value = float(value)
     elif kind == "bool":
         if not isinstance(value, bool):
-            raise ValueError(f"must be true or false, got {value!r}")
+            raise ValueError(f"must be true or false, got {short_repr(value)}")
     elif kind == "str":
         if not isinstance(value, (str, int)) or isinstance(value, bool):
-            raise ValueError(f"must be a string, got {value!r}")
+            raise ValueError(f"must be a string, got {short_repr(value)}")
         value = str(value)
     elif kind == "choice":
         if isinstance(value, int) and not isinstance(value, bool):  # precision: 32
             value = str(value)
         if not isinstance(value, str) or value.lower() not in key.choices:
-            raise ValueError(f"must be one of {', '.join(key.choices)}; got {value!r}")
+            raise ValueError(f"must be one of {', '.join(key.choices)}; got {short_repr(value)}")
         value = value.lower()
     elif kind == "path":
         if not isinstance(value, str):
-            raise ValueError(f"must be a path string, got {value!r}")
+            raise ValueError(f"must be a path string, got {short_repr(value)}")
         path = Path(value).expanduser()
         value = path if path.is_absolute() else (base_dir / path).resolve()
     elif kind == "int_list":
         if not isinstance(value, list) or not all(
             isinstance(v, int) and not isinstance(v, bool) for v in value
         ):
-            raise ValueError(f"must be a list of integers, got {value!r}")
+            raise ValueError(f"must be a list of integers, got {short_repr(value)}")
     elif kind == "size":
         if (
             not isinstance(value, list)
             or len(value) != 2
             or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
         ):
-            raise ValueError(f"must be [H, W] (two integers), got {value!r}")
+            raise ValueError(f"must be [H, W] (two integers), got {short_repr(value)}")
         if any(v < 8 or v % 8 for v in value):
-            raise ValueError(f"H and W must be positive multiples of 8 (three poolings), got {value}")
+            raise ValueError(f"H and W must be positive multiples of 8 (three poolings), got {short_repr(value)}")
     else:  # pragma: no cover - schema bug
         raise AssertionError(kind)
     if key.check is not None:
         reason = key.check(value)
         if reason:
-            raise ValueError(f"{reason}, got {value!r}")
+            raise ValueError(f"{reason}, got {short_repr(value)}")
     return value
 
 
@@ -285,7 +292,7 @@ def load_config(
         for name, raw in section.items():
             if name not in schema:
                 raise ConfigError(
-                    f"{source}: unknown key '{name}'{_suggest(str(name), schema)}; "
+                    f"{source}: unknown key {short_repr(name)}{_suggest(str(name)[:200], schema)}; "
                     "see the config table in README.md"
                 )
             try:
@@ -312,9 +319,9 @@ def _check_consistency(values: dict[str, Any], sources: dict[str, str]) -> None:
             if values[name] < 1:
                 raise ConfigError(f"{sources[name]}: key '{name}' must be >= 1 for INT quantization")
     name = values["experiment_name"]
-    if not name or "/" in name or name in (".", ".."):
+    if not name or "/" in name or "\x00" in name or name in (".", "..") or len(name.encode()) > 255:
         raise ConfigError(f"{sources.get('experiment_name', '-')}: key 'experiment_name' must be a "
-                          f"plain folder name, got {name!r}")
+                          f"plain folder name (no '/' or NUL, at most 255 bytes), got {short_repr(name, 80)}")
 
 
 def markdown_key_table(bases: Mapping[str, Path], extra_keys: Iterable[Key] = ()) -> str:

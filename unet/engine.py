@@ -8,6 +8,7 @@ checkpoints, metrics, logs and figures.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
@@ -40,9 +41,11 @@ from .checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from .config import COMMON_KEYS, Config
 from .errors import DataError, UserError
 from .export.packed import float32_size_bytes, packed_size_bytes
-from .fileio import atomic_path, atomic_write_text
+from .fileio import atomic_path, atomic_write_text, check_writable_dir, remove_stale_temporaries
 from .input_transform import input_transform_record
+from .interrupts import Interrupted
 from .invocation import Invocation, record, recorded, resume_command
+from .lock import FolderLock
 from .losses import get_loss
 from .metrics import BASE_METRICS, ISBI_METRICS, slice_metrics, summarize
 from .model import UNet, quant_specs
@@ -787,7 +790,32 @@ def run(cfg: Config, recipe: Recipe, script: str, new_run: bool = False, overwri
 
 def _run(cfg: Config, recipe: Recipe, script: str, new_run: bool, overwrite_trained_model: bool,
          world: distributed.World, invocation: Invocation | None) -> int:
-    """:func:`run` in the process group of ``world``."""
+    """:func:`run` in the process group of ``world``: rank 0 holds the run folder's lock
+    (:mod:`unet.lock`) from before its checks to the end, so two trainings never share a folder."""
+    run_dir = Path(cfg.log_output_dir) / cfg.experiment_name
+    locks: list[FolderLock] = []
+    made = None if not world.is_main or run_dir.parent.exists() else _topmost_missing(run_dir.parent)
+    try:
+        if world.is_main:
+            check_writable_dir(run_dir.parent, "log_output_dir")
+            locks.append(FolderLock(run_dir, "run folder"))
+            locks[-1].acquire()
+        return _run_locked(cfg, recipe, script, new_run, overwrite_trained_model, world, invocation, locks)
+    finally:
+        for lock in locks:
+            lock.release()
+        if made is not None:  # a failed start leaves no empty log_output_dir behind either
+            folder = run_dir.parent
+            while folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+                if folder == made:
+                    break
+                folder = folder.parent
+
+
+def _run_locked(cfg: Config, recipe: Recipe, script: str, new_run: bool, overwrite_trained_model: bool,
+                world: distributed.World, invocation: Invocation | None, locks: list[FolderLock]) -> int:
+    """:func:`_run` once rank 0 holds the run folder's lock; a new run's folder is locked too."""
     mode = cfg.operation_mode
     run_dir = Path(cfg.log_output_dir) / cfg.experiment_name
     checkpoint = Path(cfg.trained_model) if cfg.trained_model is not None else run_dir / "best.pt"
@@ -795,6 +823,9 @@ def _run(cfg: Config, recipe: Recipe, script: str, new_run: bool, overwrite_trai
         if not new_run:
             raise UserError(existing_run_message(run_dir, cfg, recipe, invocation))
         run_dir = next_free_run_dir(run_dir)
+        if world.is_main:
+            locks.append(FolderLock(run_dir, "run folder"))
+            locks[-1].acquire()
         cfg["experiment_name"] = run_dir.name  # its config.yaml and checkpoints name the folder it is in
     resume_state = None
     if mode == "resume":
@@ -809,6 +840,11 @@ def _run(cfg: Config, recipe: Recipe, script: str, new_run: bool, overwrite_trai
         if (run_dir / "summary.json").is_file():
             raise UserError(f"run {run_dir} already finished; nothing to resume. "
                             + _finished_alternatives(run_dir, cfg, recipe, invocation))
+    if world.is_main and run_dir.is_dir():  # the lock makes the folder ours: a killed write's leftovers go
+        removed = remove_stale_temporaries(run_dir, recursive=True)
+        if removed:
+            print(f"note: removed {len(removed)} temporary file(s) an interrupted write left in {run_dir} "
+                  f"({', '.join(p.name for p in removed[:3])}{' ...' if len(removed) > 3 else ''})", file=sys.stderr)
     run_id = (resume_state or {}).get("run_id") or new_run_id()
     best_copy = _best_model_copy(cfg, resume_state, run_id, overwrite_trained_model)
     if mode in ("retrain", "inference", "visualize") and not checkpoint.is_file():
@@ -820,15 +856,16 @@ def _run(cfg: Config, recipe: Recipe, script: str, new_run: bool, overwrite_trai
         cfg = checkpoint_model_config(cfg, preloaded, checkpoint, str(recipe.base_config))
     distributed.barrier(world)  # every rank has checked the folder before rank 0 writes to it
     created = None if run_dir.exists() or not world.is_main else _topmost_missing(run_dir)
-    if world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if invocation is not None:
-            record(run_dir, invocation, mode)
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    stop = distributed.StopRequest() if world.distributed else None
-    if threading_main():
-        _install_stop_handlers(stop)
-    try:
+    session: Run | None = None
+    try:  # from the folder's creation on, a failed or interrupted start removes what it created
+        if world.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if invocation is not None:
+                record(run_dir, invocation, mode)
+        stop = distributed.StopRequest() if world.distributed else None
+        if threading_main():
+            _install_stop_handlers(stop)
         session = Run(cfg, recipe, run_dir, script, run_id, best_copy if world.is_main else None, world, stop)
         session.invocation = invocation
         session.preloaded = preloaded
@@ -845,10 +882,38 @@ def _run(cfg: Config, recipe: Recipe, script: str, new_run: bool, overwrite_trai
         if created is not None and not (run_dir / "metrics.csv").exists():
             shutil.rmtree(created, ignore_errors=True)  # a failed start leaves no run folder behind
         raise
+    except KeyboardInterrupt:  # before the epoch loop took over (start-up) or after it (the final test)
+        if created is not None and not (run_dir / "metrics.csv").exists():
+            shutil.rmtree(created, ignore_errors=True)
+            raise Interrupted("interrupted during start-up, before the first epoch; nothing was kept: run the same "
+                              "command again") from None
+        raise Interrupted(f"interrupted; {run_dir} keeps what was written before (every file there is written "
+                          f"whole){_continue_hint(run_dir, session)}") from None
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        if created is not None and not (run_dir / "metrics.csv").exists():
+            shutil.rmtree(created, ignore_errors=True)
+        where = exc.filename or run_dir
+        raise UserError(f"cannot write {where} ({exc.strerror}); the files already in {run_dir} are intact (each is "
+                        f"replaced whole, never half-written){_continue_hint(run_dir, session)}"
+                        ) from None
     finally:
         if threading_main():
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+
+#: Write errors a user fixes (full disk or quota, read-only file system): one line, not a traceback.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG)
+
+
+def _continue_hint(run_dir: Path, session: Run | None) -> str:
+    """How to go on after a stop: resume from last.pt when there is one, else start again."""
+    if not (run_dir / "last.pt").is_file():
+        return "; there is no checkpoint to resume from yet: fix that and run the same command again"
+    command = session._resume_hint() if session is not None else "-o operation_mode=resume"
+    return f"; last.pt holds the last completed epoch: fix that and continue with: {command}"
 
 
 def checkpoint_tag(checkpoint: Path, run_dir: Path) -> str:

@@ -20,3 +20,24 @@ class DataError(UserError):
 
 class MissingDataError(DataError):
     """The dataset folder is missing or empty; the trainer adds the command that prepares it."""
+
+
+#: The most characters of a user's value echoed in one error message.
+ECHO_LIMIT = 200
+
+
+def short_repr(value: object, limit: int = ECHO_LIMIT) -> str:
+    """``repr(value)`` cut to at most ``limit`` characters, without ever building the whole repr.
+
+    Error messages echo the user's values; a YAML alias bomb expands to a value whose full repr
+    would not fit in memory, so containers are shown only a few levels and items deep
+    (:mod:`reprlib`) and the result is then cut, marked with ``...``.
+    """
+    import reprlib
+
+    shortener = reprlib.Repr()
+    shortener.maxlevel = 3
+    shortener.maxlist = shortener.maxtuple = shortener.maxdict = shortener.maxset = 8
+    shortener.maxstring = shortener.maxother = shortener.maxlong = limit
+    text = shortener.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

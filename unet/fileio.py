@@ -9,9 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -37,6 +38,10 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
         _fsync_dir(target.parent)
+    except OSError as exc:
+        if exc.filename is None or Path(exc.filename) == tmp:  # name the file being written, not the temporary
+            raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from exc
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -50,10 +55,14 @@ def atomic_write_text(target: str | os.PathLike[str], text: str) -> None:
 
 def atomic_torch_save(obj: Any, target: str | os.PathLike[str]) -> None:
     """``torch.save`` ``obj`` to ``target`` atomically (checkpoints are never half-written)."""
+    import io
+
     import torch
 
-    with atomic_path(target) as tmp:
-        torch.save(obj, tmp)
+    buffer = io.BytesIO()  # torch.save reports a full disk as a RuntimeError; a plain write says ENOSPC
+    torch.save(obj, buffer)
+    with atomic_path(target) as tmp, open(tmp, "wb") as handle:
+        handle.write(buffer.getbuffer())
 
 
 @dataclass(frozen=True)
@@ -64,7 +73,9 @@ class PreparedLayout:
     ``files`` are glob patterns, relative to the folder, of every other file it writes: exactly
     what ``--overwrite`` may remove. ``kind`` names such a folder in messages.
     ``adopt_without_marker``: a folder holding nothing but files of the layout also counts as
-    a previous preparation (for the synthetic sources, which older versions wrote unmarked).
+    a previous preparation (for the synthetic sources, which older versions wrote unmarked);
+    ``--overwrite`` still removes only files a marker lists, so such a folder's files are in
+    the way of a new preparation rather than deleted (they may be the user's own).
     """
 
     marker: str
@@ -177,11 +188,13 @@ def atomic_directory(target: str | os.PathLike[str], layout: PreparedLayout = PA
     finished, and nothing of the user's is deleted. :func:`check_output_dir` runs first (a
     non-empty folder no preparation wrote is refused; a previous preparation's only with
     ``overwrite``). Every file the body writes must match ``layout`` (else ``ValueError``);
-    when it wrote no ``layout.marker``, a minimal one (``{"kind": ...}``) is added.
+    when it wrote no ``layout.marker``, a minimal one (``{"kind": ...}``) is added. The marker
+    records the files written (``"files"``, relative paths).
 
     A missing ``target`` is created by renaming the finished temporary folder. An existing
-    one is updated in place: the partial marker is written, the old marker and the files
-    matching ``layout.files`` are removed (folders they leave empty too), the new files are
+    one is updated in place: the partial marker is written, the old marker and the files the
+    old marker lists are removed (an older marker without a list: the files matching
+    ``layout.files``; no marker: none) (folders they leave empty too), the new files are
     moved in, the new marker last, then the partial marker goes. Other files are kept; one
     that would be overwritten raises :class:`DataError` before anything is touched.
     """
@@ -198,8 +211,7 @@ def atomic_directory(target: str | os.PathLike[str], layout: PreparedLayout = PA
         stray = [rel for rel in written if rel != layout.marker and not _matches(rel, layout)]
         if stray:
             raise ValueError(f"the preparation wrote {stray[:3]} outside its layout {layout.files}")
-        if layout.marker not in written:
-            (tmp / layout.marker).write_text(json.dumps({"kind": layout.kind}) + "\n", encoding="utf-8")
+        _record_files(tmp / layout.marker, layout, [rel for rel in written if rel != layout.marker])
         if existing:
             _replace_in_place(target, tmp, layout)
         else:
@@ -208,6 +220,40 @@ def atomic_directory(target: str | os.PathLike[str], layout: PreparedLayout = PA
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def _record_files(marker: Path, layout: PreparedLayout, files: list[str]) -> None:
+    """Add ``files`` (what this preparation wrote) to its marker JSON, writing a minimal marker
+    (``{"kind": ...}``) when the preparation wrote none: a later ``--overwrite`` removes exactly these."""
+    info: Any = None
+    if marker.is_file():
+        info = json.loads(marker.read_text(encoding="utf-8"))
+    if not isinstance(info, dict):
+        info = {"kind": layout.kind}
+    info["files"] = sorted(files)
+    marker.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+
+def recorded_files(folder: Path, layout: PreparedLayout) -> list[str] | None:
+    """The files a previous preparation in ``folder`` recorded in its marker (or in the partial
+    marker of an interrupted replacement), relative to ``folder``; None when no marker holds a
+    list (an older preparation; with no marker at all, nothing is recorded: ``[]``)."""
+    found = False
+    files: set[str] = set()
+    for name in (layout.marker, layout.partial_marker):
+        path = folder / name
+        if not path.is_file():
+            continue
+        found = True
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        listed = info.get("files") if isinstance(info, dict) else None
+        if not isinstance(listed, list) or not all(isinstance(rel, str) for rel in listed):
+            return None
+        files.update(listed)
+    return sorted(files) if found else []
 
 
 def _is_previous(folder: Path, layout: PreparedLayout) -> bool:
@@ -238,7 +284,11 @@ def _matches(rel: str, layout: PreparedLayout) -> bool:
 def _replace_in_place(target: Path, tmp: Path, layout: PreparedLayout) -> None:
     """Swap the previous preparation's files in ``target`` for those in ``tmp`` (see
     :func:`atomic_directory`); files of the user's stay."""
-    old = [rel for rel in _relative_files(target) if _matches(rel, layout) and _plain_parents(target, rel)]
+    listed = recorded_files(target, layout)
+    present = set(_relative_files(target))
+    if listed is None:  # an older preparation's marker without a file list: its layout's files
+        listed = [rel for rel in present if _matches(rel, layout)]
+    old = sorted(rel for rel in listed if rel in present and _matches(rel, layout) and _plain_parents(target, rel))
     owned = set(old) | {layout.marker, layout.partial_marker}
     new = _relative_files(tmp)
     for rel in new:
@@ -250,7 +300,9 @@ def _replace_in_place(target: Path, tmp: Path, layout: PreparedLayout) -> None:
             raise DataError(f"{in_way} is in the way of the new preparation and was not written by one; "
                             "move it elsewhere and run again")
     partial = target / layout.partial_marker
-    partial.write_text(json.dumps({"kind": layout.kind, "state": "being replaced"}) + "\n", encoding="utf-8")
+    state = {"kind": layout.kind, "state": "being replaced",
+             "files": sorted(set(old) | {rel for rel in new if rel != layout.marker})}
+    partial.write_text(json.dumps(state) + "\n", encoding="utf-8")
     _fsync_dir(target)
     (target / layout.marker).unlink(missing_ok=True)
     for rel in old:
@@ -291,3 +343,66 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def check_writable_dir(folder: str | os.PathLike[str], what: str) -> None:
+    """Raise :class:`DataError` unless files can be written in ``folder`` (created when missing).
+
+    Checked before any work, so that a command does not compute everything and then fail on
+    the first write: ``folder`` (or a folder above it) is a file, it cannot be created, or a
+    file cannot be created in it (read-only folder or file system, full disk). ``what`` names
+    the folder in the message (e.g. ``"output folder"``).
+    """
+    folder = Path(folder)
+    for parent in (folder, *folder.parents):
+        if os.path.lexists(parent) and not parent.is_dir():
+            where = "is" if parent == folder else f"is under {parent}, which is"
+            raise DataError(f"{what} {folder} {where} a file, not a folder; choose another")
+        if parent.is_dir():
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", suffix=".tmp", dir=folder)
+        try:
+            os.write(fd, b"x")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise DataError(f"{what} {folder} cannot be written ({reason}); choose another or fix its "
+                        "permissions / free space") from None
+
+
+#: The name :func:`atomic_path` gives its temporary: ``.<target name>.<8 random characters>.tmp``.
+TEMPORARY_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str], targets: Iterable[str] | None = None,
+                             recursive: bool = False) -> list[Path]:
+    """Remove the temporaries an interrupted :func:`atomic_path` write left in ``folder``.
+
+    Only regular files named as :data:`TEMPORARY_NAME` are touched (never links or folders),
+    and with ``targets`` only those of the listed file names (the files the calling command
+    writes there). Call it only while the command owns ``folder`` (holds its lock,
+    :mod:`unet.lock`): no other writer can be mid-write then. ``recursive`` also cleans the
+    sub-folders (not following links). Returns the removed paths.
+    """
+    folder = Path(folder)
+    wanted = None if targets is None else set(targets)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    walker = os.walk(folder) if recursive else [(str(folder), [], os.listdir(folder))]
+    for root, _dirs, names in walker:
+        for name in names:
+            match = TEMPORARY_NAME.match(name)
+            path = Path(root) / name
+            if match is None or (wanted is not None and match["target"] not in wanted):
+                continue
+            if path.is_symlink() or not path.is_file():
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from unet.data.augment import augment_gm
 from unet.data.transforms import center_crop_or_pad, normalize
 from unet.errors import DataError, MissingDataError
+from unet.nifti_check import check_nifti
 from unet.progress import bar_disable
 
 __all__ = [
@@ -171,6 +172,10 @@ def load_volume(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
     """
     try:
         img = nib.load(str(path))
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise DataError(f"{path}: cannot read NIfTI file ({type(exc).__name__}: {exc})") from exc
+    check_nifti(path, img)  # declared size against the file, finite affine and voxel sizes: before allocating
+    try:
         data = np.asarray(img.dataobj, dtype=np.float32)
         zooms = tuple(float(z) for z in img.header.get_zooms())
     except Exception as exc:  # nibabel raises many types for truncated/corrupt files

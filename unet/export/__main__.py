@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,10 @@ from quantizer.modules import DEFAULT_POW2_MIN_EXPONENT
 from ..batchnorm import deployment_warning, needs_deployment_warning
 from ..checkpoint import load_checkpoint, load_model_state
 from ..config import Config
-from ..errors import DataError, UserError
-from ..fileio import atomic_write_text
+from ..errors import DataError, UserError, short_repr
+from ..fileio import atomic_write_text, check_writable_dir, remove_stale_temporaries
+from ..interrupts import EXIT_INTERRUPTED, terminate_as_interrupt
+from ..lock import folder_lock
 from ..runtime import tune_allocator
 from .packed import read_header, write_packed
 
@@ -89,11 +92,55 @@ def model_from_checkpoint(path: Path) -> tuple[Any, dict[str, Any], list[str]]:
     if missing:
         raise DataError(f"checkpoint {path}: its config lacks {', '.join(missing)}; it is not from this project")
     values["quantization"] = str(values["quantization"]).lower()
-    model = build_model(Config(values, {}))
+    try:
+        model = build_model(Config(values, {}))
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"checkpoint {path}: its stored config cannot build a model ({type(exc).__name__}: "
+                        f"{short_repr(str(exc))})") from None
     load_model_state(model, state["model"], path)
     if needs_deployment_warning(state):
         notes.append(deployment_warning(path, state))
     return model, state, notes
+
+
+def sidecar(out: Path) -> Path:
+    """``OUT.json``, the record written beside an export."""
+    return Path(f"{out}.json")
+
+
+def written_by_export(path: Path) -> bool:
+    """Whether ``path`` is an ``OUT.json`` record an export wrote (JSON with its fields)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and {"format", "file", "checkpoint", "file_bytes"} <= set(record)
+
+
+def check_outputs(checkpoint: Path, out: Path, overwrite: bool) -> None:
+    """UserError unless the export may write ``out`` and its ``OUT.json``.
+
+    Never, with or without ``overwrite``: an output that is the checkpoint being exported
+    (also through a link or another spelling of its path), or a folder. Only with
+    ``overwrite``: an existing ``out``; an existing ``OUT.json`` only when an export wrote it.
+    """
+    source = checkpoint.resolve()
+    for path in (out, sidecar(out)):
+        if path.resolve() == source or (path.exists() and source.exists() and os.path.samefile(path, source)):
+            raise UserError(f"output {path} is the checkpoint being exported ({checkpoint}); an export never "
+                            "replaces its input: choose another -o")
+        if path.is_dir():
+            raise UserError(f"output {path} is a folder; give a file path with -o")
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} exists; choose another -o or pass --overwrite")
+    check_writable_dir(out.parent, "output folder")
+    record = sidecar(out)
+    if os.path.lexists(record):
+        if not written_by_export(record):
+            raise UserError(f"{record} exists and was not written by an export (the record export writes beside "
+                            f"{out.name}); move it away or choose another -o")
+        if not overwrite:
+            raise UserError(f"{record} exists; choose another -o or pass --overwrite")
 
 
 def default_out(checkpoint: Path, fmt: str) -> Path:
@@ -105,8 +152,17 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     """Run the export ``args`` describe; return the record written to ``OUT.json``."""
     checkpoint = checkpoint_path(args.source)
     out = args.out if args.out is not None else default_out(checkpoint, args.format)
-    if out.exists() and not args.overwrite:
-        raise UserError(f"{out} exists; choose another -o or pass --overwrite")
+    check_outputs(checkpoint, out, args.overwrite)
+    with folder_lock(out, "output file"):  # one export per output at a time
+        removed = remove_stale_temporaries(out.parent, {out.name, sidecar(out).name})
+        if removed:
+            print(f"note: removed {len(removed)} temporary file(s) an interrupted export left beside {out}",
+                  file=sys.stderr)
+        return _export_locked(args, checkpoint, out)
+
+
+def _export_locked(args: argparse.Namespace, checkpoint: Path, out: Path) -> dict[str, Any]:
+    """:func:`export` once it holds the output's lock."""
     if args.float16 and args.format != "packed":
         raise UserError("--float16 applies to --format packed only")
     model, state, notes = model_from_checkpoint(checkpoint)
@@ -134,7 +190,7 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
         exporter(model.eval(), out, (int(size[0]), int(size[1])), metadata)
     record["file_bytes"] = out.stat().st_size
     record["ratio_to_checkpoint"] = record["checkpoint_bytes"] / record["file_bytes"]
-    atomic_write_text(Path(f"{out}.json"), json.dumps(record, indent=2) + "\n")
+    atomic_write_text(sidecar(out), json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -168,10 +224,14 @@ def main(argv: list[str] | None = None) -> int:
     tune_allocator()
     args = build_parser().parse_args(argv)
     try:
-        record = export(args)
+        with terminate_as_interrupt():
+            record = export(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the output is written whole or not at all
+        print("interrupted; nothing was exported (no output is ever half-written)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(describe(record))
     return 0
 

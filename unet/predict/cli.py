@@ -13,7 +13,9 @@ its own ``error:`` line while the others were still predicted); 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -31,8 +33,9 @@ from unet.checkpoint import load_checkpoint, load_model_state
 from unet.config import Config, read_yaml_section
 from unet.data.transforms import normalize
 from unet.errors import ConfigError, DataError, UserError
-from unet.fileio import atomic_write_text
+from unet.fileio import atomic_write_text, check_writable_dir, remove_stale_temporaries
 from unet.input_transform import RECORD_VERSION, canonical_dataset_name, input_transform_record
+from unet.lock import folder_lock
 from unet.progress import bar_disable, switch_off
 from unet.runtime import tune_allocator
 
@@ -318,9 +321,35 @@ def plan_jobs(items: list[io.InputItem], output: Path, probabilities: bool) -> l
     return jobs
 
 
+MANIFEST = "predict.json"
+
+
+def read_manifest(output: Path) -> dict[str, Any] | None:
+    """``OUTPUT_DIR/predict.json`` when a predict run wrote it (a mapping with a ``files``
+    list of entries with an ``input``), else None (missing, or a file of the user's)."""
+    path = output / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
+        return None
+    if not all(isinstance(entry, dict) and isinstance(entry.get("input"), str) for entry in manifest["files"]):
+        return None
+    return manifest
+
+
 def check_existing(jobs: list[Job], output: Path, overwrite: bool, resume: bool) -> list[Job]:
     """The jobs to run: without --overwrite or --continue an output folder that already holds
-    any of the outputs is refused (ConfigError); --continue drops the jobs whose outputs all exist."""
+    any of the outputs is refused (ConfigError); --continue drops the jobs whose outputs all exist.
+
+    A ``predict.json`` there that an earlier predict wrote is kept and added to (its record of
+    other inputs stays); one that no predict wrote (the user's own file) is replaced only with
+    --overwrite."""
+    manifest = output / MANIFEST
+    if os.path.lexists(manifest) and not overwrite and read_manifest(output) is None:
+        raise ConfigError(f"{manifest} exists and was not written by predict (it is not its record); pass "
+                          "--overwrite to replace it, move it away, or choose another OUTPUT_DIR (-o)")
     existing = [path for job in jobs for path in job.outputs if path.exists()]
     if existing and not (overwrite or resume):
         raise ConfigError(f"output folder {output} already holds {len(existing)} of the outputs (e.g. "
@@ -363,14 +392,46 @@ def predict(args: argparse.Namespace, out: Callable[[str], None], err: Callable[
     window = (int(record["window"][0]), int(record["window"][1]))
 
     jobs = plan_jobs(items, args.output, args.probabilities)
+    created = not os.path.lexists(args.output)
+    check_writable_dir(args.output, "output folder")  # before predicting anything, not at the first write
+    try:
+        with folder_lock(args.output, "output folder"):  # one predict per OUTPUT_DIR at a time
+            return _predict_locked(args, out, err, jobs, unsupported, predictor, roi, device, threshold,
+                                   batch_size, window)
+    except UserError:
+        if created:  # a refused run leaves no empty OUTPUT_DIR behind
+            with contextlib.suppress(OSError):
+                args.output.rmdir()
+        raise
+
+
+def _predict_locked(args: argparse.Namespace, out: Callable[[str], None], err: Callable[[str], None],
+                    jobs: list[Job], unsupported: list[Path], predictor: Predictor, roi: Roi | None,
+                    device: torch.device, threshold: float, batch_size: int, window: tuple[int, int]) -> int:
+    """The part of :func:`predict` that runs while it holds OUTPUT_DIR's lock."""
+    cfg, record = predictor.cfg, predictor.record
     todo = check_existing(jobs, args.output, args.overwrite, args.resume)
+    removed = remove_stale_temporaries(args.output, {job.outputs[0].name for job in jobs} | {MANIFEST})
+    if args.probabilities:
+        removed += remove_stale_temporaries(args.output / PROBABILITY_FOLDER, {job.outputs[1].name for job in jobs})
+    if removed:  # safe: this process holds OUTPUT_DIR's lock, so no other predict is writing them
+        err(f"note: removed {len(removed)} temporary file(s) an interrupted predict left in {args.output} "
+            f"({', '.join(p.name for p in removed[:3])}{' ...' if len(removed) > 3 else ''})")
+    if args.probabilities:
+        check_writable_dir(args.output / PROBABILITY_FOLDER, "probability folder")
     for note in predictor.notes:
         err(note)
     if args.bn_mode == "eval" and needs_deployment_warning(predictor.state):
         err(deployment_warning(predictor.path, predictor.state))
-    if unsupported:
-        names = ", ".join(p.name for p in unsupported)
-        err(f"warning: skipping {len(unsupported)} file(s) of unsupported type: {names} (supported: {io.SUPPORTED})")
+    special = [p for p in unsupported if not p.is_file()]
+    if special:
+        names = ", ".join(f"{p.name} ({io.special_kind(p)})" for p in special)
+        err(f"warning: skipping {len(special)} entr{'y' if len(special) == 1 else 'ies'} that are not regular files "
+            f"or folders: {names}")
+    if len(special) < len(unsupported):
+        names = ", ".join(p.name for p in unsupported if p.is_file())
+        err(f"warning: skipping {len(unsupported) - len(special)} file(s) of unsupported type: {names} (supported: "
+            f"{io.SUPPORTED})")
     skipped = len(jobs) - len(todo)
     if skipped:
         out(f"--continue: {skipped} input(s) already done in {args.output}, {len(todo)} to predict")
@@ -479,7 +540,11 @@ def _write_manifest(args: argparse.Namespace, predictor: Predictor, threshold: f
                    "seconds": round(job.seconds, 3), **({"error": job.error} if job.error else {})}
                   for job in jobs],
     }
-    atomic_write_text(args.output / "predict.json", json.dumps(manifest, indent=2) + "\n")
+    earlier = read_manifest(args.output)
+    if earlier is not None:  # keep the record of the inputs an earlier run did
+        done_now = {entry["input"] for entry in manifest["files"]}
+        manifest["files"] = [entry for entry in earlier["files"] if entry["input"] not in done_now] + manifest["files"]
+    atomic_write_text(args.output / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

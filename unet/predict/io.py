@@ -10,6 +10,7 @@ raise :class:`unet.errors.DataError` naming the file; writers write atomically
 from __future__ import annotations
 
 import gzip
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from unet.errors import DataError
 from unet.fileio import atomic_path
+from unet.nifti_check import check_nifti
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -84,6 +86,9 @@ def find_inputs(path: str | Path) -> tuple[list[InputItem], list[Path]]:
     path = Path(path)
     if not path.exists():
         raise DataError(f"input {path} does not exist")
+    if not path.is_file() and not path.is_dir():
+        raise DataError(f"input {path} is not a regular file or a folder ({special_kind(path)}); give an image, a "
+                        "volume or a folder of them")
     if path.is_file():
         kind = kind_of(path)
         if kind is None:
@@ -94,7 +99,9 @@ def find_inputs(path: str | Path) -> tuple[list[InputItem], list[Path]]:
     unsupported: list[Path] = []
     dicom_here = False
     for entry in sorted(p for p in path.iterdir() if not p.name.startswith(".")):
-        if entry.is_dir():
+        if not entry.is_dir() and not entry.is_file():  # a FIFO, socket or device: never opened (it could block)
+            unsupported.append(entry)
+        elif entry.is_dir():
             items.append(InputItem(entry.name, entry, "dicom"))
         elif (kind := kind_of(entry)) is not None:
             items.append(InputItem(_stem(entry), entry, kind))
@@ -110,6 +117,21 @@ def find_inputs(path: str | Path) -> tuple[list[InputItem], list[Path]]:
             raise DataError(f"input folder {path} holds no file to predict (found {names}; supported: {SUPPORTED})")
         raise DataError(f"input folder {path} is empty; put the images or volumes to segment in it")
     return items, unsupported
+
+
+def special_kind(path: Path) -> str:
+    """What a path that is neither a regular file nor a folder is: ``a named pipe (FIFO)``, ..."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "a broken link"
+    for test, name in ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
 
 
 def _stem(path: Path) -> str:
@@ -228,9 +250,11 @@ def write_tiff(path: Path, array: np.ndarray) -> None:
 def read_nifti_header(path: str | Path) -> nib.spatialimages.SpatialImage:
     """The NIfTI image object of ``path`` (header and affine; data not read yet)."""
     try:
-        return nib.load(str(path))
+        img = nib.load(str(path))
     except Exception as exc:  # noqa: BLE001 - nibabel raises many types for a damaged file
         raise DataError(f"cannot read NIfTI file {path} ({type(exc).__name__}: {_reason(exc)})") from None
+    check_nifti(path, img)
+    return img
 
 
 def nifti_bytes(array: np.ndarray, affine: np.ndarray, reference: nib.spatialimages.SpatialImage | None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, check_writable_dir
 from .figures import plot_dice_vs_bits, plot_dice_vs_memory, plot_overlays, plot_training_curves, write_weight_grids
 from .runs import collect_results
 from .tables import (
@@ -26,16 +27,46 @@ from .tables import (
     settings_sentence,
 )
 
+#: The first line of every results.md this command writes.
+RESULTS_TITLE = "# Results: Dice against precision and memory"
+
+
+def _written_by_results(path: Path) -> bool:
+    """Whether ``path`` is a results.md / results.csv this command wrote."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            first = handle.readline().strip()
+    except (OSError, ValueError):
+        return False
+    return first == RESULTS_TITLE if path.suffix == ".md" else first.startswith("dataset,group,")
+
+
+def check_results_out(out: Path, overwrite: bool) -> None:
+    """UserError unless ``results.md`` / ``results.csv`` may be written in ``out``, before any work.
+
+    ``out`` must be a writable folder. A results file this command wrote earlier is updated (a
+    later sweep refreshes its results); any other file of that name (the user's own) is
+    replaced only with ``overwrite``.
+    """
+    check_writable_dir(out, "output folder")
+    for name in ("results.md", "results.csv"):
+        path = out / name
+        if overwrite or not os.path.lexists(path) or (path.is_file() and _written_by_results(path)):
+            continue
+        raise UserError(f"{path} already exists and was not written by python -m unet.results; pass --overwrite to "
+                        "replace it, or choose another --out")
+
 
 def write_results(folders: Sequence[Path], out: Path | None = None, overrides: Sequence[str] = (),
                   overlays: bool = True, only: Sequence[str] = (), command: str | None = None,
-                  weights: bool = True) -> dict[str, Any]:
+                  weights: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Read the runs under ``folders`` (only the experiments named in ``only`` when given) and
     write the table and figures into ``out`` (default: the first folder).
+    Without ``overwrite`` a results file it did not write is refused (:func:`check_results_out`).
     Returns ``{"groups": ..., "files": [...], "notes": [...]}``."""
-    groups = collect_results(folders, overrides, only)
     out = Path(out) if out is not None else Path(folders[0])
-    out.mkdir(parents=True, exist_ok=True)
+    check_results_out(out, overwrite)
+    groups = collect_results(folders, overrides, only)
     files: list[Path] = []
     notes: list[str] = []
     per_group: dict[str, list[Path]] = {group: [] for group in groups}
@@ -61,7 +92,7 @@ def write_results(folders: Sequence[Path], out: Path | None = None, overrides: S
 
     command = command or "python -m unet.results " + " ".join(str(f) for f in folders)
     labels = dataset_labels(groups)
-    md = ["# Results: Dice against precision and memory", "",
+    md = [RESULTS_TITLE, "",
           f"Written by `{command}` on {time.strftime('%Y-%m-%d %H:%M')} from the run folders of "
           f"{sum(len(v) for v in groups.values())} experiment(s). Rows in the paper's order; a run without "
           "summary.json is shown as unfinished with its best epoch so far, an experiment without a run as missing.",
@@ -112,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("folders", nargs="+", type=Path, metavar="FOLDER", help="folder(s) of experiments, e.g. em")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: the first FOLDER)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a results.md / results.csv in the output folder that this command did not write "
+                        "(its own earlier ones are always updated)")
     parser.add_argument("--no-overlays", action="store_true",
                         help="skip the overlay figure (it evaluates every best.pt on the validation set)")
     parser.add_argument("--no-weights", action="store_true", help="skip the weights_<experiment>.png grids")
@@ -130,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = sys.argv[1:] if argv is None else argv
         written = write_results(args.folders, args.out, args.override, overlays=not args.no_overlays,
                                 only=args.only, command="python -m unet.results " + shlex.join(argv),
-                                weights=not args.no_weights)
+                                weights=not args.no_weights, overwrite=args.overwrite)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

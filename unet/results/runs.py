@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, load_config
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError, short_repr
 from ..experiments import Experiment, collect, is_finished
 from ..experiments import paper_order_key as _paper_key
 from .memory import PAPER_BASE_CHANNELS, Memory, model_memory
@@ -105,10 +106,27 @@ def other_runs(run_dir: Path) -> list[OtherRun]:
 
 
 def read_metrics_csv(path: Path) -> list[dict[str, Any]]:
-    """A run's ``metrics.csv``, numbers as floats (empty cells as None)."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    return [{k: _number(v) for k, v in row.items()} for row in rows]
+    """A run's ``metrics.csv``, numbers as floats (empty cells as None).
+
+    DataError naming the file when it is not UTF-8 CSV text with ``epoch`` and ``dice``
+    columns holding finite numbers on every row (a damaged or foreign file)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                        "it is damaged: move it away or restore it") from None
+    except (OSError, csv.Error) as exc:
+        raise DataError(f"{path} cannot be read as CSV ({exc}); move it away or restore it") from None
+    history = [{k: _number(v) for k, v in row.items() if isinstance(k, str)} for row in rows]
+    for line, row in enumerate(history, start=2):
+        for column in ("epoch", "dice"):
+            value = row.get(column)
+            if not isinstance(value, float) or not math.isfinite(value):
+                raise DataError(f"{path} line {line}: column '{column}' is {short_repr(value, 40)}, not a number; "
+                                "the file is damaged or not a metrics.csv of this project: move it away or "
+                                "restore it")
+    return history
 
 
 def _number(text: str | None) -> Any:

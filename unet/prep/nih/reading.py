@@ -15,6 +15,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
 from unet.errors import DataError
+from unet.nifti_check import check_nifti
 
 
 def _canonical(img: nib.spatialimages.SpatialImage, source: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -29,6 +30,7 @@ def _canonical(img: nib.spatialimages.SpatialImage, source: Path) -> tuple[np.nd
 def _load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         img = nib.load(str(path))
+        check_nifti(path, img)  # before any voxel is allocated
         return _canonical(img, path)
     except DataError:
         raise
@@ -45,7 +47,8 @@ def load_ct(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     towards the patient's Right, axis 1 towards Anterior, axis 2 towards Superior, and the
     returned affine maps those voxel indices to RAS+ millimetres.
 
-    Raises :class:`DataError` for a missing, unreadable or non-3-D input.
+    Raises :class:`DataError` for a missing, unreadable or non-3-D input, and for NaN or
+    infinite voxels.
     """
     path = Path(path)
     if path.is_dir():
@@ -54,7 +57,12 @@ def load_ct(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
         data, affine = _load_nifti(path)
     else:
         raise DataError(f"{path} does not exist")
-    return np.ascontiguousarray(data, dtype=np.float32), affine
+    volume = np.ascontiguousarray(data, dtype=np.float32)
+    if not np.isfinite(volume).all():  # HU are finite; NaN/Inf would be segmented as nonsense without a word
+        bad = int(volume.size - np.count_nonzero(np.isfinite(volume)))
+        raise DataError(f"{path}: contains NaN or infinite values ({bad} of {volume.size} voxels); a CT volume in HU "
+                        "holds finite numbers only")
+    return volume, affine
 
 
 def load_label(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -98,6 +106,12 @@ def load_dicom_series(folder: str | os.PathLike[str]) -> tuple[np.ndarray, np.nd
     import SimpleITK as sitk
 
     folder = Path(folder)
+    for root, _dirs, names in os.walk(folder):  # the scanner opens every file: a FIFO would block it
+        for name in names:
+            entry = Path(root) / name
+            if not entry.is_file():
+                raise DataError(f"{entry} in the DICOM series folder {folder} is not a regular file (a named pipe, "
+                                "socket, device or broken link); remove it from the folder")
     series = _dicom_series(folder)
     if not series:
         raise DataError(f"no DICOM images with position and orientation found under {folder}")
