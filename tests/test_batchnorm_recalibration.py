@@ -39,11 +39,14 @@ WEIGHTS = QuantSpec(kind="fixed", i_bits=0, f_bits=4, rounding="nearest", overfl
 
 
 class Images(Dataset):
-    """``n`` random (image, mask) pairs; with ``augment`` each item draws from torch's global RNG."""
+    """``n`` random (image, mask) pairs; with ``augment`` each item draws from torch's global RNG;
+    ``grouped``: two groups of very unlike images, one after the other."""
 
-    def __init__(self, n: int, size: int = 16, augment: bool = False) -> None:
+    def __init__(self, n: int, size: int = 16, augment: bool = False, grouped: bool = False) -> None:
         generator = torch.Generator().manual_seed(3)
         self.images = torch.rand(n, 1, size, size, generator=generator) * 2
+        if grouped:  # like slices ordered by case: the first half dark, the rest bright
+            self.images = self.images * 0.1 + (torch.arange(n) >= n // 2).float().view(n, 1, 1, 1) * 1.8
         self.augment = augment
         self.draws = 0
 
@@ -63,9 +66,9 @@ def tiny_model(dropout: float = 0.0) -> UNet:
     return UNet(4, WEIGHTS, SATURATE, "relu", dropout).to(memory_format=torch.channels_last)
 
 
-def test_recalibrated_statistics_are_the_mean_of_the_batch_statistics() -> None:
+def test_recalibrated_statistics_are_the_mean_and_variance_over_every_pixel_of_the_data() -> None:
     model = tiny_model()
-    data = Images(7)  # batches of 3, 3 and 1 sample(s)
+    data = Images(7, grouped=True)  # batches of 3, 3 and 1 sample(s); consecutive samples alike
     seen: dict[str, list[torch.Tensor]] = {}
     hooks = [layer.register_forward_pre_hook(lambda m, args, name=name: seen.setdefault(name, []).append(
         args[0].detach().clone())) for name, layer in batchnorm_layers(model)]
@@ -74,14 +77,33 @@ def test_recalibrated_statistics_are_the_mean_of_the_batch_statistics() -> None:
         hook.remove()
     assert record["method"] == RECALIBRATED and record["samples"] == 7 and record["batches"] == 3
     assert len(seen) == len(batchnorm_layers(model)) >= 14
+    spread = []
     for name, layer in batchnorm_layers(model):
         inputs = seen[name]
-        assert len(inputs) == 3
-        means = torch.stack([x.double().mean(dim=(0, 2, 3)) for x in inputs])
-        variances = torch.stack([x.double().var(dim=(0, 2, 3), unbiased=True) for x in inputs])
-        torch.testing.assert_close(layer.running_mean.double(), means.mean(0), rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(layer.running_var.double(), variances.mean(0), rtol=1e-5, atol=1e-6)
+        assert [len(x) for x in inputs] == [3, 3, 1]
+        pooled = torch.cat(inputs).double().transpose(0, 1).reshape(layer.num_features, -1)
+        torch.testing.assert_close(layer.running_mean.double(), pooled.mean(1), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(layer.running_var.double(), pooled.var(1, unbiased=True), rtol=1e-5, atol=1e-6)
         assert int(layer.num_batches_tracked) == 3
+        per_batch = torch.stack([x.double().var(dim=(0, 2, 3)) for x in inputs]).mean(0)
+        spread.append(float((pooled.var(1) - per_batch).max()))
+    # the data makes the difference that matters: an average of per-batch variances misses the
+    # spread between batches of unlike samples
+    assert max(spread) > 0.1
+
+
+def test_the_batches_are_shuffled_by_their_own_seed() -> None:
+    orders = []
+    for seed in (0, 0, 1):
+        data = Images(8)
+        firsts: list[float] = []
+        model = tiny_model()
+        layer = batchnorm_layers(model)[0][1]
+        hook = layer.register_forward_pre_hook(lambda m, args, out=firsts: out.append(float(args[0][:, 0].mean())))
+        recalibrate_batchnorm(model, data, 2, torch.device("cpu"), seed=seed, show_progress=False)
+        hook.remove()
+        orders.append(firsts)
+    assert orders[0] == orders[1] and orders[0] != orders[2]
 
 
 def test_recalibration_leaves_modes_momenta_and_every_rng_as_they_were() -> None:

@@ -76,43 +76,69 @@ def deterministic_view(dataset: Dataset) -> Dataset:
 
 @contextmanager
 def _batchnorm_only_training(model: nn.Module) -> Iterator[list[nn.modules.batchnorm._BatchNorm]]:
-    """Inside: the model in eval mode (Dropout off) but its BatchNorm layers in training mode with
-    ``momentum=None`` (cumulative average); afterwards every module's mode and momentum as before."""
+    """Inside: the model in eval mode (Dropout off) but its BatchNorm layers in training mode
+    (each batch normalized by its own statistics, as in training); afterwards every module's mode
+    as before."""
     modes = {m: m.training for m in model.modules()}
     layers = [m for _, m in batchnorm_layers(model)]
-    momenta = [m.momentum for m in layers]
     model.eval()
     for layer in layers:
         layer.train()
-        layer.momentum = None
     try:
         yield layers
     finally:
-        for layer, momentum in zip(layers, momenta, strict=True):
-            layer.momentum = momentum
         for module, mode in modes.items():
             module.training = mode
 
 
+class _Moments:
+    """Per-channel count, sum and sum of squares (float64) of every input a BatchNorm layer sees."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total: torch.Tensor | None = None
+        self.squares: torch.Tensor | None = None
+
+    def __call__(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        x = args[0].detach().double()
+        dims = [d for d in range(x.dim()) if d != 1]
+        total, squares = x.sum(dim=dims), (x * x).sum(dim=dims)
+        self.total = total if self.total is None else self.total + total
+        self.squares = squares if self.squares is None else self.squares + squares
+        self.count += x.numel() // x.shape[1]
+
+    def mean_and_variance(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mean = S1 / n`` and the unbiased ``var = (S2 - n mean^2) / (n - 1)`` (clamped at 0)."""
+        assert self.total is not None and self.squares is not None
+        mean = self.total / self.count
+        variance = (self.squares - self.count * mean * mean) / max(self.count - 1, 1)
+        return mean, variance.clamp_min(0.0)
+
+
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device,
-                          augment: bool = False, num_workers: int = 0, desc: str = "BatchNorm statistics",
-                          show_progress: bool = True) -> dict[str, Any]:
-    """Set every BatchNorm's running statistics to their average over ``dataset`` with the
-    model's current weights; return the record a checkpoint stores.
+                          augment: bool = False, num_workers: int = 0, seed: int = 0,
+                          desc: str = "BatchNorm statistics", show_progress: bool = True) -> dict[str, Any]:
+    """Set every BatchNorm's running statistics to the mean and variance of its input over the
+    whole of ``dataset`` with the model's current weights; return the record a checkpoint stores.
 
-    For each BatchNorm layer, over the B batches b of ``dataset`` (in order, ``batch_size``
-    samples each, the last one shorter), with every quantizer active and Dropout off::
+    The samples pass once, in batches of ``batch_size`` drawn in a random order (a generator
+    seeded with ``seed``, as training shuffles, so that a batch mixes cases as it did in
+    training), with every quantizer active, Dropout off and each BatchNorm normalizing its batch
+    by the batch's own statistics, as in training. For each BatchNorm layer and channel, over
+    the n = samples x H x W values x it sees::
 
-        running_mean = (1 / B) * sum_b mean_b(x)
-        running_var  = (1 / B) * sum_b var_b(x)      (var_b unbiased, over N, H, W of batch b)
+        running_mean = (1 / n) * sum x
+        running_var  = (1 / (n - 1)) * sum (x - running_mean)^2     (unbiased, as PyTorch keeps it)
 
-    which is PyTorch's cumulative moving average (``momentum=None``); ``num_batches_tracked``
-    becomes B. With ``augment`` False the dataset's random augmentation is switched off
-    (:func:`deterministic_view`); either way every global RNG (Python, NumPy, torch, CUDA) is
-    restored afterwards, so training that follows draws exactly what it would have drawn.
-    Modes and momenta of the modules are restored too. An empty dataset leaves the statistics
-    unchanged and returns ``batches: 0``.
+    summed in float64: the population statistics of the layer's input, whatever the batches'
+    composition (an average of per-batch variances would miss the spread between batches: on a
+    data set ordered by case it underestimates the variance). ``num_batches_tracked`` becomes
+    the number of batches. With ``augment`` False the dataset's random augmentation is switched
+    off (:func:`deterministic_view`); either way every global RNG (Python, NumPy, torch, CUDA)
+    is restored afterwards, so training that follows draws exactly what it would have drawn.
+    The modules' modes are restored too. An empty dataset leaves the statistics unchanged and
+    returns ``batches: 0``.
 
     Returns ``{"method": "recalibrated", "samples": N, "batches": B, "batch_size",
     "augmented": augment, "seconds"}``.
@@ -122,18 +148,31 @@ def recalibrate_batchnorm(model: nn.Module, dataset: Dataset, batch_size: int, d
     samples = batches = 0
     with preserved_rng(device), _batchnorm_only_training(model) as layers:
         if len(data) > 0:
-            loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                generator=torch.Generator())
-            for layer in layers:
-                layer.reset_running_stats()
+            loader = DataLoader(data, batch_size=batch_size, shuffle=True, num_workers=num_workers,
+                                generator=torch.Generator().manual_seed(seed))
+            moments = [_Moments() for _ in layers]
+            hooks = [layer.register_forward_pre_hook(m) for layer, m in zip(layers, moments, strict=True)]
             bar = tqdm(loader, desc=desc, leave=False, unit="batch", mininterval=0.5,
                        disable=bar_disable(hide=not show_progress))
-            for images, _ in bar:
-                model(images.to(device))
-                samples += images.shape[0]
-                batches += 1
+            try:
+                for images, _ in bar:
+                    model(images.to(device))
+                    samples += images.shape[0]
+                    batches += 1
+            finally:
+                for hook in hooks:
+                    hook.remove()
+            for layer, m in zip(layers, moments, strict=True):
+                if m.total is None:
+                    continue  # a layer the forward never reached
+                mean, variance = m.mean_and_variance()
+                layer.running_mean.copy_(mean.to(layer.running_mean.dtype))
+                layer.running_var.copy_(variance.to(layer.running_var.dtype))
+                if layer.num_batches_tracked is not None:
+                    layer.num_batches_tracked.fill_(batches)
     return {"method": RECALIBRATED, "samples": samples, "batches": batches, "batch_size": batch_size,
-            "augmented": bool(augment), "seconds": round(time.perf_counter() - started, 3)}
+            "order": f"shuffled (seed {seed})", "augmented": bool(augment),
+            "seconds": round(time.perf_counter() - started, 3)}
 
 
 @contextmanager

@@ -673,8 +673,9 @@ class Run:
         with distributed.local_batchnorm(self.world, self.model):
             self.bn_record = recalibrate_batchnorm(
                 self.model, self.train_set, self.cfg.batch_size, self.device, num_workers=self.cfg.num_workers,
-                desc=f"epoch {epoch} BatchNorm statistics", show_progress=self.world.is_main)
-        self.bn_record["over"] = "the training set, no augmentation, quantizers active, Dropout off"
+                seed=self.cfg.seed, desc=f"epoch {epoch} BatchNorm statistics", show_progress=self.world.is_main)
+        self.bn_record["over"] = ("the training set: mean and variance of each BatchNorm input over every pixel, "
+                                  "no augmentation, quantizers active, Dropout off")
         self.bn_seconds += self.bn_record["seconds"]
         if differs(training, batchnorm_buffers(self.model)):
             self.training_batchnorm = training
