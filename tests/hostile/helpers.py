@@ -40,7 +40,9 @@ def tiny_state(dataset: str = "EM") -> dict[str, Any]:
     if dataset == "NIH":
         record["window_hu"] = [-100.0, 240.0]
     return {"model": model.state_dict(), "epoch": 1, "beta": model.beta(), "config": cfg.to_plain(),
-            "dataset": dataset, "run_id": "0" * 32, "input_transform": record}
+            "dataset": dataset, "run_id": "0" * 32, "input_transform": record,
+            "batchnorm_statistics": {"method": "recalibrated", "samples": 2, "batches": 1, "batch_size": 2,
+                                     "augmented": False, "seconds": 0.0, "epoch": 1}}
 
 
 def write_checkpoint(path: Path, state: dict[str, Any]) -> Path:
