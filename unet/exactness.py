@@ -180,15 +180,17 @@ def compare_engine(model: UNet, engine: str, x: Tensor, onnx_threads: int | None
             _code_counts(result, {la.name: la.flips for la in layers}, {la.name: la.values for la in layers})
             result.unexplained = sum(la.render_errors for la in layers)
         else:
-            from .integer import IntegerUNet, code_mismatches
-            from .integer.compare import unit_mismatches
+            from .integer import IntegerUNet
+            from .integer.compare import reference_codes, unit_mismatches
 
             integer = IntegerUNet.from_model(model)
-            got = integer(x)
+            codes: dict[str, Tensor] = {}
+            with torch.no_grad():
+                got = integer._forward(x, codes)  # probabilities and codes in one pass
             if integer.fmt is not None:
-                layers = code_mismatches(model, integer, x)
-                codes = integer.forward_codes(x)
-                _code_counts(result, layers, {k: v.numel() for k, v in codes.items()})
+                ref = reference_codes(model, x)
+                _code_counts(result, {k: int((ref[k] != codes[k]).sum()) for k in ref},
+                             {k: v.numel() for k, v in ref.items()})
                 result.unexplained = sum(r["unexplained"] for r in unit_mismatches(model, integer, x).values())
     except (ValueError, RuntimeError) as exc:  # e.g. a Q8.8 threshold table too large for this input
         result.error = f"{type(exc).__name__}: {exc}"
