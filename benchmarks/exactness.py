@@ -117,15 +117,15 @@ def predict_runs(run_dir: Path, data: Path, out: Path) -> dict[str, dict]:
     return rows
 
 
-def measure(run_dir: Path, data: Path, scratch: Path, with_predict: bool) -> dict:
-    """Every engine on every input for the model of ``run_dir`` (its best.pt, loaded as predict does)."""
+def measure(run_dir: Path, data: Path, scratch: Path, with_predict: bool, engines: list[str]) -> dict:
+    """Each of ``engines`` on every input for the model of ``run_dir`` (its best.pt, loaded as predict does)."""
     from unet.predict.cli import load_predictor
 
     model = load_predictor(run_dir).model.eval()
     inputs = adversarial_inputs(validation_images(data))
     out: dict[str, dict] = {}
     for name, x in inputs.items():
-        out[name] = {engine: compare_engine(model, engine, x).as_dict() for engine in ENGINES}
+        out[name] = {engine: compare_engine(model, engine, x).as_dict() for engine in engines}
     if with_predict:
         out["validation"].update(predict_runs(run_dir, data, scratch / run_dir.name))
     return out
@@ -141,6 +141,42 @@ def cell(row: dict) -> str:
     return f"{f['0.5']}/{f['0.999']} ({diff}){codes}"
 
 
+ENGINE_COLUMNS = ("packed", "integer", "onnx", "predict-integer", "predict-onnx")
+
+
+def summary_cell(per_input: dict, engine: str) -> str:
+    """Pixels of the 0.5 mask that differ over every input (rate), the 0.999 mask's count, the
+    largest probability difference and the inputs with flips; '0 (bit-equal)' when all are."""
+    rows = [(name, row[engine]) for name, row in per_input.items() if engine in row]
+    if not rows:
+        return "-"
+    if any(r.get("error") for _, r in rows):
+        return "not run: " + "; ".join(f"{n}" for n, r in rows if r.get("error"))
+    pixels = sum(r["pixels"] for _, r in rows)
+    half = sum(r["mask_flips"]["0.5"] for _, r in rows)
+    high = sum(r["mask_flips"]["0.999"] for _, r in rows)
+    if all(r["bit_equal"] for _, r in rows):
+        return "0 (bit-equal)"
+    diff = max(r["max_prob_diff"] for _, r in rows)
+    flagged = [n for n, r in rows if r["mask_flips"]["0.5"] or r["mask_flips"]["0.999"]]
+    where = "" if engine.startswith("predict") else "every input" if len(flagged) == len(rows) else ", ".join(flagged)
+    codes = sum(r.get("code_flips", 0) for _, r in rows)
+    text = f"{half} ({100 * rate(half, pixels):.2g}%) / {high}; max {diff:.2g}"
+    if codes:
+        text += f"; {codes:,} codes"
+    return text + (f" [{where}]" if where else "")
+
+
+def summary_table(results: dict) -> str:
+    """The README table (section "Exactness on trained models"): per mode and engine, summed
+    over the inputs."""
+    lines = ["| mode | " + " | ".join(ENGINE_COLUMNS) + " |", "|---" * (len(ENGINE_COLUMNS) + 1) + "|"]
+    for mode, per_input in results.items():
+        label = MODES[mode][0] if mode in MODES else mode
+        lines.append(f"| {label} | " + " | ".join(summary_cell(per_input, e) for e in ENGINE_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
@@ -151,53 +187,58 @@ def main() -> None:
     parser.add_argument("--resize", type=int, default=200, help="prepared slice size (a multiple of 8)")
     parser.add_argument("--crop", type=int, default=96, help="training crop")
     parser.add_argument("--work", type=Path, default=None, help="folder for data and runs (default: a temporary one)")
+    parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
     parser.add_argument("--no-predict", action="store_true", help="skip the predict-command rows")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "exactness.json")
+    parser.add_argument("--summarize", type=Path, default=None, help="print the summary of an earlier JSON")
     args = parser.parse_args()
+    if args.summarize is not None:
+        print(summary_table(json.loads(args.summarize.read_text())["results"]))
+        return
 
     work = args.work or Path(tempfile.mkdtemp(prefix="exactness-"))
     data = work / "data"
     prepare(data, args.slices, args.size, args.resize)
     started = time.time()
     results: dict[str, dict] = {}
+
+    def save(complete: bool) -> None:
+        """The JSON so far (after every mode, so that an interrupted run keeps what it measured)."""
+        record = {
+            "what": "engines against the PyTorch model (eval mode, channels_last, best.pt loaded as unet.predict "
+                    "does); predict-* rows: the predict command on the first validation slice",
+            "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"},
+                         "work": str(work)},
+            "machine": {"platform": platform.platform(), "torch": torch.__version__,
+                        "threads": torch.get_num_threads()},
+            "complete": complete,
+            "seconds": round(time.time() - started, 1),
+            "results": results,
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(record, indent=1) + "\n")
+
     for mode in args.modes:
         t0 = time.perf_counter()
         run_dir = train(work / "runs", mode, data, args)
         trained = time.perf_counter() - t0
-        results[mode] = measure(run_dir, data, work / "predict", not args.no_predict)
+        results[mode] = measure(run_dir, data, work / "predict", not args.no_predict, args.engines)
         print(f"{mode}: trained in {trained:.0f}s, measured in {time.perf_counter() - t0 - trained:.0f}s", flush=True)
+        save(False)
 
     inputs = list(next(iter(results.values())))
-    engines = [*ENGINES, "predict-integer", "predict-onnx"]
     print("\nmask pixels differing at 0.5 / 0.999 (max |p - p_model|; '=' bit-equal), c: activation codes differing")
-    for engine in engines:
+    for engine in ENGINE_COLUMNS:
         print(f"\n{engine}")
         print("| mode | " + " | ".join(inputs) + " |")
         print("|---" * (len(inputs) + 1) + "|")
         for mode, per_input in results.items():
             cells = [cell(per_input[i][engine]) if engine in per_input[i] else "" for i in inputs]
             print(f"| {mode} | " + " | ".join(cells) + " |")
-    total = {}
-    for engine in engines:
-        pixels = flips = 0
-        for per_input in results.values():
-            for row in per_input.values():
-                if engine in row and not row[engine].get("error"):
-                    pixels += row[engine]["pixels"]
-                    flips += row[engine]["mask_flips"]["0.5"]
-        total[engine] = {"pixels": pixels, "flips_0.5": flips, "rate_0.5": rate(flips, pixels)}
-    record = {
-        "what": "engines against the PyTorch model (eval mode, channels_last, best.pt loaded as unet.predict does); "
-                "predict-* rows: the predict command on the first validation slice",
-        "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"},
-                     "work": str(work)},
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},
-        "seconds": round(time.time() - started, 1),
-        "results": results,
-        "totals": total,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    print("\nsummary: 0.5-mask pixels differing over all inputs (rate) / 0.999-mask pixels; max |p - p_model|; "
+          "activation codes differing; [inputs with flips]")
+    print(summary_table(results))
+    save(True)
     print(f"\nwrote {args.out}")
 
 

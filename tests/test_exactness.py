@@ -125,3 +125,21 @@ def test_onnx_flips_come_from_float_sums_only(trained_em, mode: str, one_thread)
             assert first.name.startswith(FLOAT_FIRST_BLOCK), (name, first)
         # the scale, not a tight bound (measured up to 5.7% on x1000 inputs: README)
         assert int(((p_torch > 0.5) != (p_onnx > 0.5)).sum()) <= 0.2 * p_torch.numel(), name
+
+
+def test_readme_table_is_the_recorded_measurement() -> None:
+    """README "Exactness on trained models" shows the table benchmarks/exactness.py makes of its
+    recorded JSON: a change that moves a figure re-runs the script and updates both."""
+    import importlib.util
+    import json
+
+    from .conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("bench_exactness", REPO / "benchmarks" / "exactness.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    record = json.loads((REPO / "benchmarks" / "results" / "exactness.json").read_text())
+    assert record.get("complete", True) and set(record["results"]) == set(MODES)
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Exactness on trained models"):readme.index("## Quantizers")]
+    assert bench.summary_table(record["results"]) in section

@@ -8,22 +8,26 @@ value for value:
 * FIXED nearest, wrap: ``r = Mod(x, 1, fmod=1)`` (the signed fraction, exact), then
   ``Clip(x - r, -(2^i - 1), 2^i - 1) + Round(r 2^f) 2^-f`` (for ``f = 0``: the truncation of
   ``Clip(x, -(2^i - 1), 2^i - 1)``), the arithmetic of the PyTorch rule;
-* FIXED pow2: ``2^round(log2 |x|)`` with the exponent decided exactly against the rounding
-  thresholds ``sqrt(2) 2^e`` (a first guess from ``Log`` corrected by one step either way),
-  flushed to 0 below ``2^pow2_min_exponent`` when the spec has that bound, clamped to
-  ``pow2_limit(i, f)``, sign of ``x``;
+* FIXED pow2: ``2^round(log2 |x|)`` with the exponent decided against the magnitudes where
+  PyTorch's float32 ``round(log2 |x|)`` switches, a few ulps from ``sqrt(2) 2^e`` (a first guess
+  from ``Log`` corrected by one step either way), flushed to 0 below ``2^pow2_min_exponent``
+  when the spec has that bound, clamped to ``pow2_limit(i, f)``, sign of ``x``;
 * INT min-max: ``Floor((x - min) / (max - min) 2^b) - 2^(b-1)`` with ``min``/``max`` reduced
   over the whole tensor (all images of the batch, as in training), 0 for a constant tensor;
 * binary: ``Sign(x)``, with the rule's own value at ``x = 0`` (read from the rule itself).
 
-BatchNorm is exported in eval mode (running statistics) as ``BatchNormalization``; Dropout is
-dropped (identity in eval mode). Batch, height and width are dynamic (height and width must be
-multiples of 8, as for the PyTorch model).
+BatchNorm (eval mode, running statistics) is ``x alpha + beta`` computed as PyTorch's CPU
+kernel computes it (:func:`batchnorm_affine`; onnxruntime's ``BatchNormalization`` differs in
+the last bit on about a third of the values); Dropout is dropped (identity in eval mode). Batch,
+height and width are dynamic (height and width must be multiples of 8, as for the PyTorch
+model).
 
-Floating point: onnxruntime's convolution sums in another order than PyTorch's, so values
-before a quantizer can differ in the last bit; a value that lies within that distance of a
-rounding boundary can then land on the neighbouring code. :func:`compare_forward` counts such
-flips per quantizer (tests/test_export_onnx.py reports them).
+Floating point: onnxruntime's convolution sums in another order than PyTorch's. Where the sum
+is exact in float32 (quantized weights and activations of few bits) the two agree; where it is
+not (the float first block, Q8.8, Ternary) values before a quantizer can differ in the last bit,
+a value within that distance of a rounding boundary lands on the neighbouring code, and the
+flip propagates. :func:`compare_forward` counts such flips per quantizer; tests/test_exactness.py
+and benchmarks/exactness.py measure them on trained models.
 """
 
 from __future__ import annotations
