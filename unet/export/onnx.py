@@ -61,7 +61,10 @@ PRODUCER = "unet-fixed-point"
 class Graph:
     """A growing ONNX graph: nodes in topological order, initializers, unique names."""
 
-    def __init__(self) -> None:
+    def __init__(self, exact_batchnorm: bool = True) -> None:
+        """``exact_batchnorm``: BatchNorm as PyTorch's kernel computes it (:func:`_batchnorm`);
+        False: the standard ``BatchNormalization`` operator (what FINN-style tools map)."""
+        self.exact_batchnorm = exact_batchnorm
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._count = 0
@@ -301,10 +304,11 @@ def _batchnorm(g: Graph, x: str, bn: nn.BatchNorm2d) -> str:
     rounding only when the float64 sum lands exactly halfway between two float32 values).
     onnxruntime's own ``BatchNormalization`` differs from PyTorch's in the last bit on about a
     third of the values (tests/test_export_onnx.py), enough to move a code that lies within one
-    ulp of a rounding boundary; it is the fallback where no form matches."""
+    ulp of a rounding boundary; it is the fallback where no form matches, and what a graph made
+    with ``Graph(exact_batchnorm=False)`` (the QONNX export) holds."""
     if bn.running_mean is None or bn.running_var is None:
         raise UserError("a BatchNorm without running statistics cannot be exported in eval mode")
-    affine = batchnorm_affine(bn)
+    affine = batchnorm_affine(bn) if g.exact_batchnorm else None
     if affine is None:
         c = bn.num_features
         weight = bn.weight if bn.weight is not None else torch.ones(c)
