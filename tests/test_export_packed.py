@@ -39,9 +39,10 @@ MODES = {
 
 
 def trained(mode: tuple, activation: str = "relu") -> UNet:
-    """A base_channels 4 U-Net after 2 Adam steps on random 16x16 data (weights off their init)."""
+    """A base_channels 4 U-Net after 2 Adam steps on random 16x16 data (weights off their init),
+    laid out channels_last as the trainer builds it (read_packed returns that layout)."""
     torch.manual_seed(1)
-    model = UNet(4, *quant_specs(*mode), activation=activation, dropout=0.1)
+    model = UNet(4, *quant_specs(*mode), activation=activation, dropout=0.1).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     for _ in range(2):
         x, y = torch.rand(2, 1, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()

@@ -8,22 +8,26 @@ value for value:
 * FIXED nearest, wrap: ``r = Mod(x, 1, fmod=1)`` (the signed fraction, exact), then
   ``Clip(x - r, -(2^i - 1), 2^i - 1) + Round(r 2^f) 2^-f`` (for ``f = 0``: the truncation of
   ``Clip(x, -(2^i - 1), 2^i - 1)``), the arithmetic of the PyTorch rule;
-* FIXED pow2: ``2^round(log2 |x|)`` with the exponent decided exactly against the rounding
-  thresholds ``sqrt(2) 2^e`` (a first guess from ``Log`` corrected by one step either way),
-  flushed to 0 below ``2^pow2_min_exponent`` when the spec has that bound, clamped to
-  ``pow2_limit(i, f)``, sign of ``x``;
+* FIXED pow2: ``2^round(log2 |x|)`` with the exponent decided against the magnitudes where
+  PyTorch's float32 ``round(log2 |x|)`` switches, a few ulps from ``sqrt(2) 2^e`` (a first guess
+  from ``Log`` corrected by one step either way), flushed to 0 below ``2^pow2_min_exponent``
+  when the spec has that bound, clamped to ``pow2_limit(i, f)``, sign of ``x``;
 * INT min-max: ``Floor((x - min) / (max - min) 2^b) - 2^(b-1)`` with ``min``/``max`` reduced
   over the whole tensor (all images of the batch, as in training), 0 for a constant tensor;
 * binary: ``Sign(x)``, with the rule's own value at ``x = 0`` (read from the rule itself).
 
-BatchNorm is exported in eval mode (running statistics) as ``BatchNormalization``; Dropout is
-dropped (identity in eval mode). Batch, height and width are dynamic (height and width must be
-multiples of 8, as for the PyTorch model).
+BatchNorm (eval mode, running statistics) is ``x alpha + beta`` computed as PyTorch's CPU
+kernel computes it (:func:`batchnorm_affine`; onnxruntime's ``BatchNormalization`` differs in
+the last bit on about a third of the values); Dropout is dropped (identity in eval mode). Batch,
+height and width are dynamic (height and width must be multiples of 8, as for the PyTorch
+model).
 
-Floating point: onnxruntime's convolution sums in another order than PyTorch's, so values
-before a quantizer can differ in the last bit; a value that lies within that distance of a
-rounding boundary can then land on the neighbouring code. :func:`compare_forward` counts such
-flips per quantizer (tests/test_export_onnx.py reports them).
+Floating point: onnxruntime's convolution sums in another order than PyTorch's. Where the sum
+is exact in float32 (quantized weights and activations of few bits) the two agree; where it is
+not (the float first block, Q8.8, Ternary) values before a quantizer can differ in the last bit,
+a value within that distance of a rounding boundary lands on the neighbouring code, and the
+flip propagates. :func:`compare_forward` counts such flips per quantizer; tests/test_exactness.py
+and benchmarks/exactness.py measure them on trained models.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +45,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import Tensor, nn
 
-from quantizer import ActivationQuantizer, QuantConv2d, QuantSpec
+from quantizer import ActivationQuantizer, QuantConv2d, QuantSpec, native
 from quantizer.functional import pow2_limit
 
 from ..errors import UserError
@@ -56,7 +61,10 @@ PRODUCER = "unet-fixed-point"
 class Graph:
     """A growing ONNX graph: nodes in topological order, initializers, unique names."""
 
-    def __init__(self) -> None:
+    def __init__(self, exact_batchnorm: bool = True) -> None:
+        """``exact_batchnorm``: BatchNorm as PyTorch's kernel computes it (:func:`_batchnorm`);
+        False: the standard ``BatchNormalization`` operator (what FINN-style tools map)."""
+        self.exact_batchnorm = exact_batchnorm
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._count = 0
@@ -70,6 +78,12 @@ class Graph:
         """A float32 initializer holding ``value`` (a scalar becomes a 0-d tensor)."""
         name = self.name(hint)
         self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype=np.float32), name))
+        return name
+
+    def const64(self, value: np.ndarray | float, hint: str = "c") -> str:
+        """A float64 initializer holding ``value``."""
+        name = self.name(hint)
+        self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype=np.float64), name))
         return name
 
     def op(self, op_type: str, inputs: list[str], hint: str | None = None, domain: str = "", **attrs) -> str:
@@ -112,19 +126,57 @@ def fixed_wrap_ops(g: Graph, x: str, i_bits: int, f_bits: int) -> str:
     return g.op("Add", [whole, r])
 
 
+#: Biased float32 exponents of the pow2 threshold table (every normal exponent).
+_POW2_FIRST, _POW2_LAST = 1, 253
+
+
+@lru_cache(maxsize=1)
+def pow2_rounding_thresholds() -> np.ndarray | None:
+    """``t[k]``: the smallest float32 magnitude in ``[2^e, 2^(e+1))``, ``e = k + 1 - 127``, that
+    PyTorch's pow2 rule rounds up to ``2^(e+1)`` (``round(log2 a)`` with the float32 ``log2``:
+    a few ulps away from ``sqrt(2) 2^e``), for ``e`` from -126 to 126; None when ``torch.log2``
+    on this machine does not switch at one threshold per exponent (the export then compares
+    with ``sqrt(2) 2^e``)."""
+    try:
+        mantissas = native.log2_thresholds(_POW2_FIRST, _POW2_LAST)
+    except RuntimeError:
+        return None
+    if not native._agrees_with_torch(_POW2_FIRST, mantissas):
+        return None
+    bits = (np.arange(_POW2_FIRST, _POW2_LAST + 1, dtype=np.int64) << 23) + mantissas.astype(np.int64)
+    return bits.astype(np.uint32).view(np.float32)
+
+
 def pow2_ops(g: Graph, x: str, i_bits: int, f_bits: int, min_exponent: int | None) -> str:
     """``sign(x) min(2^round(log2|x|), M)`` (0 stays 0), flushed to 0 below ``2^min_exponent``.
 
-    ``e0 = round(ln|x| / ln 2)`` is within one of the exact exponent; comparing ``|x|`` with the
-    thresholds ``sqrt(2) 2^e0`` and ``sqrt(2) 2^(e0-1)`` (exact float32 products) settles it.
-    Only a magnitude within float32 rounding of a threshold ``sqrt(2) 2^e`` can differ from
-    PyTorch's float ``log2``.
+    ``e0 = round(ln|x| / ln 2)`` is within one of the exponent; comparing ``|x|`` with the
+    thresholds between ``2^e0`` and its neighbours settles it. The thresholds are where
+    PyTorch's float32 ``round(log2 a)`` switches (:func:`pow2_rounding_thresholds`, looked up
+    with ``Gather``), so the graph rounds as the PyTorch rule does, also within an ulp or two
+    of ``sqrt(2) 2^e``; where that table is unavailable (and for subnormal magnitudes) the
+    exact ``sqrt(2) 2^e`` is the threshold, which can differ from PyTorch's ``log2`` there.
     """
     a = g.op("Abs", [x])
     e0 = g.op("Round", [g.op("Mul", [g.op("Log", [a]), g.const(1.0 / math.log(2.0))])])
     p = g.op("Pow", [g.const(2.0), e0])
     upper = g.op("Mul", [p, g.const(math.sqrt(2.0))])
     lower = g.op("Mul", [p, g.const(math.sqrt(2.0) / 2.0)])
+    table = pow2_rounding_thresholds()
+    if table is not None:
+        first, last = _POW2_FIRST - 127, _POW2_LAST - 127  # exponents e of the table's entries
+
+        def lookup(e: str) -> str:
+            e = g.op("Where", [g.op("IsNaN", [e]), g.const(0.0), e])  # NaN: any valid index (the result is NaN)
+            index = g.op("Clip", [g.op("Sub", [e, g.const(float(first))]), g.const(0.0), g.const(float(last - first))])
+            index = g.op("Cast", [index], to=TensorProto.INT64)
+            return g.op("Gather", [g.const(table, "pow2_thresholds"), index], axis=0)
+
+        below = g.op("Sub", [e0, g.const(1.0)])
+        inside = g.op("And", [g.op("GreaterOrEqual", [below, g.const(float(first))]),
+                              g.op("LessOrEqual", [e0, g.const(float(last))])])
+        upper = g.op("Where", [inside, lookup(e0), upper])
+        lower = g.op("Where", [inside, lookup(below), lower])
     p = g.op("Where", [g.op("GreaterOrEqual", [a, upper]), g.op("Mul", [p, g.const(2.0)]), p])
     p = g.op("Where", [g.op("Less", [a, lower]), g.op("Mul", [p, g.const(0.5)]), p])
     if min_exponent is not None:
@@ -213,14 +265,64 @@ def _conv(g: Graph, x: str, conv: nn.Conv2d, weight: WeightRender) -> str:
     )
 
 
+def batchnorm_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor, bool] | None:
+    """``(alpha, beta, fused)`` such that PyTorch's evaluation BatchNorm of ``bn`` on a
+    channels_last CPU tensor is ``x alpha + beta`` per channel, with one rounding (``fused``,
+    a fused multiply-add) or two; None when neither form reproduces it on a probe.
+
+    ``alpha = weight / sqrt(var + eps)`` and ``beta = bias - mean alpha`` are formed as
+    PyTorch's CPU kernel forms them (``quantizer.fusion`` finds the same two forms); which
+    rounding the kernel uses is read from ``torch.nn.functional.batch_norm`` itself on a probe
+    that includes this layer's parameters.
+    """
+    with torch.no_grad():
+        c = bn.num_features
+        mean, var = bn.running_mean.detach().float().cpu(), bn.running_var.detach().float().cpu()
+        weight = bn.weight.detach().float().cpu() if bn.weight is not None else torch.ones(c)
+        bias = bn.bias.detach().float().cpu() if bn.bias is not None else torch.zeros(c)
+        alpha = 1.0 / torch.sqrt(var + float(bn.eps)) * weight
+        g = torch.Generator().manual_seed(0)
+        x = (torch.randn(3, c, 9, 11, generator=g) * 4).contiguous(memory_format=torch.channels_last)
+        expected = nn.functional.batch_norm(x, mean, var, weight, bias, False, 0.0, float(bn.eps))
+        a, shape = alpha.double().reshape(1, -1, 1, 1), (1, -1, 1, 1)
+        for fused in (True, False):
+            if fused:  # the product of two float32 is exact in float64: one rounding to float64, then float32
+                beta = (bias.double() - mean.double() * alpha.double()).float()
+                got = (x.double() * a + beta.double().reshape(shape)).float()
+            else:
+                beta = bias - mean * alpha
+                got = x * alpha.reshape(shape) + beta.reshape(shape)
+            if torch.equal(got.view(torch.int32), expected.view(torch.int32)):
+                return alpha, beta, fused
+    return None
+
+
 def _batchnorm(g: Graph, x: str, bn: nn.BatchNorm2d) -> str:
+    """BatchNorm in eval mode as PyTorch's CPU kernel computes it (:func:`batchnorm_affine`):
+    ``x alpha + beta`` in float32 (two roundings) or, for a kernel that fuses the multiply-add,
+    in float64 (exact product, one rounding to float64, then to float32; differs from one
+    rounding only when the float64 sum lands exactly halfway between two float32 values).
+    onnxruntime's own ``BatchNormalization`` differs from PyTorch's in the last bit on about a
+    third of the values (tests/test_export_onnx.py), enough to move a code that lies within one
+    ulp of a rounding boundary; it is the fallback where no form matches, and what a graph made
+    with ``Graph(exact_batchnorm=False)`` (the QONNX export) holds."""
     if bn.running_mean is None or bn.running_var is None:
         raise UserError("a BatchNorm without running statistics cannot be exported in eval mode")
-    c = bn.num_features
-    weight = bn.weight if bn.weight is not None else torch.ones(c)
-    bias = bn.bias if bn.bias is not None else torch.zeros(c)
-    params = [g.const(t.detach().float().cpu().numpy(), "bn") for t in (weight, bias, bn.running_mean, bn.running_var)]
-    return g.op("BatchNormalization", [x, *params], "bn", epsilon=float(bn.eps))
+    affine = batchnorm_affine(bn) if g.exact_batchnorm else None
+    if affine is None:
+        c = bn.num_features
+        weight = bn.weight if bn.weight is not None else torch.ones(c)
+        bias = bn.bias if bn.bias is not None else torch.zeros(c)
+        params = [g.const(t.detach().float().cpu().numpy(), "bn")
+                  for t in (weight, bias, bn.running_mean, bn.running_var)]
+        return g.op("BatchNormalization", [x, *params], "bn", epsilon=float(bn.eps))
+    alpha, beta, fused = affine
+    a, b = alpha.reshape(1, -1, 1, 1).numpy(), beta.reshape(1, -1, 1, 1).numpy()
+    if not fused:
+        return g.op("Add", [g.op("Mul", [x, g.const(a, "bn_alpha")]), g.const(b, "bn_beta")], "bn")
+    wide = g.op("Cast", [x], to=TensorProto.DOUBLE)
+    wide = g.op("Add", [g.op("Mul", [wide, g.const64(a, "bn_alpha")]), g.const64(b, "bn_beta")])
+    return g.op("Cast", [wide], "bn", to=TensorProto.FLOAT)
 
 
 def _ternary_tanh(g: Graph, x: str, module: TernaryTanh) -> str:
@@ -427,8 +529,11 @@ class LayerComparison:
     render_errors: int
 
 
-def compare_forward(model: UNet, x: Tensor) -> tuple[Tensor, Tensor, list[LayerComparison]]:
-    """Run ``model`` (eval mode) and its ONNX export on ``x``, tapping every activation quantizer.
+def compare_forward(
+    model: UNet, x: Tensor, threads: int | None = None
+) -> tuple[Tensor, Tensor, list[LayerComparison]]:
+    """Run ``model`` (eval mode) and its ONNX export on ``x``, tapping every activation quantizer
+    (onnxruntime with ``threads`` intra-op threads, default torch's).
 
     Returns the PyTorch and onnxruntime probabilities and one :class:`LayerComparison` per
     activation quantizer in forward order. A flip whose inputs differ by float rounding only
@@ -451,7 +556,7 @@ def compare_forward(model: UNet, x: Tensor) -> tuple[Tensor, Tensor, list[LayerC
         for h in hooks:
             h.remove()
     proto = onnx_model(model, tuple(x.shape[-2:]), taps=True)
-    session = cpu_session(proto)
+    session = cpu_session(proto, threads)
     names = [o.name for o in proto.graph.output]
     results = session.run(names, {INPUT: x.detach().float().cpu().contiguous().numpy()})
     layers = []

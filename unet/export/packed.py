@@ -257,7 +257,14 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, Any], int]:
 
 def read_packed(path: str | os.PathLike[str]) -> UNet:
     """Rebuild the U-Net stored by :func:`write_packed`, on the CPU, in train mode (as
-    constructed; call ``.eval()`` for inference).
+    constructed; call ``.eval()`` for inference), laid out ``channels_last`` as the trainer
+    builds it (:func:`unet.engine.build_model`).
+
+    The layout is part of the model's arithmetic: oneDNN's channels_last convolution adds the
+    bias once to the finished sum, the contiguous one adds it into the running sum, so the two
+    layouts' float32 outputs can differ in the last bit and move a code at a rounding boundary
+    (a briefly trained pow2 model, input x1000: 8 pixels of the 0.5 mask). In channels_last the
+    read-back forward equals the exported model's bit for bit.
 
     Quantized weights decode to exactly the original's quantized weights: the float weight
     set is :meth:`quantizer.QuantSpec.float_for` of the decoded values (a float that quantizes
@@ -305,4 +312,4 @@ def read_packed(path: str | os.PathLike[str]) -> UNet:
             else:
                 scale = record["scale"]
             target.copy_(spec.float_for(spec.decode(codes, scale)))
-    return model
+    return model.to(memory_format=torch.channels_last)

@@ -30,6 +30,10 @@ expects. What each mode becomes:
   narrow (codes -1, 0, 1); activations float.
 * **Normal**: no quantizers (a float ONNX graph).
 
+BatchNorm stays the standard ``BatchNormalization`` operator (what FINN-style tools map), which
+onnxruntime computes with other roundings than PyTorch's kernel (the plain ONNX export renders
+PyTorch's arithmetic instead: :func:`unet.export.onnx._batchnorm`).
+
 Refused with :class:`~unet.errors.UserError`: FIXED pow2 (QONNX has no power-of-two /
 logarithmic quantizer; use ``--format onnx``, whose standard operators render it exactly, or
 the packed format) and Q0.0 (it maps everything to 0; QONNX treats a 1-bit signed ``Quant`` as
@@ -165,7 +169,7 @@ def qonnx_model(model: UNet, input_hw: tuple[int, int], metadata: dict | None = 
     h, w = check_input_hw(input_hw)
     for spec, role in ((model.weight_quant, "weight"), (model.act_quant, "activation")):
         check_exportable(spec, role)
-    g = Graph()
+    g = Graph(exact_batchnorm=False)  # the standard BatchNormalization that FINN-style tools map
     out = unet_graph(model, g, INPUT, qonnx_weight, qonnx_activation)
     for node in g.nodes:
         node.output[:] = [OUTPUT if o == out else o for o in node.output]
