@@ -92,27 +92,36 @@ def _batchnorm_only_training(model: nn.Module) -> Iterator[list[nn.modules.batch
 
 
 class _Moments:
-    """Per-channel count, sum and sum of squares (float64) of every input a BatchNorm layer sees."""
+    """A BatchNorm layer's per-channel count, mean and sum of squared deviations (float64) over
+    every batch it normalizes, combined from each batch's own mean and variance.
+
+    Called after the layer's forward in training mode with ``momentum`` 1.0, when its running
+    statistics are exactly the batch's mean and unbiased variance, which PyTorch's kernel has
+    just computed: no second pass over the activations. Batches combine as
+    ``M2 = sum_b [(n_b - 1) var_b + n_b (mean_b - mean)^2]`` (Chan et al.'s pairwise update)."""
 
     def __init__(self) -> None:
         self.count = 0
-        self.total: torch.Tensor | None = None
-        self.squares: torch.Tensor | None = None
+        self.mean: torch.Tensor | None = None
+        self.m2: torch.Tensor | None = None
 
-    def __call__(self, module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        x = args[0].detach().double()
-        dims = [d for d in range(x.dim()) if d != 1]
-        total, squares = x.sum(dim=dims), (x * x).sum(dim=dims)
-        self.total = total if self.total is None else self.total + total
-        self.squares = squares if self.squares is None else self.squares + squares
-        self.count += x.numel() // x.shape[1]
+    def __call__(self, module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        n = args[0].numel() // args[0].shape[1]
+        mean = module.running_mean.detach().double()
+        m2 = module.running_var.detach().double() * (n - 1)
+        if self.mean is None or self.m2 is None:
+            self.count, self.mean, self.m2 = n, mean, m2
+            return
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta * delta * (self.count * n / total)
+        self.count = total
 
     def mean_and_variance(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``mean = S1 / n`` and the unbiased ``var = (S2 - n mean^2) / (n - 1)`` (clamped at 0)."""
-        assert self.total is not None and self.squares is not None
-        mean = self.total / self.count
-        variance = (self.squares - self.count * mean * mean) / max(self.count - 1, 1)
-        return mean, variance.clamp_min(0.0)
+        """``mean`` and the unbiased ``var = M2 / (n - 1)`` over every value seen."""
+        assert self.mean is not None and self.m2 is not None
+        return self.mean, self.m2 / max(self.count - 1, 1)
 
 
 @torch.no_grad()
@@ -131,7 +140,8 @@ def recalibrate_batchnorm(model: nn.Module, dataset: Dataset, batch_size: int, d
         running_mean = (1 / n) * sum x
         running_var  = (1 / (n - 1)) * sum (x - running_mean)^2     (unbiased, as PyTorch keeps it)
 
-    summed in float64: the population statistics of the layer's input, whatever the batches'
+    in float64 from each batch's mean and variance as PyTorch's BatchNorm computes them (see
+    :class:`_Moments`): the population statistics of the layer's input, whatever the batches'
     composition (an average of per-batch variances would miss the spread between batches: on a
     data set ordered by case it underestimates the variance). ``num_batches_tracked`` becomes
     the number of batches. With ``augment`` False the dataset's random augmentation is switched
@@ -151,7 +161,10 @@ def recalibrate_batchnorm(model: nn.Module, dataset: Dataset, batch_size: int, d
             loader = DataLoader(data, batch_size=batch_size, shuffle=True, num_workers=num_workers,
                                 generator=torch.Generator().manual_seed(seed))
             moments = [_Moments() for _ in layers]
-            hooks = [layer.register_forward_pre_hook(m) for layer, m in zip(layers, moments, strict=True)]
+            momenta = [layer.momentum for layer in layers]
+            for layer in layers:
+                layer.momentum = 1.0  # the running statistics become each batch's own: read them after it
+            hooks = [layer.register_forward_hook(m) for layer, m in zip(layers, moments, strict=True)]
             bar = tqdm(loader, desc=desc, leave=False, unit="batch", mininterval=0.5,
                        disable=bar_disable(hide=not show_progress))
             try:
@@ -162,8 +175,10 @@ def recalibrate_batchnorm(model: nn.Module, dataset: Dataset, batch_size: int, d
             finally:
                 for hook in hooks:
                     hook.remove()
+                for layer, momentum in zip(layers, momenta, strict=True):
+                    layer.momentum = momentum
             for layer, m in zip(layers, moments, strict=True):
-                if m.total is None:
+                if m.mean is None:
                     continue  # a layer the forward never reached
                 mean, variance = m.mean_and_variance()
                 layer.running_mean.copy_(mean.to(layer.running_mean.dtype))
