@@ -32,7 +32,7 @@ from unet.metrics import slice_metrics
 from unet.model import UNet
 
 from .conftest import REPO, run_command
-from .tiny_em import make_experiment, prepare_em
+from .tiny_em import make_experiment, prepare_em, trainer_in_process
 
 SATURATE = QuantSpec(kind="fixed", i_bits=6, f_bits=0, rounding="nearest", overflow="saturate")
 WEIGHTS = QuantSpec(kind="fixed", i_bits=0, f_bits=4, rounding="nearest", overflow="saturate")
@@ -202,7 +202,7 @@ def test_recalibration_closes_the_gap_between_the_logged_and_the_deployed_dice(l
     assert [off[k] for k in protocol] == [on[k] for k in protocol]
     summary = json.loads((lagging["on"] / "summary.json").read_text())
     assert summary["best_eval_dice"] == pytest.approx(float(on["eval_dice"]), abs=1e-9)
-    assert summary["bn_recalibration"] is True
+    assert summary["bn_recalibration"] == "true"
 
 
 @pytest.mark.slow
@@ -287,3 +287,36 @@ def test_a_resumed_run_goes_on_with_the_statistics_training_had(tmp_path: Path) 
         return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
 
     assert strip(read_rows(cut / "metrics.csv")) == strip(read_rows(whole / "metrics.csv"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("policy", "expected"), [("true", [1, 2, 3]), ("best", [1, 3]), ("false", [])])
+def test_the_policy_decides_which_epochs_recompute(lagging, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                   policy: str, expected: list[int]) -> None:
+    """With a learning rate below float32's resolution of the weights the Dice cannot improve
+    after epoch 1, so only epoch 1 writes a best.pt: ``best`` recomputes for it and for the last
+    epoch's last.pt, ``true`` for every epoch."""
+    import unet.engine
+
+    epochs: list[int] = []
+    real = unet.engine.recalibrate_batchnorm
+
+    def counting(*args, **kwargs):
+        epochs.append(int(kwargs["desc"].split()[1]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(unet.engine, "recalibrate_batchnorm", counting)
+    folder = make_experiment(tmp_path, source="quickstart")
+    args = ["-f", "config.yaml", "-t", "UNET", "-o", f"dataset_path={lagging['data']}", *LAGGING,
+            "-o", "num_epochs=3", "-o", "lr=1e-12", "-o", f"bn_recalibration={policy}"]
+    assert trainer_in_process(monkeypatch, folder, args) == 0
+    run = folder / "runs" / folder.name
+    rows = read_rows(run / "metrics.csv")
+    assert len({r["dice"] for r in rows}) == 1, rows
+    assert epochs == expected
+    best, last = load_checkpoint(run / "best.pt"), load_checkpoint(run / "last.pt")
+    assert best["epoch"] == 1 and last["epoch"] == 3
+    recalibrated = policy != "false"
+    assert (best["batchnorm_statistics"]["method"] == RECALIBRATED) is recalibrated
+    assert (last["batchnorm_statistics"]["method"] == RECALIBRATED) is recalibrated
+    assert json.loads((run / "summary.json").read_text())["bn_recalibration"] == policy

@@ -93,9 +93,11 @@ COMMON_KEYS: tuple[Key, ...] = (
         "constant", choices=("multistep", "cosine", "constant")),
     Key("val_bn_mode", "choice", "BatchNorm mode during validation: train (running stats updated) or eval",
         choices=("train", "eval")),
-    Key("bn_recalibration", "bool", "recompute every BatchNorm's running statistics over the training set (no "
-        "augmentation) for the weights of each checkpoint before it is written, and log the eval-mode Dice with "
-        "them; false: training's moving averages, as the original"),
+    Key("bn_recalibration", "choice", "true: recompute every BatchNorm's running statistics over the training set "
+        "(no augmentation) for the weights of each checkpoint before it is written (one forward pass over the "
+        "training set per epoch), and log the eval-mode Dice with them; best: only for a new best.pt and the "
+        "last epoch's last.pt; false: training's moving averages, as the original",
+        choices=("true", "best", "false")),
     Key("threshold", "float", "binarization threshold of predictions for the metrics",
         check=_open_interval(0, 1)),
     Key("empty_dice", "int", "Dice (x100) of a slice where prediction and truth are both empty",
@@ -226,6 +228,8 @@ def _coerce(key: Key, value: Any, base_dir: Path) -> Any:
             raise ValueError(f"must be a string, got {short_repr(value)}")
         value = str(value)
     elif kind == "choice":
+        if isinstance(value, bool) and "true" in key.choices:  # bn_recalibration: true
+            value = "true" if value else "false"
         if isinstance(value, int) and not isinstance(value, bool):  # precision: 32
             value = str(value)
         if not isinstance(value, str) or value.lower() not in key.choices:

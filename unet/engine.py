@@ -492,8 +492,9 @@ class Run:
         train_loss = self._train_epoch(epoch, loader, self.optimizer, loss_fn)
         summary, _, samples = self._validate(self.val_set)
         self.scheduler.step()
-        training_statistics = self._deployable_statistics(epoch)
-        deployed = self._validate_deployed(summary)
+        recalibrate = self._recalibrates(epoch, improved=summary["dice"] > self.best["dice"])
+        training_statistics = self._deployable_statistics(epoch, recalibrate)
+        deployed = self._validate_deployed(summary, recalibrate)
         row = {"epoch": epoch, "lr": lr, "beta": self.model.beta() if has_beta else "",
                "train_loss": train_loss, "val_loss": summary["val_loss"], "dice": summary["dice"],
                "dice_std": summary["dice_std"], **{m: summary[m] for m in self.metric_names[1:]},
@@ -513,8 +514,9 @@ class Run:
         if epoch % cfg.overlay_every == 0 or epoch == cfg.num_epochs:
             save_overlay_figure(self.run_dir / "overlays" / f"epoch_{epoch:03d}.png", samples,
                                 cfg.threshold, f"{cfg.experiment_name}, epoch {epoch}")
+        eval_note = self._eval_note(deployed, recalibrate)
         self.log(f"epoch {epoch}/{cfg.num_epochs}  lr {lr:.3g}  train_loss {train_loss:.4f}  "
-                 f"val_loss {summary['val_loss']:.4f}  dice {summary['dice']:.2f}{self._eval_note(deployed)}  "
+                 f"val_loss {summary['val_loss']:.4f}  dice {summary['dice']:.2f}{eval_note}  "
                  f"(best {self.best['dice']:.2f} @ {self.best['epoch']})  {row['seconds']:.1f}s")
 
     def _finish(self) -> int:
@@ -525,11 +527,11 @@ class Run:
         atomic_write_text(self.run_dir / "summary.json", json.dumps({
             "finished": True, "best_dice": best["dice"], "best_epoch": best["epoch"],
             "best_eval_dice": self._eval_dice_at(best["epoch"]), "val_bn_mode": self.cfg.val_bn_mode,
-            "bn_recalibration": bool(self.cfg.bn_recalibration), "bn_recalibration_seconds": self.bn_seconds,
+            "bn_recalibration": self.cfg.bn_recalibration, "bn_recalibration_seconds": self.bn_seconds,
             "num_epochs": self.cfg.num_epochs, "experiment_name": self.cfg.experiment_name,
             "total_seconds": sum(r["seconds"] for r in self.history)}, indent=2) + "\n")
         deployed = self._eval_dice_at(best["epoch"])
-        note = "" if deployed is None or self.cfg.val_bn_mode == "eval" and not self.cfg.bn_recalibration else (
+        note = "" if deployed is None or self.cfg.val_bn_mode == "eval" and self.cfg.bn_recalibration == "false" else (
             f" (eval mode with the checkpoint's BatchNorm statistics: {deployed:.2f})")
         self.log(f"done: best val Dice {best['dice']:.2f} at epoch {best['epoch']}{note}; results in {self.run_dir}")
         return 0
@@ -659,14 +661,21 @@ class Run:
             state["training_batchnorm"] = self.training_batchnorm
         return state
 
-    def _deployable_statistics(self, epoch: int) -> dict[str, torch.Tensor] | None:
-        """With ``bn_recalibration``: recompute every BatchNorm's running statistics over the
-        training set for the weights of this epoch (:func:`unet.batchnorm.recalibrate_batchnorm`,
-        no augmentation, every RNG left as it was) and return the moving averages training goes on
-        with, which the checkpoints keep as ``training_batchnorm`` (None when off; the model's
+    def _recalibrates(self, epoch: int, improved: bool) -> bool:
+        """Whether this epoch's checkpoints get recomputed statistics: every epoch with
+        ``bn_recalibration: true``; with ``best`` only when the epoch writes a new best.pt or is the
+        last one (its last.pt); never with ``false``."""
+        policy = self.cfg.bn_recalibration
+        return policy == "true" or policy == "best" and (improved or epoch == self.cfg.num_epochs)
+
+    def _deployable_statistics(self, epoch: int, recalibrate: bool) -> dict[str, torch.Tensor] | None:
+        """When ``recalibrate``: recompute every BatchNorm's running statistics over the training
+        set for the weights of this epoch (:func:`unet.batchnorm.recalibrate_batchnorm`, no
+        augmentation, every RNG left as it was) and return the moving averages training goes on
+        with, which the checkpoints keep as ``training_batchnorm`` (None otherwise; the model's
         statistics are then training's own)."""
         self.training_batchnorm = None
-        if not self.cfg.bn_recalibration:
+        if not recalibrate:
             self.bn_record = {"method": TRAINING_AVERAGES}
             return None
         training = batchnorm_buffers(self.model)
@@ -681,10 +690,10 @@ class Run:
             self.training_batchnorm = training
         return training
 
-    def _validate_deployed(self, protocol: dict[str, float]) -> dict[str, float]:
+    def _validate_deployed(self, protocol: dict[str, float], recalibrated: bool) -> dict[str, float]:
         """The validation figures of the model as its checkpoint deploys it: eval mode with the
         statistics the checkpoint holds. ``protocol`` itself when validation already ran so."""
-        if self.cfg.val_bn_mode == "eval" and not self.cfg.bn_recalibration:
+        if self.cfg.val_bn_mode == "eval" and not recalibrated:
             return {k: protocol[k] for k in ("dice", "dice_std", "val_loss")}
         with preserved_rng(self.device):  # the extra pass draws nothing training would have drawn
             distributed.broadcast_buffers(self.world, self.model)
@@ -692,9 +701,9 @@ class Run:
                                      desc="validate (eval mode)", world=self.world, bn_mode="eval")
         return {k: summary[k] for k in ("dice", "dice_std", "val_loss")}
 
-    def _eval_note(self, deployed: dict[str, float]) -> str:
+    def _eval_note(self, deployed: dict[str, float], recalibrated: bool) -> str:
         """`` (eval 90.90)`` after the epoch's Dice when the deployed model's figure differs in meaning."""
-        if self.cfg.val_bn_mode == "eval" and not self.cfg.bn_recalibration:
+        if self.cfg.val_bn_mode == "eval" and not recalibrated:
             return ""
         return f" (eval {deployed['dice']:.2f})"
 
