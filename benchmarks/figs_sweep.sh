@@ -62,7 +62,7 @@ python -m unet.sweep em --only "${RELU_ROWS[@]}" "${COMMON[@]}" -o "num_epochs=$
 python -m unet.sweep em --only "${TERNARYTANH_ROWS[@]}" "${COMMON[@]}" -o "num_epochs=$Q_EPOCHS" \
   -o operation_mode=retrain -o "trained_model=$RUNS/full_precision_ternarytanh/best.pt"
 
-python -m unet.results em --only full_precision "${QUANTIZED[@]}" -o "log_output_dir=$RUNS" --out "$OUT" --no-weights
+python -m unet.results em --only full_precision "${QUANTIZED[@]}" -o "log_output_dir=$RUNS" --out "$OUT" --no-weights --overwrite
 
 minutes=$(( ($(date +%s) - started + 59) / 60 ))
 python - "$RUNS/full_precision_scratch/metrics.csv" "$OUT/results.md" "$FP_EPOCHS" "$Q_EPOCHS" "$minutes" <<'EOF'
