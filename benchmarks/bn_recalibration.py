@@ -23,11 +23,9 @@ import argparse
 import csv
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -35,7 +33,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "bn_recalibration.json"
 sys.path.insert(0, str(REPO / "benchmarks"))
-from quickstarts import QUICKSTARTS  # noqa: E402 - the README's commands, one definition
+from quickstarts import QUICKSTARTS, save_record  # noqa: E402 - the README's commands, one definition
 
 
 def _run(args: list[str], cwd: Path) -> None:
@@ -135,11 +133,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{figures['recalibration_seconds']:.1f} s of {figures['training_seconds_with']:.1f} s "
               f"({100 * figures['recalibration_share_of_epoch_time']:.1f}%); with augmentation: "
               f"{figures['best_eval_dice_recalibrated_augmented']}", flush=True)
-    recorded["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
-    recorded["date"] = time.strftime("%Y-%m-%d")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(recorded, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    save_record(args.json, recorded, f"torch threads {torch.get_num_threads()}")
     return 0
 
 

@@ -105,12 +105,17 @@ def main(argv: list[str] | None = None) -> int:
             figures = measure(dataset, Path(tmp))
         recorded.setdefault("datasets", {})[dataset] = figures
         print(table_row(dataset, figures), flush=True)
-    recorded["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads default"
-    recorded["date"] = time.strftime("%Y-%m-%d")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(recorded, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    save_record(args.json, recorded, "torch threads default")
     return 0
+
+
+def save_record(path: Path, recorded: dict[str, object], threads: str) -> None:
+    """Write ``recorded`` with the machine (architecture, CPU count, ``threads``) and today's date."""
+    recorded["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, {threads}"
+    recorded["date"] = time.strftime("%Y-%m-%d")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(recorded, indent=2) + "\n")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -256,6 +256,8 @@ def test_prepare_em_split_sizes_and_manifest(tmp_path: Path, small_stack) -> Non
             assert m.shape == (48, 48) and set(np.unique(m).tolist()) <= {0, 255}
             assert skio.imread(out / split / "images" / p.name).shape == (48, 48)
     manifest = json.loads((out / "prepare.json").read_text())
+    written = sorted(str(f.relative_to(out)) for f in out.rglob("*") if f.is_file() and f.name != "prepare.json")
+    assert manifest.pop("files") == written  # what a later --overwrite removes, exactly
     assert manifest == json.loads(json.dumps(info))
     assert manifest["val_slices"] == [6, 7] and manifest["train_slices"] == list(range(6))
     assert manifest["resize"] == 64 and manifest["crop"] == 48 and manifest["seed"] == 5

@@ -35,13 +35,6 @@ EXACT_SUMS = {"wrap_q6.0_q0.4", "saturate_q6.0_q0.4", "wrap_q3.3", "bnn"}
 FLOAT_FIRST_BLOCK = ("enc1.0.", "enc1.1.")
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """One torch thread (small tensors; avoids contention on a shared machine), restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def inputs(trained_em) -> dict[str, torch.Tensor]:

@@ -22,13 +22,7 @@ SIZE = 32
 CL = torch.channels_last
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP contention on a shared machine (restored after)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def blobs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
 
 from unet.checkpoint import load_checkpoint, save_checkpoint
 from unet.predict import cli as predict_cli
@@ -27,13 +26,7 @@ TINY = ["-o", "base_channels=4", "-o", "num_epochs=1", "-o", "crop_size=[64,64]"
         "-o", "val_batch_size=4", "-o", "overlay_every=1000"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two threads on a shared 2-core machine can make a tiny forward pass much slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def sixteen_bit_image() -> tuple[np.ndarray, np.ndarray]:

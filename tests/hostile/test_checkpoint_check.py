@@ -18,13 +18,7 @@ from unet.predict.cli import main as predict_main
 
 from .helpers import digest, error_line, png, tiny_state, write_checkpoint
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

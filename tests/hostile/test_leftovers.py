@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from unet.export.__main__ import main as export_main
 from unet.predict.cli import main as predict_main
@@ -20,12 +19,7 @@ from .helpers import png, tiny_state, write_checkpoint
 PARTIAL = b"half a checkpoint"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def leave(folder: Path, *names: str) -> list[Path]:

@@ -14,7 +14,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from unet.predict.cli import main as predict_main
 
@@ -37,12 +36,7 @@ def address_space_limit(headroom: int = HEADROOM) -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def raw_nifti(path: Path, shape: tuple[int, ...], data: bytes = b"", version: int = 1) -> Path:

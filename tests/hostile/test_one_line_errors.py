@@ -17,7 +17,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from unet.checkpoint import load_checkpoint
 from unet.export.__main__ import main as export_main
@@ -30,13 +29,7 @@ from ..test_reliability import em_args, pair_folder
 from ..tiny_em import make_experiment, trainer_in_process
 from .helpers import digest, error_line, png, script_main, tiny_state, write_checkpoint
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from unet.export.__main__ import main as export_main
 from unet.predict.cli import main as predict_main
@@ -17,13 +16,7 @@ from unet.results.cli import main as results_main
 from ..conftest import REPO
 from .helpers import digest, error_line, png, run_module, script_main, tiny_state, write_checkpoint
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
