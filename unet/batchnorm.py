@@ -4,7 +4,8 @@ During training every BatchNorm keeps exponential moving averages of its batch s
 (momentum 0.1). After a few steps per epoch they lag the weights, and a model validated with
 batch statistics (``val_bn_mode: train``, the EM recipe) can score far lower once it is deployed
 with its running statistics. :func:`recalibrate_batchnorm` replaces the running statistics by
-their average over the whole training set with the current weights; :func:`batchnorm_buffers`
+the mean and variance of each layer's input over the whole training set with the current
+weights; :func:`batchnorm_buffers`
 and :func:`load_batchnorm_buffers` keep the statistics training goes on with.
 """
 
@@ -77,16 +78,21 @@ def deterministic_view(dataset: Dataset) -> Dataset:
 @contextmanager
 def _batchnorm_only_training(model: nn.Module) -> Iterator[list[nn.modules.batchnorm._BatchNorm]]:
     """Inside: the model in eval mode (Dropout off) but its BatchNorm layers in training mode
-    (each batch normalized by its own statistics, as in training); afterwards every module's mode
-    as before."""
+    (each batch normalized by its own statistics, as in training) with ``momentum`` 1.0, so that
+    after each forward their running statistics are that batch's own; afterwards every module's
+    mode and every momentum as before."""
     modes = {m: m.training for m in model.modules()}
     layers = [m for _, m in batchnorm_layers(model)]
+    momenta = [layer.momentum for layer in layers]
     model.eval()
     for layer in layers:
         layer.train()
+        layer.momentum = 1.0
     try:
         yield layers
     finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
         for module, mode in modes.items():
             module.training = mode
 
@@ -150,7 +156,7 @@ def recalibrate_batchnorm(model: nn.Module, dataset: Dataset, batch_size: int, d
     The modules' modes are restored too. An empty dataset leaves the statistics unchanged and
     returns ``batches: 0``.
 
-    Returns ``{"method": "recalibrated", "samples": N, "batches": B, "batch_size",
+    Returns ``{"method": "recalibrated", "samples": N, "batches": B, "batch_size", "order",
     "augmented": augment, "seconds"}``.
     """
     started = time.perf_counter()
@@ -161,9 +167,6 @@ def recalibrate_batchnorm(model: nn.Module, dataset: Dataset, batch_size: int, d
             loader = DataLoader(data, batch_size=batch_size, shuffle=True, num_workers=num_workers,
                                 generator=torch.Generator().manual_seed(seed))
             moments = [_Moments() for _ in layers]
-            momenta = [layer.momentum for layer in layers]
-            for layer in layers:
-                layer.momentum = 1.0  # the running statistics become each batch's own: read them after it
             hooks = [layer.register_forward_hook(m) for layer, m in zip(layers, moments, strict=True)]
             bar = tqdm(loader, desc=desc, leave=False, unit="batch", mininterval=0.5,
                        disable=bar_disable(hide=not show_progress))
@@ -175,8 +178,6 @@ def recalibrate_batchnorm(model: nn.Module, dataset: Dataset, batch_size: int, d
             finally:
                 for hook in hooks:
                     hook.remove()
-                for layer, momentum in zip(layers, momenta, strict=True):
-                    layer.momentum = momentum
             for layer, m in zip(layers, moments, strict=True):
                 if m.mean is None:
                     continue  # a layer the forward never reached
