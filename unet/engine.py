@@ -39,9 +39,9 @@ from .batchnorm import (
 )
 from .checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from .config import COMMON_KEYS, Config
-from .errors import DataError, UserError
+from .errors import DataError, UserError, short_repr
 from .export.packed import float32_size_bytes, packed_size_bytes
-from .fileio import atomic_path, atomic_write_text, check_writable_dir, remove_stale_temporaries
+from .fileio import atomic_path, atomic_write_text, check_writable_dir, remove_stale_temporaries, removed_note
 from .input_transform import input_transform_record
 from .interrupts import Interrupted
 from .invocation import Invocation, record, recorded, resume_command
@@ -61,6 +61,8 @@ EXIT_INTERRUPTED = 130
 #: Exit status of a run stopped by a non-finite loss.
 EXIT_DIVERGED = 3
 N_OVERLAY_SAMPLES = 4
+#: The validation figures logged for the model as deployed (``eval_<name>`` in metrics.csv).
+DEPLOYED_FIGURES = ("dice", "dice_std", "val_loss")
 #: Keys that may differ between an interrupted run and the command that resumes it.
 RESUME_FREE_KEYS = ("operation_mode", "gpu_core_num", "num_workers", "trained_model", "allow_unsafe_checkpoint")
 
@@ -86,6 +88,16 @@ def build_model(cfg: Config) -> UNet:
     )
     model = UNet(cfg.base_channels, weight_quant, act_quant, cfg.activation, cfg.dropout)
     return model.to(memory_format=torch.channels_last)  # ~10% faster steps on CPU: benchmarks/bench_training.py
+
+
+def build_stored_model(cfg: Config, checkpoint: Path) -> UNet:
+    """:func:`build_model` of the config stored in ``checkpoint``; DataError naming the
+    checkpoint (and at most 200 characters of the reason) when that config cannot build one."""
+    try:
+        return build_model(cfg)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"checkpoint {checkpoint}: its stored config cannot build a model ({type(exc).__name__}: "
+                        f"{short_repr(str(exc))})") from None
 
 
 def select_device(gpu_core_num: int | None) -> tuple[torch.device, str]:
@@ -381,15 +393,11 @@ class Run:
         self.log(f"loaded {checkpoint} (epoch {state.get('epoch', '?')}); evaluating {len(val_set)} slices")
         if needs_deployment_warning(state):
             self.log(deployment_warning(checkpoint, state))
-        deployed = None
-        if cfg.val_bn_mode == "train":  # first, before batch statistics overwrite the running ones
-            with preserved_rng(self.device):
-                distributed.broadcast_buffers(self.world, self.model)
-                deployed, _, _ = evaluate(self.model, val_set, cfg, self.device, self.recipe.isbi_metrics,
-                                          desc="validate (eval mode)", world=self.world, bn_mode="eval")
+        # first, before batch statistics overwrite the running ones
+        deployed = self._validate_eval_mode(val_set) if cfg.val_bn_mode == "train" else None
         summary, rows, samples = self._validate(val_set)
         if deployed is not None:
-            summary = {**summary, **{f"eval_{k}": deployed[k] for k in ("dice", "dice_std", "val_loss")}}
+            summary = {**summary, **{f"eval_{k}": v for k, v in deployed.items()}}
         if not self.world.is_main:
             return 0
         tag = f"{checkpoint_tag(checkpoint, self.run_dir)}_t{cfg.threshold}_bn-{cfg.val_bn_mode}"
@@ -694,12 +702,18 @@ class Run:
         """The validation figures of the model as its checkpoint deploys it: eval mode with the
         statistics the checkpoint holds. ``protocol`` itself when validation already ran so."""
         if self.cfg.val_bn_mode == "eval" and not recalibrated:
-            return {k: protocol[k] for k in ("dice", "dice_std", "val_loss")}
-        with preserved_rng(self.device):  # the extra pass draws nothing training would have drawn
+            return {k: protocol[k] for k in DEPLOYED_FIGURES}
+        return self._validate_eval_mode(self.val_set)
+
+    def _validate_eval_mode(self, val_set: Dataset) -> dict[str, float]:
+        """``dice``, ``dice_std`` and ``val_loss`` of ``val_set`` in eval mode with the model's
+        running statistics (rank 0's under torchrun); every global RNG is left as it was, so the
+        extra pass draws nothing training would have drawn."""
+        with preserved_rng(self.device):
             distributed.broadcast_buffers(self.world, self.model)
-            summary, _, _ = evaluate(self.model, self.val_set, self.cfg, self.device, self.recipe.isbi_metrics,
+            summary, _, _ = evaluate(self.model, val_set, self.cfg, self.device, self.recipe.isbi_metrics,
                                      desc="validate (eval mode)", world=self.world, bn_mode="eval")
-        return {k: summary[k] for k in ("dice", "dice_std", "val_loss")}
+        return {k: summary[k] for k in DEPLOYED_FIGURES}
 
     def _eval_note(self, deployed: dict[str, float], recalibrated: bool) -> str:
         """`` (eval 90.90)`` after the epoch's Dice when the deployed model's figure differs in meaning."""
@@ -853,8 +867,7 @@ def _run_locked(cfg: Config, recipe: Recipe, script: str, new_run: bool, overwri
     if world.is_main and run_dir.is_dir():  # the lock makes the folder ours: a killed write's leftovers go
         removed = remove_stale_temporaries(run_dir, recursive=True)
         if removed:
-            print(f"note: removed {len(removed)} temporary file(s) an interrupted write left in {run_dir} "
-                  f"({', '.join(p.name for p in removed[:3])}{' ...' if len(removed) > 3 else ''})", file=sys.stderr)
+            print(removed_note(removed, f"an interrupted write left in {run_dir}"), file=sys.stderr)
     run_id = (resume_state or {}).get("run_id") or new_run_id()
     best_copy = _best_model_copy(cfg, resume_state, run_id, overwrite_trained_model)
     if mode in ("retrain", "inference", "visualize") and not checkpoint.is_file():
@@ -868,6 +881,14 @@ def _run_locked(cfg: Config, recipe: Recipe, script: str, new_run: bool, overwri
     created = None if run_dir.exists() or not world.is_main else _topmost_missing(run_dir)
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     session: Run | None = None
+
+    def discard_failed_start() -> bool:
+        """Remove the run folder this start created when no epoch was logged; whether it did."""
+        if created is None or (run_dir / "metrics.csv").exists():
+            return False
+        shutil.rmtree(created, ignore_errors=True)
+        return True
+
     try:  # from the folder's creation on, a failed or interrupted start removes what it created
         if world.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -889,12 +910,10 @@ def _run_locked(cfg: Config, recipe: Recipe, script: str, new_run: bool, overwri
             return session.resume(resume_state)
         return session.normal()
     except UserError:
-        if created is not None and not (run_dir / "metrics.csv").exists():
-            shutil.rmtree(created, ignore_errors=True)  # a failed start leaves no run folder behind
+        discard_failed_start()  # a failed start leaves no run folder behind
         raise
     except KeyboardInterrupt:  # before the epoch loop took over (start-up) or after it (the final test)
-        if created is not None and not (run_dir / "metrics.csv").exists():
-            shutil.rmtree(created, ignore_errors=True)
+        if discard_failed_start():
             raise Interrupted("interrupted during start-up, before the first epoch; nothing was kept: run the same "
                               "command again") from None
         raise Interrupted(f"interrupted; {run_dir} keeps what was written before (every file there is written "
@@ -902,8 +921,7 @@ def _run_locked(cfg: Config, recipe: Recipe, script: str, new_run: bool, overwri
     except OSError as exc:
         if exc.errno not in WRITE_ERRNOS:
             raise
-        if created is not None and not (run_dir / "metrics.csv").exists():
-            shutil.rmtree(created, ignore_errors=True)
+        discard_failed_start()
         where = exc.filename or run_dir
         raise UserError(f"cannot write {where} ({exc.strerror}); the files already in {run_dir} are intact (each is "
                         f"replaced whole, never half-written){_continue_hint(run_dir, session)}"

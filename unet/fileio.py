@@ -406,3 +406,11 @@ def remove_stale_temporaries(folder: str | os.PathLike[str], targets: Iterable[s
                 path.unlink()
                 removed.append(path)
     return removed
+
+
+def removed_note(removed: list[Path], where: str) -> str:
+    """The note a command prints after :func:`remove_stale_temporaries`: ``note: removed N
+    temporary file(s) <where> (first three names ...)``, e.g. ``where`` = "an interrupted
+    predict left in OUT"."""
+    names = ", ".join(p.name for p in removed[:3]) + (" ..." if len(removed) > 3 else "")
+    return f"note: removed {len(removed)} temporary file(s) {where} ({names})"

@@ -27,8 +27,8 @@ from quantizer.modules import DEFAULT_POW2_MIN_EXPONENT
 from ..batchnorm import deployment_warning, needs_deployment_warning
 from ..checkpoint import load_checkpoint, load_model_state
 from ..config import Config
-from ..errors import DataError, UserError, short_repr
-from ..fileio import atomic_write_text, check_writable_dir, remove_stale_temporaries
+from ..errors import DataError, UserError
+from ..fileio import atomic_write_text, check_writable_dir, remove_stale_temporaries, removed_note
 from ..interrupts import EXIT_INTERRUPTED, terminate_as_interrupt
 from ..lock import folder_lock
 from ..runtime import tune_allocator
@@ -75,7 +75,7 @@ def model_from_checkpoint(path: Path) -> tuple[Any, dict[str, Any], list[str]]:
 
     Returns the model (CPU), the checkpoint state and notes for the user. A checkpoint from
     before ``pow2_min_exponent`` gets the default bound (a note says so)."""
-    from ..engine import build_model
+    from ..engine import build_stored_model
 
     state = load_checkpoint(path)
     saved = state.get("config")
@@ -92,11 +92,7 @@ def model_from_checkpoint(path: Path) -> tuple[Any, dict[str, Any], list[str]]:
     if missing:
         raise DataError(f"checkpoint {path}: its config lacks {', '.join(missing)}; it is not from this project")
     values["quantization"] = str(values["quantization"]).lower()
-    try:
-        model = build_model(Config(values, {}))
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"checkpoint {path}: its stored config cannot build a model ({type(exc).__name__}: "
-                        f"{short_repr(str(exc))})") from None
+    model = build_stored_model(Config(values, {}), path)
     load_model_state(model, state["model"], path)
     if needs_deployment_warning(state):
         notes.append(deployment_warning(path, state))
@@ -156,8 +152,7 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     with folder_lock(out, "output file"):  # one export per output at a time
         removed = remove_stale_temporaries(out.parent, {out.name, sidecar(out).name})
         if removed:
-            print(f"note: removed {len(removed)} temporary file(s) an interrupted export left beside {out}",
-                  file=sys.stderr)
+            print(removed_note(removed, f"an interrupted export left beside {out}"), file=sys.stderr)
         return _export_locked(args, checkpoint, out)
 
 

@@ -33,7 +33,7 @@ from unet.checkpoint import load_checkpoint, load_model_state
 from unet.config import Config, read_yaml_section
 from unet.data.transforms import normalize
 from unet.errors import ConfigError, DataError, UserError
-from unet.fileio import atomic_write_text, check_writable_dir, remove_stale_temporaries
+from unet.fileio import atomic_write_text, check_writable_dir, remove_stale_temporaries, removed_note
 from unet.input_transform import RECORD_VERSION, canonical_dataset_name, input_transform_record
 from unet.lock import folder_lock
 from unet.progress import bar_disable, switch_off
@@ -180,19 +180,13 @@ def checkpoint_record(state: dict[str, Any], cfg: Config, dataset: str, path: Pa
 def load_predictor(model_path: Path) -> Predictor:
     """Load the checkpoint through :func:`unet.checkpoint.load_checkpoint` and build its model
     with :func:`unet.engine.build_model` from the stored config."""
-    from unet.engine import build_model
+    from unet.engine import build_stored_model
 
     path = resolve_checkpoint(model_path)
     state = load_checkpoint(path)
     cfg, dataset = checkpoint_config(state, path)
     record, notes = checkpoint_record(state, cfg, dataset, path)
-    try:
-        model = build_model(cfg)
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"checkpoint {path}: its stored config cannot build a model ({type(exc).__name__}: "
-                        f"{exc})") from None
-    if not isinstance(state.get("model"), dict):
-        raise DataError(f"checkpoint {path} is not a checkpoint of this project (no model weights)")
+    model = build_stored_model(cfg, path)  # load_checkpoint has checked that "model" is a dict of tensors
     load_model_state(model, state["model"], path)
     return Predictor(path, model, cfg, dataset, record, notes, state)
 
@@ -415,8 +409,7 @@ def _predict_locked(args: argparse.Namespace, out: Callable[[str], None], err: C
     if args.probabilities:
         removed += remove_stale_temporaries(args.output / PROBABILITY_FOLDER, {job.outputs[1].name for job in jobs})
     if removed:  # safe: this process holds OUTPUT_DIR's lock, so no other predict is writing them
-        err(f"note: removed {len(removed)} temporary file(s) an interrupted predict left in {args.output} "
-            f"({', '.join(p.name for p in removed[:3])}{' ...' if len(removed) > 3 else ''})")
+        err(removed_note(removed, f"an interrupted predict left in {args.output}"))
     if args.probabilities:
         check_writable_dir(args.output / PROBABILITY_FOLDER, "probability folder")
     for note in predictor.notes:
