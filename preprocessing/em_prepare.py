@@ -168,6 +168,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             name=args.name,
         )
 
+    if not args.synthetic:  # the inputs first: a mistyped path is named before anything about the output
+        if args.volume is None or args.labels is None:
+            raise ConfigError("--volume and --labels go together; give both")
+        volume_path, labels_path = args.volume.resolve(), args.labels.resolve()
+        volume, labels = read_tiff_stack(volume_path), read_tiff_stack(labels_path)
     check_output_dir(out, PAIRS, args.overwrite)  # before minutes of work, not after
     if args.synthetic:
         if args.synthetic_slices < 2 or args.synthetic_size < 16:
@@ -180,13 +185,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             write_tiff_stack(tmp / volume_path.name, volume)
             write_tiff_stack(tmp / labels_path.name, labels)
         print(f"wrote synthetic stacks {volume_path} and {labels_path}")
-    else:
-        if args.volume is None or args.labels is None:
-            raise ConfigError("--volume and --labels go together; give both")
-        volume_path, labels_path = args.volume.resolve(), args.labels.resolve()
-
-    volume = read_tiff_stack(volume_path)
-    labels = read_tiff_stack(labels_path)
+        volume, labels = read_tiff_stack(volume_path), read_tiff_stack(labels_path)
     origin = "synthetic" if args.synthetic else "isbi2012" if is_isbi_release(volume_path, volume) else "user"
     return prepare_em(
         volume,
