@@ -21,7 +21,10 @@ def _raise_interrupt(signum: int, frame: object) -> None:  # noqa: ARG001
 
 def quiet_interrupts(message: str = "interrupted during start-up; nothing was written") -> None:
     """From now on a Ctrl-C or SIGTERM that nothing else handles prints ``message`` (one line)
-    instead of a traceback, and the process ends as interrupted (status 130 in the shell)."""
+    instead of a traceback, and the process ends as interrupted (status 130 in the shell).
+
+    Ctrl-C raises KeyboardInterrupt also when the process was started with SIGINT ignored (as a
+    non-interactive shell starts background jobs), as the trainer's own stop handlers do later."""
     previous = sys.excepthook
 
     def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
@@ -32,6 +35,7 @@ def quiet_interrupts(message: str = "interrupted during start-up; nothing was wr
 
     sys.excepthook = hook
     try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, _raise_interrupt)
     except ValueError:  # not the main thread
         pass
