@@ -30,9 +30,9 @@ if str(REPO) not in sys.path:
 
 from unet import distributed  # noqa: E402
 from unet.config import load_config  # noqa: E402
-from unet.engine import build_model  # noqa: E402
 from unet.launchers import cpu_count  # noqa: E402
 from unet.losses import get_loss  # noqa: E402
+from unet.model import build_model  # noqa: E402
 
 
 def worker(args: argparse.Namespace) -> None:

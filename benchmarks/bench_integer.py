@@ -38,10 +38,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from unet.config import load_config  # noqa: E402
-from unet.engine import build_model  # noqa: E402
 from unet.fileio import atomic_write_text  # noqa: E402
 from unet.integer import IntegerUNet, code_mismatches  # noqa: E402
-from unet.model import UNet  # noqa: E402
+from unet.model import UNet, build_model  # noqa: E402
 
 EM_BASE = REPO / "EM_BASE" / "config.yaml"
 

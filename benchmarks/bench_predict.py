@@ -45,8 +45,8 @@ if str(REPO) not in sys.path:
 from unet.checkpoint import save_checkpoint  # noqa: E402
 from unet.config import Config, load_config  # noqa: E402
 from unet.data.transforms import normalize  # noqa: E402
-from unet.engine import build_model  # noqa: E402
 from unet.input_transform import input_transform_record  # noqa: E402
+from unet.model import build_model  # noqa: E402
 from unet.predict import cli, io  # noqa: E402
 from unet.predict.cases import prepare_case  # noqa: E402
 from unet.predict.sliding import mirror_tta, sliding_window_stream  # noqa: E402

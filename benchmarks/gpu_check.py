@@ -42,8 +42,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from unet.config import load_config  # noqa: E402
-from unet.engine import build_model  # noqa: E402
 from unet.losses import get_loss  # noqa: E402
+from unet.model import build_model  # noqa: E402
 from unet.precision import autocast, grad_scaler  # noqa: E402
 
 #: Quantization modes: the experiment folder copied and its overrides.

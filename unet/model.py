@@ -9,6 +9,8 @@ Biases, BatchNorm, upsampled tensors and the head output stay float.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +20,16 @@ from quantizer import FLOAT, ActivationQuantizer, QuantConv2d, QuantSpec
 from quantizer.fusion import relu_batchnorm_quantize
 from quantizer.modules import DEFAULT_POW2_MIN_EXPONENT
 
+from .errors import DataError, short_repr
+
+if TYPE_CHECKING:
+    from .config import Config
+
 ACTIVATIONS = ("relu", "tanh", "ternarytanh")
+#: Config keys that change the network's parameters or its forward pass: the config a checkpoint
+#: must store for :func:`build_model` to rebuild its network.
+MODEL_KEYS = ("quantization", "activation_i_width", "activation_f_width", "weight_i_width", "weight_f_width",
+              "fixed_rounding", "fixed_overflow", "activation", "base_channels", "dropout", "pow2_min_exponent")
 
 
 class TernaryTanh(nn.Module):
@@ -221,3 +232,29 @@ def quant_specs(
     if mode == "ternary":
         return QuantSpec("ternary"), FLOAT
     raise ValueError(f"unknown quantization {quantization!r}")
+
+
+def build_model(cfg: Config) -> UNet:
+    """The U-Net the config describes (SPEC §4)."""
+    weight_quant, act_quant = quant_specs(
+        cfg.quantization,
+        cfg.activation_i_width,
+        cfg.activation_f_width,
+        cfg.weight_i_width,
+        cfg.weight_f_width,
+        cfg.fixed_rounding,
+        cfg.fixed_overflow,
+        cfg.pow2_min_exponent,
+    )
+    model = UNet(cfg.base_channels, weight_quant, act_quant, cfg.activation, cfg.dropout)
+    return model.to(memory_format=torch.channels_last)  # ~10% faster steps on CPU: benchmarks/bench_training.py
+
+
+def build_stored_model(cfg: Config, checkpoint: Path) -> UNet:
+    """:func:`build_model` of the config stored in ``checkpoint``; DataError naming the
+    checkpoint (and at most 200 characters of the reason) when that config cannot build one."""
+    try:
+        return build_model(cfg)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"checkpoint {checkpoint}: its stored config cannot build a model ({type(exc).__name__}: "
+                        f"{short_repr(str(exc))})") from None

@@ -13,10 +13,7 @@ from typing import Any
 
 from .config import COMMON_KEYS, Config, _coerce
 from .errors import ConfigError, DataError
-
-#: Keys that change the network's parameters or its forward pass.
-MODEL_KEYS = ("quantization", "activation_i_width", "activation_f_width", "weight_i_width", "weight_f_width",
-              "fixed_rounding", "fixed_overflow", "activation", "base_channels", "dropout", "pow2_min_exponent")
+from .model import MODEL_KEYS
 
 
 def checkpoint_model_config(cfg: Config, state: dict[str, Any], path: Path, defaults_source: str) -> Config:

@@ -31,13 +31,11 @@ from ..errors import DataError, UserError
 from ..fileio import atomic_write_text, check_writable_dir, remove_stale_temporaries, removed_note
 from ..interrupts import EXIT_INTERRUPTED, terminate_as_interrupt
 from ..lock import folder_lock
+from ..model import MODEL_KEYS
 from ..runtime import tune_allocator
 from .packed import read_header, write_packed
 
 FORMATS = {"packed": ".uqp", "qonnx": ".qonnx.onnx", "onnx": ".onnx"}
-#: The config keys :func:`unet.engine.build_model` reads.
-MODEL_KEYS = ("quantization", "activation_i_width", "activation_f_width", "weight_i_width", "weight_f_width",
-              "fixed_rounding", "fixed_overflow", "pow2_min_exponent", "base_channels", "activation", "dropout")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,7 +73,7 @@ def model_from_checkpoint(path: Path) -> tuple[Any, dict[str, Any], list[str]]:
 
     Returns the model (CPU), the checkpoint state and notes for the user. A checkpoint from
     before ``pow2_min_exponent`` gets the default bound (a note says so)."""
-    from ..engine import build_stored_model
+    from ..model import build_stored_model
 
     state = load_checkpoint(path)
     saved = state.get("config")

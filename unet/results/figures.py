@@ -351,7 +351,7 @@ def _load_best_model(result: Result):
 
     from ..checkpoint import load_checkpoint, load_model_state
     from ..config import Config
-    from ..engine import build_model
+    from ..model import build_model
     from ..modelkeys import checkpoint_model_config
 
     assert result.cfg is not None and result.run_dir is not None

@@ -58,7 +58,7 @@ _MEMORY_CACHE: dict[tuple, Memory] = {}
 def model_memory(cfg: Config | dict[str, Any], base_channels: int | None = None) -> Memory:
     """The weight memory of the U-Net ``cfg`` describes, at ``base_channels`` (default: the
     config's own): the packed export's size of the real model (to the byte, as written)."""
-    from ..engine import build_model
+    from ..model import build_model
 
     width = int(cfg["base_channels"] if base_channels is None else base_channels)
     keys = ("quantization", "activation_i_width", "activation_f_width", "weight_i_width", "weight_f_width",
