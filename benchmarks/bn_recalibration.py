@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """What BatchNorm recalibration changes on the quick starts, and what it costs.
 
-For each dataset asked for (default: EM), this prepares the synthetic data with the README's
+For each dataset asked for (default: EM), this prepares the synthetic data with the docs'
 command, trains the quick-start experiment twice from its folder, with ``bn_recalibration: false``
 (the original: checkpoints hold training's moving averages) and ``true`` (the default: statistics
 recomputed over the training set for each checkpoint's weights), and reports per epoch the Dice of
@@ -33,7 +33,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "bn_recalibration.json"
 sys.path.insert(0, str(REPO / "benchmarks"))
-from quickstarts import QUICKSTARTS, save_record  # noqa: E402 - the README's commands, one definition
+from quickstarts import QUICKSTARTS, save_record  # noqa: E402 - the docs' commands, one definition
 
 
 def _run(args: list[str], cwd: Path) -> None:

@@ -168,7 +168,7 @@ def summary_cell(per_input: dict, engine: str) -> str:
 
 
 def summary_table(results: dict) -> str:
-    """The README table (section "Exactness on trained models"): per mode and engine, summed
+    """The table of docs/exactness.md ("Exactness on trained models"): per mode and engine, summed
     over the inputs."""
     lines = ["| mode | " + " | ".join(ENGINE_COLUMNS) + " |", "|---" * (len(ENGINE_COLUMNS) + 1) + "|"]
     for mode, per_input in results.items():

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Regenerate Figs/ (the README's showcase) on the synthetic EM stand-in by the float-then-quantize
-# route, with a stated budget:
+# Regenerate Figs/ (the showcase of README.md and docs/results.md) on the synthetic EM stand-in by
+# the float-then-quantize route, with a stated budget:
 #
 #   1. prepare the synthetic EM data with 3 augmented copies (96 train / 6 val slices);
 #   2. train full precision from scratch for FP_EPOCHS epochs (base_channels 8, 96x96 crops,
@@ -89,4 +89,4 @@ with open(results_md, "a", encoding="utf-8") as handle:
     handle.write("\n" + line + "\n")
 print(line)
 EOF
-echo "Figures in $OUT; run folders in $RUNS. Update the README's Figs/ paragraph with the budget line above."
+echo "Figures in $OUT; run folders in $RUNS. Update the Figs/ paragraphs of README.md and docs/results.md with the budget line above."

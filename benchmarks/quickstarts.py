@@ -1,13 +1,13 @@
 #!/usr/bin/env python
-"""Re-run the three quick starts exactly as the README tells a newcomer, and record their figures.
+"""Re-run the three quick starts exactly as the docs tell a newcomer, and record their figures.
 
-For each dataset (EM, GM, NIH) this prepares the synthetic data with the README's preparation
+For each dataset (EM, GM, NIH) this prepares the synthetic data with the docs' preparation
 command (into a temporary folder), trains the quick-start experiment from its folder with the
-README's trainer command (``-o dataset_path=...`` and ``-o log_output_dir=...`` point at the
+docs' trainer command (``-o dataset_path=...`` and ``-o log_output_dir=...`` point at the
 temporary folder; neither changes what is trained), and for EM also evaluates the best model at a
-0.5 threshold. It prints the README's quick-start table rows and writes
+0.5 threshold. It prints the quick-start table rows (docs/usage.md) and writes
 ``benchmarks/results/quickstarts.json``, which ``tests/test_readme_figures.py`` compares with the
-README, so a change that moves a figure shows up in review.
+README and docs/usage.md, so a change that moves a figure shows up in review.
 
 Runs are seeded and deterministic on the CPU: two runs give identical metrics. The times depend
 on the machine and its load and are recorded for information only.
@@ -32,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "quickstarts.json"
 
-#: What the README tells a newcomer to run, per dataset: the preparation arguments and the trainer.
+#: What the README and docs/usage.md tell a newcomer to run, per dataset: the preparation arguments and the trainer.
 QUICKSTARTS: dict[str, dict[str, object]] = {
     "em": {"prepare": ["preprocessing/em_prepare.py", "--synthetic", "--augment-copies", "3"],
            "trainer": "em_unet.py", "threshold_05": True},
@@ -86,7 +86,7 @@ def measure(dataset: str, work: Path) -> dict[str, object]:
 
 
 def table_row(dataset: str, figures: dict[str, object]) -> str:
-    """The README quick-start table's Dice cells for ``dataset`` (protocol, deployed) and the training time."""
+    """The quick-start table's Dice cells (docs/usage.md) for ``dataset`` (protocol, deployed) and the training time."""
     cell = f"{figures['best_dice']:.2f} (epoch {figures['best_epoch']} of {figures['num_epochs']}"
     cell += f"; {figures['dice_at_0.5']:.2f} at 0.5)" if "dice_at_0.5" in figures else ")"
     return f"| {dataset.upper()} | {cell} | {figures['best_eval_dice']:.2f} | {figures['train_seconds']:.0f} s |"

@@ -19,7 +19,7 @@ KINDS = ("float", "fixed", "int", "binary", "ternary")
 
 #: Default smallest exponent of pow2 rounding (``pow2_min_exponent``): magnitudes that round to
 #: ``2^e`` with ``e`` below it are flushed to 0. Chosen by measurement on the EM pow2 quick start
-#: (README, "Memory, and the paper's 8x").
+#: (docs/results.md, "Memory, and the paper's 8x").
 DEFAULT_POW2_MIN_EXPONENT = -8
 #: Range accepted for ``pow2_min_exponent`` (float32 normal exponents).
 POW2_MIN_EXPONENT_RANGE = (-126, 126)

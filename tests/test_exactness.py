@@ -14,8 +14,7 @@ What holds, and is asserted:
   summation order moved: the float first block, or a quantized convolution whose float32 sum
   is not exact; where no code differs, the probabilities are within float rounding of the head.
 
-``benchmarks/exactness.py`` measures the same on larger models; README "Exactness on trained
-models" has its figures.
+``benchmarks/exactness.py`` measures the same on larger models; docs/exactness.md has its figures.
 """
 
 from __future__ import annotations
@@ -93,7 +92,7 @@ def test_ternary_engines_differ_by_float_rounding_amplified(trained_em, one_thre
         assert float((got - expected).abs().max()) <= 2.0**-20 * float(expected.abs().max()), name
         for engine_name in ("integer", "onnx"):
             result = compare_engine(model, engine_name, x, onnx_threads=1)
-            # a bound that states the scale (measured: at most 1.2% of the pixels, README), not a tight one
+            # a bound that states the scale (measured: at most 1.2% of the pixels, docs/exactness.md), not a tight one
             assert result.mask_flips["0.5"] <= 0.1 * result.pixels, (name, result)
 
 
@@ -116,13 +115,13 @@ def test_onnx_flips_come_from_float_sums_only(trained_em, mode: str, one_thread)
         assert first.input_diff <= 2.0**-18 * first.input_max, (name, first)
         if mode in EXACT_SUMS:
             assert first.name.startswith(FLOAT_FIRST_BLOCK), (name, first)
-        # the scale, not a tight bound (measured up to 5.7% on x1000 inputs: README)
+        # the scale, not a tight bound (measured up to 5.7% on x1000 inputs: docs/exactness.md)
         assert int(((p_torch > 0.5) != (p_onnx > 0.5)).sum()) <= 0.2 * p_torch.numel(), name
 
 
 def test_readme_table_is_the_recorded_measurement() -> None:
-    """README "Exactness on trained models" shows the table benchmarks/exactness.py makes of its
-    recorded JSON: a change that moves a figure re-runs the script and updates both."""
+    """docs/exactness.md shows the table benchmarks/exactness.py makes of its recorded JSON: a
+    change that moves a figure re-runs the script and updates both."""
     import importlib.util
     import json
 
@@ -133,6 +132,5 @@ def test_readme_table_is_the_recorded_measurement() -> None:
     spec.loader.exec_module(bench)
     record = json.loads((REPO / "benchmarks" / "results" / "exactness.json").read_text())
     assert record.get("complete", True) and set(record["results"]) == set(MODES)
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## Exactness on trained models"):readme.index("## Quantizers")]
-    assert bench.summary_table(record["results"]) in section
+    page = (REPO / "docs" / "exactness.md").read_text(encoding="utf-8")
+    assert bench.summary_table(record["results"]) in page

@@ -17,8 +17,9 @@ from .conftest import REPO
 SPEC = REPO / "docs" / "SPEC.md"
 #: Folders whose ``.py`` files are scanned, besides every ``*_BASE`` folder.
 SOURCE_DIRS = ("quantizer", "unet", "tests", "benchmarks", "preprocessing")
-#: Other files that cite the reference (the README and the base configs' comments).
-EXTRA_FILES = ("README.md", "EM_BASE/config.yaml", "GM_BASE/config.yaml", "NIH_BASE/config.yaml")
+#: Other files that cite the reference (the READMEs and the base configs' comments).
+EXTRA_FILES = ("README.md", "benchmarks/README.md",
+               "EM_BASE/config.yaml", "GM_BASE/config.yaml", "NIH_BASE/config.yaml")
 
 NUMBER = r"§(\d+(?:\.\d+)*)"
 #: ``SPEC §5`` or ``SPEC §5, §6`` or ``SPEC §5 and §5.4``: the whole list after one ``SPEC``.
@@ -32,6 +33,7 @@ def scanned_files() -> list[Path]:
     folders = [REPO / name for name in SOURCE_DIRS] + sorted(REPO.glob("*_BASE"))
     files = [path for folder in folders for path in sorted(folder.rglob("*.py"))]
     files += [REPO / name for name in EXTRA_FILES if (REPO / name).is_file()]
+    files += [page for page in sorted((REPO / "docs").glob("*.md")) if page != SPEC]
     return files
 
 

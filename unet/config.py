@@ -297,7 +297,7 @@ def load_config(
             if name not in schema:
                 raise ConfigError(
                     f"{source}: unknown key {short_repr(name)}{_suggest(str(name)[:200], schema)}; "
-                    "see the config table in README.md"
+                    "see the config table in docs/config.md"
                 )
             try:
                 values[name] = _coerce(schema[name], raw, base_dir)
@@ -329,7 +329,7 @@ def _check_consistency(values: dict[str, Any], sources: dict[str, str]) -> None:
 
 
 def markdown_key_table(bases: Mapping[str, Path], extra_keys: Iterable[Key] = ()) -> str:
-    """The README's config table: every key, its default in each base config and its meaning.
+    """The config table of docs/config.md: every key, its default in each base config and its meaning.
 
     ``bases`` maps a dataset name (a column) to its base config file. A key a base does not
     have shows as ``-``.
@@ -354,12 +354,13 @@ def _yaml_scalar(value: Any) -> str:
 
 
 def _main() -> None:
-    """``python -m unet.config --readme-table`` prints the README's config table."""
+    """``python -m unet.config --readme-table`` prints the config table of docs/config.md."""
     import argparse
 
 
     parser = argparse.ArgumentParser(description=_main.__doc__)
-    parser.add_argument("--readme-table", action="store_true", required=True)
+    parser.add_argument("--readme-table", action="store_true", required=True,
+                        help="print the Markdown table of every key kept in docs/config.md")
     parser.parse_args()
     repo = Path(__file__).resolve().parents[1]
     bases = {name: repo / f"{name}_BASE" / "config.yaml" for name in ("EM", "GM", "NIH")}

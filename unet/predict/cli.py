@@ -3,7 +3,7 @@
 Segments new images and volumes with a trained model: every input is transformed as the
 model's training data was (the checkpoint's input-transform record), predicted slice by slice
 with a sliding window of the training crop size and Gaussian blending, mapped back to its own
-grid, thresholded and written under its own name (see README, "Predict on your own data").
+grid, thresholded and written under its own name (see docs/predict.md).
 
 Exit status: 0 all done; 1 some files were skipped for an unsupported type; 2 a user error
 (bad option, checkpoint or output folder; or an input that could not be predicted, named on

@@ -50,7 +50,7 @@ def read_tiff_stack(path: str | Path) -> np.ndarray:
 
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"TIFF stack {path} not found; check the path (see the README for the download)")
+        raise DataError(f"TIFF stack {path} not found; check the path (see docs/datasets.md for the download)")
     try:
         array = np.asarray(tifffile.imread(path))
     except Exception as exc:  # noqa: BLE001 - any decoder failure means an unreadable file
