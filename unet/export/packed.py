@@ -153,12 +153,13 @@ def unpack_codes(data: bytes, numel: int, bits: int) -> torch.Tensor:
 
 def model_description(model: UNet) -> dict[str, Any]:
     """What rebuilds ``model``'s architecture: ``UNet(**description)`` with the specs as dicts."""
-    activation = next(m for m in model.enc1[0] if isinstance(m, (nn.ReLU, nn.Tanh, TernaryTanh)))
+    _, _, first_unit = next(model.units())
+    activation = first_unit.act
     names = {nn.ReLU: "relu", nn.Tanh: "tanh", TernaryTanh: "ternarytanh"}
     dropout = next((m.p for m in model.modules() if isinstance(m, nn.Dropout2d)), 0.0)
     bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
     return {
-        "base_channels": model.enc1[0][0].out_channels,
+        "base_channels": model.base_channels,
         "weight_quant": dataclasses.asdict(model.weight_quant),
         "act_quant": dataclasses.asdict(model.act_quant),
         "activation": names[type(activation)],
