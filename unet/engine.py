@@ -40,13 +40,13 @@ from .batchnorm import (
 from .checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from .config import COMMON_KEYS, Config
 from .errors import DataError, UserError
-from .export.packed import float32_size_bytes, packed_size_bytes
 from .fileio import atomic_path, atomic_write_text, check_writable_dir, remove_stale_temporaries, removed_note
 from .input_transform import input_transform_record
 from .interrupts import Interrupted
 from .invocation import Invocation, record, recorded, resume_command
 from .lock import FolderLock
 from .losses import get_loss
+from .memory import describe_memory
 from .metrics import BASE_METRICS, ISBI_METRICS, slice_metrics, summarize
 from .model import UNet, build_model
 from .modelkeys import checkpoint_model_config
@@ -175,13 +175,10 @@ class RunLog:
 
 def describe_model(model: UNet) -> str:
     """One line: quantization formats, parameter count and weight memory (the packed export's
-    tensors, :func:`unet.export.packed.packed_size_bytes`, against the same tensors in float32)."""
+    tensors, :func:`unet.memory.packed_size_bytes`, against the same tensors in float32)."""
     params = sum(p.numel() for p in model.parameters())
-    packed, full = packed_size_bytes(model), float32_size_bytes(model)
-    return (
-        f"model: U-Net, weights {model.weight_quant}, activations {model.act_quant}, {params:,} parameters, "
-        f"weight memory {packed / 2**20:.3f} MiB packed (float32: {full / 2**20:.3f} MiB)"
-    )
+    return (f"model: U-Net, weights {model.weight_quant}, activations {model.act_quant}, {params:,} parameters, "
+            f"{describe_memory(model)}")
 
 
 def loader_options(cfg: Config) -> dict[str, Any]:
