@@ -49,12 +49,12 @@ from .losses import get_loss
 from .memory import describe_memory
 from .metrics import BASE_METRICS, ISBI_METRICS, slice_metrics, summarize
 from .model import UNet, build_model
-from .modelkeys import checkpoint_model_config
 from .plots import save_overlay_figure, save_weight_histograms
 from .precision import autocast, grad_scaler
 from .progress import bar_disable
 from .recipe import Recipe
 from .schedules import make_lr_scheduler, ternary_beta
+from .trained import TrainedModel
 
 #: Exit status of a run stopped by Ctrl-C or SIGTERM (128 + SIGINT, the shell convention).
 EXIT_INTERRUPTED = 130
@@ -846,8 +846,9 @@ def _run_locked(cfg: Config, recipe: Recipe, script: str, new_run: bool, overwri
                         "of an earlier run (or run operation_mode: normal first)")
     preloaded = None
     if mode in ("inference", "visualize"):
-        preloaded = load_checkpoint(checkpoint, cfg.allow_unsafe_checkpoint)
-        cfg = checkpoint_model_config(cfg, preloaded, checkpoint, str(recipe.base_config))
+        trained = TrainedModel.load(checkpoint, cfg, defaults_source=str(recipe.base_config),
+                                    allow_unsafe=cfg.allow_unsafe_checkpoint)
+        preloaded, cfg = trained.state, trained.config
     distributed.barrier(world)  # every rank has checked the folder before rank 0 writes to it
     created = None if run_dir.exists() or not world.is_main else _topmost_missing(run_dir)
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
