@@ -107,7 +107,7 @@ class IntegerUNet:
             conv = unit.conv
             codes, w_scale = weight_codes(conv)
             # a decoder block's first unit reads upsampled codes (and skips scaled to match)
-            in_gain = UP_GAIN if stage.skip is not None and unit is model.block(stage)[0] else 1
+            in_gain = UP_GAIN if stage.skip is not None and unit_name.endswith(".0") else 1
             in_max = self.fmt.max_code * in_gain
             sums = codes.abs().sum(dim=(1, 2, 3))
             # accumulators beyond 2^62 cannot occur in a batch the int64 kernels accept
