@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from unet.errors import DataError
 from unet.export import __main__ as cli
 from unet.export import packed_size_bytes, read_packed, write_packed
-from unet.export.packed import float32_size_bytes, pack_codes, read_header, unpack_codes
+from unet.export.packed import pack_codes, read_header, unpack_codes
+from unet.memory import float32_size_bytes
 from unet.model import UNet, quant_specs
 
 from .conftest import REPO, run_command

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from quantizer import ActivationQuantizer, QuantConv2d, QuantSpec
-from unet.model import TernaryTanh, UNet, quant_specs
+from unet.model import TOPOLOGY, TernaryTanh, UNet, quant_specs, stage_channels, walk
 
 
 def test_full_precision_parameter_count_matches_the_paper_model() -> None:
@@ -90,3 +90,53 @@ def test_ternarytanh_values_and_beta_is_saved_in_the_state_dict() -> None:
     fresh.load_state_dict(state)
     assert fresh.beta() == 5.5
     assert UNet(4).beta() is None
+
+
+def test_topology_gives_the_papers_widths_and_the_model_has_exactly_its_blocks() -> None:
+    c = 8
+    assert stage_channels(c) == {"enc1": (1, c), "enc2": (c, 2 * c), "enc3": (2 * c, 4 * c),
+                                 "bottom": (4 * c, 4 * c), "dec3": (8 * c, 4 * c), "dec2": (6 * c, 2 * c),
+                                 "dec1": (3 * c, c)}
+    model = UNet(c)
+    assert [name for name, _ in model.named_children()] == [s.name for s in TOPOLOGY] + ["head"]
+    for stage in TOPOLOGY:
+        units = list(model.block(stage))
+        assert [(u.conv.in_channels, u.conv.out_channels) for u in units] == [
+            stage_channels(c)[stage.name], (stage.width * c,) * 2]
+    assert [name for name, _, _ in model.units()] == [f"{s.name}.{i}" for s in TOPOLOGY for i in range(2)]
+
+
+def test_walk_visits_the_stages_in_order_with_pooling_and_skips() -> None:
+    trace = walk("x", lambda stage, a: f"{stage.name}({a})", lambda a: f"pool({a})",
+                 lambda a, skip: f"cat(up({a}),{skip})")
+    enc1 = "enc1(x)"
+    enc2 = f"enc2(pool({enc1}))"
+    enc3 = f"enc3(pool({enc2}))"
+    bottom = f"bottom(pool({enc3}))"
+    dec3 = f"dec3(cat(up({bottom}),{enc3}))"
+    dec2 = f"dec2(cat(up({dec3}),{enc2}))"
+    assert trace == f"dec1(cat(up({dec2}),{enc1}))"
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_conv_unit_parts_by_name_and_state_dict_keys_stay_positional(dropout: float) -> None:
+    model = UNet(2, *quant_specs("FIXED", 2, 4, 2, 4), activation="ternarytanh", dropout=dropout)
+    unit = model.dec2[1]
+    assert isinstance(unit.conv, QuantConv2d) and isinstance(unit.act, TernaryTanh)
+    assert isinstance(unit.bn, torch.nn.BatchNorm2d) and isinstance(unit.quant, ActivationQuantizer)
+    assert (unit.drop is None) == (dropout == 0) and unit.quant is unit[-1]
+    # an old-style state dict (the keys every checkpoint so far holds) loads strictly
+    old = {}
+    for stage in TOPOLOGY:
+        for i in range(2):
+            prefix = f"{stage.name}.{i}"
+            c_in, c_out = stage_channels(2)[stage.name] if i == 0 else (2 * stage.width,) * 2
+            old[f"{prefix}.0.weight"] = torch.full((c_out, c_in, 3, 3), 0.25)
+            old[f"{prefix}.0.bias"] = torch.zeros(c_out)
+            old[f"{prefix}.1.beta"] = torch.tensor(5.0)
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                old[f"{prefix}.2.{name}"] = torch.ones(c_out)
+            old[f"{prefix}.2.num_batches_tracked"] = torch.tensor(3)
+    old["head.weight"], old["head.bias"] = torch.zeros(1, 2, 3, 3), torch.zeros(1)
+    model.load_state_dict(old)
+    assert torch.equal(unit.conv.weight, torch.full_like(unit.conv.weight, 0.25)) and model.beta() == 5.0

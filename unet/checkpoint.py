@@ -157,14 +157,14 @@ def _check_entry(name: Any, value: Any, path: Path) -> None:
 
 def _check_config(config: dict[str, Any], path: Path) -> None:
     """The stored config values a loader reads: schema type and range, then size bounds."""
-    from .config import COMMON_KEYS, GM_KEYS, _coerce
+    from .config import COMMON_KEYS, GM_KEYS, coerce_value
 
     schema = {key.name: key for key in (*COMMON_KEYS, *GM_KEYS)}
     for name in CHECKED_CONFIG_KEYS:
         if name not in config:
             continue
         try:
-            value = _coerce(schema[name], config[name], path.parent)
+            value = coerce_value(schema[name], config[name], path.parent)
         except ValueError as exc:
             raise DataError(f"checkpoint {path}: its stored config key '{name}' {exc}") from None
         bound = CONFIG_BOUNDS.get(name)

@@ -201,8 +201,12 @@ def _suggest(name: str, known: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _coerce(key: Key, value: Any, base_dir: Path) -> Any:
-    """Check ``value`` against ``key``; return it normalised or raise ValueError(reason)."""
+def coerce_value(key: Key, value: Any, base_dir: Path) -> Any:
+    """Check ``value`` against ``key``; return it normalised or raise ValueError(reason).
+
+    The one coercion of a config value: :func:`load_config` applies it to the YAML and ``-o``
+    values, the checkpoint loaders to the config a checkpoint stores (relative paths resolve
+    against ``base_dir``)."""
     if value is None:
         if key.nullable:
             return None
@@ -300,7 +304,7 @@ def load_config(
                     "see the config table in docs/config.md"
                 )
             try:
-                values[name] = _coerce(schema[name], raw, base_dir)
+                values[name] = coerce_value(schema[name], raw, base_dir)
             except ValueError as exc:
                 raise ConfigError(f"{source}: key '{name}' {exc}") from None
             sources[name] = source

@@ -40,21 +40,21 @@ from .batchnorm import (
 from .checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from .config import COMMON_KEYS, Config
 from .errors import DataError, UserError
-from .export.packed import float32_size_bytes, packed_size_bytes
 from .fileio import atomic_path, atomic_write_text, check_writable_dir, remove_stale_temporaries, removed_note
 from .input_transform import input_transform_record
 from .interrupts import Interrupted
 from .invocation import Invocation, record, recorded, resume_command
 from .lock import FolderLock
 from .losses import get_loss
+from .memory import describe_memory
 from .metrics import BASE_METRICS, ISBI_METRICS, slice_metrics, summarize
 from .model import UNet, build_model
-from .modelkeys import checkpoint_model_config
 from .plots import save_overlay_figure, save_weight_histograms
 from .precision import autocast, grad_scaler
 from .progress import bar_disable
 from .recipe import Recipe
 from .schedules import make_lr_scheduler, ternary_beta
+from .trained import TrainedModel
 
 #: Exit status of a run stopped by Ctrl-C or SIGTERM (128 + SIGINT, the shell convention).
 EXIT_INTERRUPTED = 130
@@ -175,13 +175,10 @@ class RunLog:
 
 def describe_model(model: UNet) -> str:
     """One line: quantization formats, parameter count and weight memory (the packed export's
-    tensors, :func:`unet.export.packed.packed_size_bytes`, against the same tensors in float32)."""
+    tensors, :func:`unet.memory.packed_size_bytes`, against the same tensors in float32)."""
     params = sum(p.numel() for p in model.parameters())
-    packed, full = packed_size_bytes(model), float32_size_bytes(model)
-    return (
-        f"model: U-Net, weights {model.weight_quant}, activations {model.act_quant}, {params:,} parameters, "
-        f"weight memory {packed / 2**20:.3f} MiB packed (float32: {full / 2**20:.3f} MiB)"
-    )
+    return (f"model: U-Net, weights {model.weight_quant}, activations {model.act_quant}, {params:,} parameters, "
+            f"{describe_memory(model)}")
 
 
 def loader_options(cfg: Config) -> dict[str, Any]:
@@ -849,8 +846,9 @@ def _run_locked(cfg: Config, recipe: Recipe, script: str, new_run: bool, overwri
                         "of an earlier run (or run operation_mode: normal first)")
     preloaded = None
     if mode in ("inference", "visualize"):
-        preloaded = load_checkpoint(checkpoint, cfg.allow_unsafe_checkpoint)
-        cfg = checkpoint_model_config(cfg, preloaded, checkpoint, str(recipe.base_config))
+        trained = TrainedModel.load(checkpoint, cfg, defaults_source=str(recipe.base_config),
+                                    allow_unsafe=cfg.allow_unsafe_checkpoint)
+        preloaded, cfg = trained.state, trained.config
     distributed.barrier(world)  # every rank has checked the folder before rank 0 writes to it
     created = None if run_dir.exists() or not world.is_main else _topmost_missing(run_dir)
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}

@@ -8,9 +8,10 @@ Biases, BatchNorm, upsampled tensors and the head output stay float.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,82 @@ ACTIVATIONS = ("relu", "tanh", "ternarytanh")
 #: must store for :func:`build_model` to rebuild its network.
 MODEL_KEYS = ("quantization", "activation_i_width", "activation_f_width", "weight_i_width", "weight_f_width",
               "fixed_rounding", "fixed_overflow", "activation", "base_channels", "dropout", "pow2_min_exponent")
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One block of the U-Net (a :class:`DoubleConv`, the model's attribute ``name``).
+
+    ``kind`` is ``enc``, ``bottom`` or ``dec``; the block outputs ``width * base_channels``
+    channels. Its input is the previous block's output, max-pooled 2x2 first when ``pool``; a
+    decoder block (``skip`` set) instead takes ``[upsampled, skip output]``: the previous output
+    upsampled bilinearly x2, concatenated on channels with the output of block ``skip``.
+    ``float_weights``: the block's convolutions keep float weights (the first block).
+    """
+
+    name: str
+    kind: str
+    width: int
+    pool: bool = False
+    skip: str | None = None
+    float_weights: bool = False
+
+
+#: The U-Net's wiring, blocks in forward order: the one description that the model's
+#: construction and forward pass, the ONNX/QONNX exporters and the integer engine all walk
+#: (:func:`walk`). The 3x3 head convolution (``head``, ``base_channels -> 1``, then a sigmoid)
+#: follows the last block.
+TOPOLOGY: tuple[Stage, ...] = (
+    Stage("enc1", "enc", 1, float_weights=True),
+    Stage("enc2", "enc", 2, pool=True),
+    Stage("enc3", "enc", 4, pool=True),
+    Stage("bottom", "bottom", 4, pool=True),
+    Stage("dec3", "dec", 4, skip="enc3"),
+    Stage("dec2", "dec", 2, skip="enc2"),
+    Stage("dec1", "dec", 1, skip="enc1"),
+)
+#: Channels of the model's input image.
+IN_CHANNELS = 1
+#: Number of 2x poolings on the way down: H and W must be multiples of ``2 ** DEPTH``.
+DEPTH = sum(stage.pool for stage in TOPOLOGY)
+_SKIPS = frozenset(stage.skip for stage in TOPOLOGY if stage.skip is not None)
+
+
+def walk(x: T, block: Callable[[Stage, T], T], pool: Callable[[T], T], up_cat: Callable[[T, T], T]) -> T:
+    """Apply the U-Net's wiring (:data:`TOPOLOGY`) to ``x`` and return the last block's output
+    (the head's input).
+
+    For each stage in order: ``pool(x)`` when the stage pools, ``up_cat(x, skip)`` when it is a
+    decoder stage (``skip`` the output its ``skip`` stage returned), then ``x = block(stage, x)``.
+    ``x`` can be anything the three callables agree on: tensors, codes, graph tensor names or
+    channel counts. A skip output is kept only until its decoder stage has used it.
+    """
+    kept: dict[str, T] = {}
+    for stage in TOPOLOGY:
+        if stage.pool:
+            x = pool(x)
+        if stage.skip is not None:
+            x = up_cat(x, kept.pop(stage.skip))
+        x = block(stage, x)
+        if stage.name in _SKIPS:
+            kept[stage.name] = x
+    return x
+
+
+def stage_channels(base_channels: int) -> dict[str, tuple[int, int]]:
+    """``{stage name: (input channels, output channels)}`` at width ``base_channels``, derived
+    from :data:`TOPOLOGY` (e.g. ``dec3``: ``8c -> 4c``, the upsampled ``4c`` plus the ``4c`` skip)."""
+    channels: dict[str, tuple[int, int]] = {}
+
+    def block(stage: Stage, c_in: int) -> int:
+        channels[stage.name] = (c_in, stage.width * base_channels)
+        return stage.width * base_channels
+
+    walk(IN_CHANNELS, block, lambda c: c, lambda c, skip: c + skip)
+    return channels
 
 
 class TernaryTanh(nn.Module):
@@ -66,6 +143,9 @@ class ConvUnit(nn.Sequential):
     """``conv3x3 -> activation -> BatchNorm -> [Dropout2d] -> activation quantizer``.
 
     Dropout sits before the quantizer so the unit's output stays on the quantization grid.
+    The layers are reached by name (:attr:`conv`, :attr:`act`, :attr:`bn`, :attr:`drop`,
+    :attr:`quant`); they stay children ``0`` ... ``4`` of the Sequential, so state-dict keys
+    (``enc1.0.0.weight``, ``enc1.0.2.running_mean``) are those of every checkpoint written.
     """
 
     def __init__(
@@ -93,15 +173,40 @@ class ConvUnit(nn.Sequential):
         """The layers in turn; in evaluation without gradients, ReLU, BatchNorm (Dropout is the
         identity there) and the activation quantizer run fused on the CPU
         (:func:`quantizer.fusion.relu_batchnorm_quantize`), with the same values."""
-        if self.training or torch.is_grad_enabled() or not isinstance(self[1], nn.ReLU) or _hooked(self):
+        if self.training or torch.is_grad_enabled() or not isinstance(self.act, nn.ReLU) or _hooked(self):
             return super().forward(x)
-        y = self[0](x)
-        fused = relu_batchnorm_quantize(y, True, self[2], self[-1].spec)
+        y = self.conv(x)
+        fused = relu_batchnorm_quantize(y, True, self.bn, self.quant.spec)
         if fused is not None:
             return fused
         for layer in list(self)[1:]:
             y = layer(y)
         return y
+
+    @property
+    def conv(self) -> QuantConv2d:
+        """The 3x3 convolution (quantized weights, or float ones in the first block)."""
+        return self[0]
+
+    @property
+    def act(self) -> nn.Module:
+        """The nonlinearity (ReLU, Tanh or :class:`TernaryTanh`)."""
+        return self[1]
+
+    @property
+    def bn(self) -> nn.BatchNorm2d:
+        """The BatchNorm after the nonlinearity."""
+        return self[2]
+
+    @property
+    def drop(self) -> nn.Dropout2d | None:
+        """The Dropout2d before the quantizer, or None when the model has no dropout."""
+        return self[3] if len(self) == 5 else None
+
+    @property
+    def quant(self) -> ActivationQuantizer:
+        """The activation quantizer, the unit's last layer."""
+        return self[len(self) - 1]
 
 
 def _hooked(unit: nn.Module) -> bool:
@@ -113,7 +218,7 @@ def _hooked(unit: nn.Module) -> bool:
 
 
 class DoubleConv(nn.Sequential):
-    """Two :class:`ConvUnit` in a row (one U-Net block)."""
+    """Two :class:`ConvUnit` in a row (one U-Net block); iterate over it for its units."""
 
     def __init__(self, in_channels: int, out_channels: int, **unit_kwargs) -> None:
         super().__init__(
@@ -146,16 +251,11 @@ class UNet(nn.Module):
         super().__init__()
         c = base_channels
         common = dict(activation=activation, dropout=dropout, bn_momentum=bn_momentum)
-        first = dict(weight_quant=FLOAT, act_quant=act_quant, **common)
-        quant = dict(weight_quant=weight_quant, act_quant=act_quant, **common)
-        self.enc1 = DoubleConv(1, c, **first)
-        self.enc2 = DoubleConv(c, 2 * c, **quant)
-        self.enc3 = DoubleConv(2 * c, 4 * c, **quant)
-        self.bottom = DoubleConv(4 * c, 4 * c, **quant)
-        self.dec3 = DoubleConv(8 * c, 4 * c, **quant)
-        self.dec2 = DoubleConv(6 * c, 2 * c, **quant)
-        self.dec1 = DoubleConv(3 * c, c, **quant)
+        for stage, (c_in, c_out) in zip(TOPOLOGY, stage_channels(c).values(), strict=True):
+            specs = dict(weight_quant=FLOAT if stage.float_weights else weight_quant, act_quant=act_quant)
+            self.add_module(stage.name, DoubleConv(c_in, c_out, **specs, **common))
         self.head = nn.Conv2d(c, 1, 3, padding=1)
+        self.base_channels = c
         self.weight_quant = weight_quant
         self.act_quant = act_quant
         if weight_quant.kind != "float":
@@ -164,16 +264,23 @@ class UNet(nn.Module):
                 nn.init.zeros_(conv.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Probabilities (B, 1, H, W) of images ``x`` (B, 1, H, W): :func:`walk` with this
+        model's blocks, 2x2 max pooling and :func:`upsample_cat`, then the head and a sigmoid."""
         if x.shape[-1] % 8 or x.shape[-2] % 8:
             raise ValueError(f"input H and W must be divisible by 8, got {tuple(x.shape[-2:])}")
-        s1 = self.enc1(x)
-        s2 = self.enc2(F.max_pool2d(s1, 2))
-        s3 = self.enc3(F.max_pool2d(s2, 2))
-        y = self.bottom(F.max_pool2d(s3, 2))
-        y = self.dec3(torch.cat([_up(y), s3], dim=1))
-        y = self.dec2(torch.cat([_up(y), s2], dim=1))
-        y = self.dec1(torch.cat([_up(y), s1], dim=1))
+        y = walk(x, lambda stage, a: self.block(stage)(a), lambda a: F.max_pool2d(a, 2), upsample_cat)
         return torch.sigmoid(self.head(y))
+
+    def block(self, stage: Stage) -> DoubleConv:
+        """The block of ``stage``."""
+        return getattr(self, stage.name)
+
+    def units(self) -> Iterator[tuple[str, Stage, ConvUnit]]:
+        """Every :class:`ConvUnit` in forward order as ``(name, stage, unit)``, named
+        ``<block>.<index>`` as in the module tree (``enc1.0`` ... ``dec1.1``)."""
+        for stage in TOPOLOGY:
+            for i, unit in enumerate(self.block(stage)):
+                yield f"{stage.name}.{i}", stage, unit
 
     def quantized_convs(self) -> Iterator[QuantConv2d]:
         """The convolutions whose weights are quantized (all but the first block and head)."""
@@ -195,8 +302,14 @@ class UNet(nn.Module):
         return None
 
 
-def _up(x: Tensor) -> Tensor:
+def upsample(x: Tensor) -> Tensor:
+    """Bilinear x2 upsampling, ``align_corners=False`` (the decoder's)."""
     return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+def upsample_cat(x: Tensor, skip: Tensor) -> Tensor:
+    """A decoder block's input: ``[upsample(x), skip]`` on the channel axis."""
+    return torch.cat([upsample(x), skip], dim=1)
 
 
 def quant_specs(

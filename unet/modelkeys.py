@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .config import COMMON_KEYS, Config, _coerce
+from .config import COMMON_KEYS, Config, coerce_value
 from .errors import ConfigError, DataError
 from .model import MODEL_KEYS
 
@@ -36,7 +36,7 @@ def checkpoint_model_config(cfg: Config, state: dict[str, Any], path: Path, defa
         if key not in stored or key not in cfg:
             continue
         try:
-            saved = _coerce(schema[key], stored[key], Path.cwd()) if key in schema else stored[key]
+            saved = coerce_value(schema[key], stored[key], Path.cwd()) if key in schema else stored[key]
         except ValueError as exc:
             raise DataError(f"checkpoint {path}: its stored config key '{key}' {exc}") from None
         if saved == cfg[key]:

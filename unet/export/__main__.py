@@ -22,17 +22,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from quantizer.modules import DEFAULT_POW2_MIN_EXPONENT
-
-from ..batchnorm import deployment_warning, needs_deployment_warning
-from ..checkpoint import load_checkpoint, load_model_state
-from ..config import Config
 from ..errors import DataError, UserError
 from ..fileio import atomic_write_text, check_writable_dir, remove_stale_temporaries, removed_note
 from ..interrupts import EXIT_INTERRUPTED, terminate_as_interrupt
 from ..lock import folder_lock
-from ..model import MODEL_KEYS
 from ..runtime import tune_allocator
+from ..trained import TrainedModel
 from .packed import read_header, write_packed
 
 FORMATS = {"packed": ".uqp", "qonnx": ".qonnx.onnx", "onnx": ".onnx"}
@@ -68,33 +63,15 @@ def checkpoint_path(source: Path) -> Path:
 
 
 def model_from_checkpoint(path: Path) -> tuple[Any, dict[str, Any], list[str]]:
-    """Load ``path`` (via :func:`unet.checkpoint.load_checkpoint`), build the U-Net its saved
-    config describes with :func:`unet.engine.build_model` and load the weights.
-
-    Returns the model (CPU), the checkpoint state and notes for the user. A checkpoint from
-    before ``pow2_min_exponent`` gets the default bound (a note says so)."""
-    from ..model import build_stored_model
-
-    state = load_checkpoint(path)
-    saved = state.get("config")
-    if not isinstance(saved, dict):
-        raise DataError(f"checkpoint {path} has no saved config; it was not written by this project's trainers")
-    values = dict(saved)
-    notes = []
-    if "pow2_min_exponent" not in values:
-        values["pow2_min_exponent"] = DEFAULT_POW2_MIN_EXPONENT
-        if str(values.get("fixed_rounding")) == "pow2" and str(values.get("quantization", "")).lower() == "fixed":
-            notes.append(f"note: {path} predates pow2_min_exponent; exported with the default "
-                         f"{DEFAULT_POW2_MIN_EXPONENT} (magnitudes below 2^{DEFAULT_POW2_MIN_EXPONENT} become 0)")
-    missing = [key for key in MODEL_KEYS if key not in values]
-    if missing:
-        raise DataError(f"checkpoint {path}: its config lacks {', '.join(missing)}; it is not from this project")
-    values["quantization"] = str(values["quantization"]).lower()
-    model = build_stored_model(Config(values, {}), path)
-    load_model_state(model, state["model"], path)
-    if needs_deployment_warning(state):
-        notes.append(deployment_warning(path, state))
-    return model, state, notes
+    """Load ``path`` with :meth:`unet.trained.TrainedModel.load` (its stored config alone:
+    :func:`unet.trained.stored_config`) and return the model (CPU, eval mode), the checkpoint
+    state and notes for the user. A checkpoint from before ``pow2_min_exponent`` gets the
+    default bound (a note says so)."""
+    trained = TrainedModel.load(path)
+    notes = list(trained.notes)
+    if trained.deployment_warning is not None:
+        notes.append(trained.deployment_warning)
+    return trained.model, trained.state, notes
 
 
 def sidecar(out: Path) -> Path:

@@ -50,7 +50,7 @@ from quantizer.functional import pow2_limit
 
 from ..errors import UserError
 from ..fileio import atomic_path
-from ..model import TernaryTanh, UNet
+from ..model import ConvUnit, Stage, TernaryTanh, UNet, walk
 
 OPSET = 13
 INPUT = "image"
@@ -334,26 +334,21 @@ def _ternary_tanh(g: Graph, x: str, module: TernaryTanh) -> str:
     return g.op("Add", [left, right])
 
 
-def _layer(g: Graph, x: str, layer: nn.Module, weight: WeightRender, act: ActRender) -> str:
-    if isinstance(layer, nn.Conv2d):
-        return _conv(g, x, layer, weight)
+def _activation(g: Graph, x: str, layer: nn.Module) -> str:
     if isinstance(layer, nn.ReLU):
         return g.op("Relu", [x])
     if isinstance(layer, nn.Tanh):
         return g.op("Tanh", [x])
     if isinstance(layer, TernaryTanh):
         return _ternary_tanh(g, x, layer)
-    if isinstance(layer, nn.BatchNorm2d):
-        return _batchnorm(g, x, layer)
-    if isinstance(layer, (nn.Dropout, nn.Dropout2d)):
-        return x  # identity in eval mode
-    if isinstance(layer, ActivationQuantizer):
-        return act(g, x, layer.spec)
-    if isinstance(layer, nn.Sequential):
-        for sub in layer:
-            x = _layer(g, x, sub, weight, act)
-        return x
     raise UserError(f"layer {type(layer).__name__} cannot be exported")
+
+
+def _unit(g: Graph, x: str, unit: ConvUnit, weight: WeightRender, act: ActRender) -> str:
+    """One :class:`~unet.model.ConvUnit` in eval mode: conv, activation, BatchNorm, activation
+    quantizer (its Dropout is the identity in eval mode)."""
+    y = _activation(g, _conv(g, x, unit.conv, weight), unit.act)
+    return act(g, _batchnorm(g, y, unit.bn), unit.quant.spec)
 
 
 def _pool(g: Graph, x: str) -> str:
@@ -374,13 +369,12 @@ def unet_graph(model: UNet, g: Graph, x: str, weight: WeightRender, act: ActRend
     name of the sigmoid output."""
     if not isinstance(model, UNet):
         raise UserError(f"only the project's UNet can be exported, got {type(model).__name__}")
-    s1 = _layer(g, x, model.enc1, weight, act)
-    s2 = _layer(g, _pool(g, s1), model.enc2, weight, act)
-    s3 = _layer(g, _pool(g, s2), model.enc3, weight, act)
-    y = _layer(g, _pool(g, s3), model.bottom, weight, act)
-    y = _layer(g, _up_cat(g, y, s3), model.dec3, weight, act)
-    y = _layer(g, _up_cat(g, y, s2), model.dec2, weight, act)
-    y = _layer(g, _up_cat(g, y, s1), model.dec1, weight, act)
+    def block(stage: Stage, y: str) -> str:
+        for unit in model.block(stage):
+            y = _unit(g, y, unit, weight, act)
+        return y
+
+    y = walk(x, block, lambda y: _pool(g, y), lambda y, skip: _up_cat(g, y, skip))
     return g.op("Sigmoid", [_conv(g, y, model.head, weight)], "sigmoid")
 
 

@@ -33,10 +33,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,73 +42,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from quantizer import QuantConv2d, QuantSpec
+from quantizer import QuantSpec
 
 from ..errors import DataError
 from ..fileio import atomic_path
+from ..memory import StoredTensor, float32_size_bytes, storage_plan
 from ..model import TernaryTanh, UNet
 
 MAGIC = b"UNETQPK\0"
 FORMAT_VERSION = 1
 FORMAT_NAME = "unet-packed"
 _PREAMBLE = struct.Struct("<8sIQ")  # magic, version, header length
-
-
-@dataclass(frozen=True)
-class _Entry:
-    """One stored tensor: where its bytes come from and how they are encoded."""
-
-    name: str
-    shape: tuple[int, ...]
-    encoding: str  # packed, float32, float16
-    nbytes: int
-    spec: QuantSpec | None = None
-    source: torch.Tensor | None = None  # the float weight (packed) or the tensor itself
-
-
-def _float_bytes(numel: int, float16: bool) -> int:
-    return numel * (2 if float16 else 4)
-
-
-def _plan(model: UNet, float16: bool = False) -> list[_Entry]:
-    """The tensors the packed file holds, in order, with their encoded sizes."""
-    packed = {
-        f"{name}.weight": module
-        for name, module in model.named_modules()
-        if isinstance(module, QuantConv2d) and module.weight_quant.kind != "float"
-    }
-    entries: list[_Entry] = []
-    for name, tensor in model.state_dict().items():
-        if name.endswith("num_batches_tracked"):
-            continue
-        shape = tuple(tensor.shape)
-        if name in packed:
-            spec = packed[name].weight_quant
-            entries.append(_Entry(name, shape, "packed", math.ceil(tensor.numel() * spec.storage_bits / 8), spec,
-                                  packed[name].weight))
-            if spec.kind == "ternary":
-                entries.append(_Entry(f"{name}.scale", (shape[0],), "float32", 4 * shape[0]))
-        else:
-            encoding = "float16" if float16 else "float32"
-            entries.append(_Entry(name, shape, encoding, _float_bytes(tensor.numel(), float16), source=tensor))
-    return entries
-
-
-def packed_size_bytes(model: UNet, float16: bool = False) -> int:
-    """Bytes of the tensor payload :func:`write_packed` writes for ``model``: for every
-    quantized weight ``ceil(numel * storage_bits / 8)`` (plus ``4 C`` for ternary scales), for
-    every other tensor ``4 numel`` (``2 numel`` with ``float16``).
-
-    The file is this plus a 20-byte preamble and the JSON header (a few kB that depend on the
-    run's config text, not on the model): the memory the model itself needs, as stored.
-    """
-    return sum(entry.nbytes for entry in _plan(model, float16))
-
-
-def float32_size_bytes(model: UNet) -> int:
-    """Bytes of the same tensors as :func:`packed_size_bytes`, all in float32 (``4 numel``):
-    the reference a packed size is compared with."""
-    return sum(4 * math.prod(entry.shape) for entry in _plan(model) if not entry.name.endswith(".scale"))
 
 
 # --- bit packing -------------------------------------------------------------------------------
@@ -153,12 +95,13 @@ def unpack_codes(data: bytes, numel: int, bits: int) -> torch.Tensor:
 
 def model_description(model: UNet) -> dict[str, Any]:
     """What rebuilds ``model``'s architecture: ``UNet(**description)`` with the specs as dicts."""
-    activation = next(m for m in model.enc1[0] if isinstance(m, (nn.ReLU, nn.Tanh, TernaryTanh)))
+    _, _, first_unit = next(model.units())
+    activation = first_unit.act
     names = {nn.ReLU: "relu", nn.Tanh: "tanh", TernaryTanh: "ternarytanh"}
     dropout = next((m.p for m in model.modules() if isinstance(m, nn.Dropout2d)), 0.0)
     bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
     return {
-        "base_channels": model.enc1[0][0].out_channels,
+        "base_channels": model.base_channels,
         "weight_quant": dataclasses.asdict(model.weight_quant),
         "act_quant": dataclasses.asdict(model.act_quant),
         "activation": names[type(activation)],
@@ -167,7 +110,7 @@ def model_description(model: UNet) -> dict[str, Any]:
     }
 
 
-def _encode(entry: _Entry, float16: bool) -> tuple[bytes, dict[str, Any], bytes | None]:
+def _encode(entry: StoredTensor, float16: bool) -> tuple[bytes, dict[str, Any], bytes | None]:
     """The bytes of ``entry``, its header record and (ternary) the bytes of its scale tensor."""
     record: dict[str, Any] = {"name": entry.name, "shape": list(entry.shape), "encoding": entry.encoding}
     if entry.encoding != "packed":
@@ -192,9 +135,10 @@ def write_packed(model: UNet, path: str | os.PathLike[str], metadata: dict[str, 
     """Write ``model`` to ``path`` in the packed format (atomically) and return its header.
 
     ``metadata`` (JSON-serializable) is merged into the header; it cannot replace the format's
-    own keys. The payload is exactly :func:`packed_size_bytes` bytes.
+    own keys. The payload is exactly :func:`unet.memory.packed_size_bytes` bytes (the tensors
+    and sizes of :func:`unet.memory.storage_plan`).
     """
-    entries = _plan(model, float16)
+    entries = storage_plan(model, float16)
     records: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     offset = 0
@@ -258,7 +202,7 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, Any], int]:
 def read_packed(path: str | os.PathLike[str]) -> UNet:
     """Rebuild the U-Net stored by :func:`write_packed`, on the CPU, in train mode (as
     constructed; call ``.eval()`` for inference), laid out ``channels_last`` as the trainer
-    builds it (:func:`unet.engine.build_model`).
+    builds it (:func:`unet.model.build_model`).
 
     The layout is part of the model's arithmetic: oneDNN's channels_last convolution adds the
     bias once to the finished sum, the contiguous one adds it into the running sum, so the two

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ..model import UNet
-from .engine import BLOCKS, IntegerUNet
+from .engine import IntegerUNet
 from .formats import code_format, values_to_codes
 from .kernels import conv3x3_codes
 
@@ -23,14 +23,12 @@ def reference_codes(model: UNet, x: Tensor) -> dict[str, Tensor]:
     fmt = code_format(model.act_quant)
     out: dict[str, Tensor] = {}
     handles = []
-    for block in BLOCKS:
-        for i in range(2):
-            quant = getattr(model, block)[i][-1]
+    for unit_name, _, unit in model.units():
 
-            def hook(module, inputs, output, name=f"{block}.{i}"):  # noqa: ARG001
-                out[name] = values_to_codes(output, fmt)
+        def hook(module, inputs, output, name=unit_name):  # noqa: ARG001
+            out[name] = values_to_codes(output, fmt)
 
-            handles.append(quant.register_forward_hook(hook))
+        handles.append(unit.quant.register_forward_hook(hook))
     try:
         model(x)
     finally:
@@ -66,10 +64,9 @@ def unit_mismatches(model: UNet, engine: IntegerUNet, x: Tensor) -> dict[str, di
         return {}
     seen: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
     handles = []
+    model_units = {unit_name: unit for unit_name, _, unit in model.units()}
     for name in engine.units:
-        block, i = name.split(".")
-        conv = getattr(model, block)[int(i)][0]
-        quant = getattr(model, block)[int(i)][-1]
+        conv, quant = model_units[name].conv, model_units[name].quant
         parts: dict[str, Tensor] = {}
 
         def pre(module, inputs, parts=parts):  # noqa: ARG001

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from quantizer import ActivationQuantizer, QuantConv2d, QuantSpec
+from quantizer import QuantConv2d, QuantSpec
 
 from ..errors import UserError
-from ..model import UNet
+from ..model import Stage, UNet, upsample_cat, walk
 from .formats import CodeFormat, code_format, codes_to_values, values_to_codes
 from .kernels import (
     KERNELS,
@@ -26,18 +26,8 @@ from .kernels import (
 )
 from .thresholds import ThresholdRequantizer
 
-#: Blocks in forward order; units are named ``<block>.<0|1>`` as in the model's module tree.
-BLOCKS = ("enc1", "enc2", "enc3", "bottom", "dec3", "dec2", "dec1")
 #: Upsampling gains two fractional bits per axis: codes at scale ``s / UP_GAIN``.
 UP_GAIN = 16
-
-
-def _unit_parts(unit: nn.Sequential) -> tuple[QuantConv2d, nn.Module, nn.BatchNorm2d, ActivationQuantizer]:
-    """Conv, activation, BatchNorm and activation quantizer of a ConvUnit (Dropout is the
-    identity in eval mode)."""
-    conv, act, bn = unit[0], unit[1], unit[2]
-    quant = unit[len(unit) - 1]
-    return conv, act, bn, quant
 
 
 def weight_codes(conv: QuantConv2d) -> tuple[Tensor, float]:
@@ -105,28 +95,27 @@ class IntegerUNet:
         self.units: dict[str, IntegerUnit] = {}
         self.ternary: dict[str, tuple[Tensor, Tensor]] = {}
         if self.mode == "ternary":
-            for name in BLOCKS[1:]:
-                for i in range(2):
-                    conv = getattr(model, name)[i][0]
-                    codes, alpha = conv.weight_quant.codes(conv.weight)
-                    self.ternary[f"{name}.{i}"] = (codes.float(), alpha.detach().reshape(1, -1, 1, 1))
+            for unit_name, stage, unit in model.units():
+                if not stage.float_weights:
+                    codes, alpha = unit.conv.weight_quant.codes(unit.conv.weight)
+                    self.ternary[unit_name] = (codes.float(), alpha.detach().reshape(1, -1, 1, 1))
             return
         self.fmt = code_format(aq)
-        for name in BLOCKS[1:]:
-            gain = UP_GAIN if name.startswith("dec") else 1
-            for i in range(2):
-                unit_name = f"{name}.{i}"
-                conv, act, bn, _ = _unit_parts(getattr(model, name)[i])
-                codes, w_scale = weight_codes(conv)
-                in_gain = gain if i == 0 else 1
-                in_max = self.fmt.max_code * in_gain
-                sums = codes.abs().sum(dim=(1, 2, 3))
-                # accumulators beyond 2^62 cannot occur in a batch the int64 kernels accept
-                bound = torch.where(sums.double() * in_max >= 2.0**62, 2**62, sums * in_max)
-                requant = ThresholdRequantizer(
-                    unit_name, conv.bias.detach(), self.fmt.scale / in_gain * w_scale, act, bn, self.fmt, bound
-                )
-                self.units[unit_name] = IntegerUnit(unit_name, codes, requant, in_max, int(sums.max()), w_scale)
+        for unit_name, stage, unit in model.units():
+            if stage.float_weights:
+                continue
+            conv = unit.conv
+            codes, w_scale = weight_codes(conv)
+            # a decoder block's first unit reads upsampled codes (and skips scaled to match)
+            in_gain = UP_GAIN if stage.skip is not None and unit_name.endswith(".0") else 1
+            in_max = self.fmt.max_code * in_gain
+            sums = codes.abs().sum(dim=(1, 2, 3))
+            # accumulators beyond 2^62 cannot occur in a batch the int64 kernels accept
+            bound = torch.where(sums.double() * in_max >= 2.0**62, 2**62, sums * in_max)
+            requant = ThresholdRequantizer(
+                unit_name, conv.bias.detach(), self.fmt.scale / in_gain * w_scale, unit.act, unit.bn, self.fmt, bound
+            )
+            self.units[unit_name] = IntegerUnit(unit_name, codes, requant, in_max, int(sums.max()), w_scale)
 
     @classmethod
     def from_model(cls, model: UNet, kernel: str = "auto") -> IntegerUNet:
@@ -176,49 +165,36 @@ class IntegerUNet:
         if self.mode == "ternary":
             return self._forward_ternary(x)
         m, fmt = self.model, self.fmt
-        # first block: float weights, float arithmetic (the model's own modules), coded output
-        q = x
-        for i in range(2):
-            q = m.enc1[i](q)
-            if record is not None:
-                record[f"enc1.{i}"] = values_to_codes(q, fmt)
-        s1 = values_to_codes(q, fmt)
-        s2 = self._block("enc2", maxpool2_codes(s1), record)
-        s3 = self._block("enc3", maxpool2_codes(s2), record)
-        y = self._block("bottom", maxpool2_codes(s3), record)
-        for name, skip in (("dec3", s3), ("dec2", s2), ("dec1", s1)):
-            y = self._block(name, torch.cat([upsample2_codes(y), skip * UP_GAIN], dim=1), record)
+        y = walk(x, lambda stage, a: self._block(stage, a, record), maxpool2_codes,
+                 lambda a, skip: torch.cat([upsample2_codes(a), skip * UP_GAIN], dim=1))
         # head: float, on the exact values of the last codes
         return torch.sigmoid(m.head(codes_to_values(y, fmt).contiguous(memory_format=_layout(m))))
 
-    def _block(self, name: str, a: Tensor, record: dict[str, Tensor] | None) -> Tensor:
-        for i in range(2):
-            a = self.units[f"{name}.{i}"](a, self.kernel)
+    def _block(self, stage: Stage, a: Tensor, record: dict[str, Tensor] | None) -> Tensor:
+        """Output codes of one block. The first block (float weights) runs in float arithmetic
+        (the model's own modules) on the float image and codes its output."""
+        for i, unit in enumerate(self.model.block(stage)):
+            name = f"{stage.name}.{i}"
+            a = unit(a) if stage.float_weights else self.units[name](a, self.kernel)
             if record is not None:
-                record[f"{name}.{i}"] = a
-        return a
+                record[name] = values_to_codes(a, self.fmt) if stage.float_weights else a
+        return values_to_codes(a, self.fmt) if stage.float_weights else a
 
     def _forward_ternary(self, x: Tensor) -> Tensor:
         m = self.model
         x = x.contiguous(memory_format=_layout(m))
 
-        def block(name: str, a: Tensor) -> Tensor:
-            for i in range(2):
-                conv, act, bn, quant = _unit_parts(getattr(m, name)[i])
-                codes, alpha = self.ternary[f"{name}.{i}"]
+        def block(stage: Stage, a: Tensor) -> Tensor:
+            if stage.float_weights:
+                return m.block(stage)(a)
+            for i, unit in enumerate(m.block(stage)):
+                codes, alpha = self.ternary[f"{stage.name}.{i}"]
                 # multiplier-free: sums of +-activations, then one float scale per channel
-                y = nn.functional.conv2d(a, codes, None, padding=1) * alpha + conv.bias.reshape(1, -1, 1, 1)
-                a = quant(bn(act(y)))
+                y = nn.functional.conv2d(a, codes, None, padding=1) * alpha + unit.conv.bias.reshape(1, -1, 1, 1)
+                a = unit.quant(unit.bn(unit.act(y)))
             return a
 
-        pool = nn.functional.max_pool2d
-        s1 = m.enc1(x)
-        s2 = block("enc2", pool(s1, 2))
-        s3 = block("enc3", pool(s2, 2))
-        y = block("bottom", pool(s3, 2))
-        for name, skip in (("dec3", s3), ("dec2", s2), ("dec1", s1)):
-            up = nn.functional.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False)
-            y = block(name, torch.cat([up, skip], dim=1))
+        y = walk(x, block, lambda a: nn.functional.max_pool2d(a, 2), upsample_cat)
         return torch.sigmoid(m.head(y))
 
 

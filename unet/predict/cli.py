@@ -29,7 +29,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from unet.batchnorm import deployment_warning, needs_deployment_warning
-from unet.checkpoint import load_checkpoint, load_model_state
 from unet.config import Config, read_yaml_section
 from unet.data.transforms import normalize
 from unet.errors import ConfigError, DataError, UserError
@@ -38,6 +37,7 @@ from unet.input_transform import RECORD_VERSION, canonical_dataset_name, input_t
 from unet.lock import folder_lock
 from unet.progress import bar_disable, switch_off
 from unet.runtime import tune_allocator
+from unet.trained import TrainedModel
 
 from . import io
 from .cases import INTENSITY_OPTIONS, Case, Roi, prepare_case
@@ -178,17 +178,20 @@ def checkpoint_record(state: dict[str, Any], cfg: Config, dataset: str, path: Pa
 
 
 def load_predictor(model_path: Path) -> Predictor:
-    """Load the checkpoint through :func:`unet.checkpoint.load_checkpoint` and build its model
-    with :func:`unet.engine.build_model` from the stored config."""
-    from unet.model import build_stored_model
-
+    """Load the checkpoint with :meth:`unet.trained.TrainedModel.load`, its config being the
+    stored one over the dataset's base defaults (:func:`checkpoint_config`), and check its
+    input-transform record (:func:`checkpoint_record`) before the model is built."""
     path = resolve_checkpoint(model_path)
-    state = load_checkpoint(path)
-    cfg, dataset = checkpoint_config(state, path)
-    record, notes = checkpoint_record(state, cfg, dataset, path)
-    model = build_stored_model(cfg, path)  # load_checkpoint has checked that "model" is a dict of tensors
-    load_model_state(model, state["model"], path)
-    return Predictor(path, model, cfg, dataset, record, notes, state)
+    checked: dict[str, Any] = {}
+
+    def config_rule(state: dict[str, Any], path: Path) -> Config:
+        cfg, checked["dataset"] = checkpoint_config(state, path)
+        checked["record"], checked["notes"] = checkpoint_record(state, cfg, checked["dataset"], path)
+        return cfg
+
+    trained = TrainedModel.load(path, config_rule)
+    return Predictor(path, trained.model, trained.config, checked["dataset"], checked["record"], checked["notes"],
+                     trained.state)
 
 
 # --------------------------------------------------------------------------- options

@@ -12,16 +12,18 @@ the sweep got) and writes, into the output folder (default: the first FOLDER):
   (the best model of every experiment on the same validation slices) and
   ``weights_<experiment>.png`` (per-layer float and quantized weight distributions).
 
-Weight memory (:func:`model_memory`): every quantized convolution's weights at their storage
-width (FIXED sign-magnitude ``1 + i + f`` bits, INT ``i + 1``, BNN 1, ternary 2 plus one 32-bit
-scale per output channel); the float first block and head, all biases and BatchNorm at 32 bits.
+Weight memory (:func:`unet.memory.model_memory`, re-exported here): every quantized
+convolution's weights at their storage width (FIXED sign-magnitude ``1 + i + f`` bits, INT
+``i + 1``, BNN 1, ternary 2 plus one 32-bit scale per output channel); the float first block
+and head, all biases and BatchNorm at 32 bits.
 ``MiB = bits / 2^23``; the reduction factor is ``32 * params / bits`` (the same model in float).
 
-The package: :mod:`.runs` reads the run folders, :mod:`.memory` counts the weight memory,
+The package: :mod:`.runs` reads the run folders, :mod:`unet.memory` counts the weight memory,
 :mod:`.tables` writes the Markdown and CSV tables, :mod:`.figures` draws every figure and
 :mod:`.cli` is the command.
 """
 
+from ..memory import PAPER_BASE_CHANNELS, Memory, model_memory
 from .cli import build_parser, main, write_results
 from .figures import (
     overlay_samples,
@@ -31,7 +33,6 @@ from .figures import (
     plot_training_curves,
     write_weight_grids,
 )
-from .memory import PAPER_BASE_CHANNELS, Memory, model_memory
 from .runs import Result, best_row, collect_results, read_metrics_csv, read_result
 from .tables import (
     CSV_FIELDS,

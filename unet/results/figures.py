@@ -347,20 +347,15 @@ def plot_training_curves(path: Path, groups: dict[str, list[Result]]) -> None:
 
 
 def _load_best_model(result: Result):
-    import torch
-
-    from ..checkpoint import load_checkpoint, load_model_state
+    """The run's best.pt (:meth:`unet.trained.TrainedModel.load`, every model key from the
+    checkpoint over the run's config) and the checkpoint state."""
     from ..config import Config
-    from ..model import build_model
-    from ..modelkeys import checkpoint_model_config
+    from ..trained import TrainedModel
 
     assert result.cfg is not None and result.run_dir is not None
-    path = result.run_dir / "best.pt"
-    state = load_checkpoint(path)
-    unset = Config(dict(result.cfg), {})  # every model key from the checkpoint
-    model = build_model(checkpoint_model_config(unset, state, path, ""))
-    load_model_state(model, state["model"], path)
-    return model.to(torch.device("cpu")), state
+    unset = Config(dict(result.cfg), {})  # no key set by a command: every model key from the checkpoint
+    trained = TrainedModel.load(result.run_dir / "best.pt", unset, defaults_source="")
+    return trained.model, trained.state
 
 
 def overlay_samples(result: Result) -> tuple[list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], dict[str, float],

@@ -15,7 +15,7 @@ from ..config import Config, load_config
 from ..errors import ConfigError, DataError, short_repr
 from ..experiments import Experiment, collect, is_finished
 from ..experiments import paper_order_key as _paper_key
-from .memory import PAPER_BASE_CHANNELS, Memory, model_memory
+from ..memory import PAPER_BASE_CHANNELS, Memory, model_memory
 
 
 @dataclass
