@@ -37,8 +37,6 @@ ROOMS = {
     "quantizer": "quantizer",
     "unet.data": "data",
     "unet.prep": "data",
-    "unet.input_transform": "data",
-    "unet.transforms": "data",
     "unet.recipes": "train",
     "unet.recipe": "train",
     "unet.train": "train",

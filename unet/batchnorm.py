@@ -22,12 +22,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .checkpoint import RECALIBRATED, TRAINING_AVERAGES, deployment_warning, needs_deployment_warning
 from .progress import bar_disable
 
-#: The ``batchnorm_statistics`` record of a checkpoint whose statistics are training's moving averages.
-TRAINING_AVERAGES = "training moving averages"
-#: The record's ``method`` when :func:`recalibrate_batchnorm` made the statistics.
-RECALIBRATED = "recalibrated"
 _BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
@@ -207,29 +204,6 @@ def preserved_rng(device: torch.device) -> Iterator[None]:
     finally:
         random.setstate(python_state)
         np.random.set_state(numpy_state)  # noqa: NPY002
-
-
-def needs_deployment_warning(checkpoint: dict[str, Any]) -> bool:
-    """Whether a checkpoint's BatchNorm statistics are training's moving averages while its run
-    validated with batch statistics (``val_bn_mode: train``): the Dice its run logged was not
-    measured with the statistics a deployed model uses."""
-    record = checkpoint.get("batchnorm_statistics")
-    method = record.get("method") if isinstance(record, dict) else None
-    config = checkpoint.get("config")
-    val_mode = config.get("val_bn_mode") if isinstance(config, dict) else None
-    return method != RECALIBRATED and val_mode == "train"
-
-
-def deployment_warning(path: Any, checkpoint: dict[str, Any]) -> str:
-    """The warning for a checkpoint that :func:`needs_deployment_warning` flags, naming both Dice figures."""
-    metrics = checkpoint.get("metrics") if isinstance(checkpoint.get("metrics"), dict) else {}
-    logged = metrics.get("dice")
-    logged_text = f" ({float(logged):.2f})" if isinstance(logged, (int, float)) else ""
-    return (f"warning: {path} holds BatchNorm running statistics that were not recomputed for its weights, and "
-            f"its run validated with batch statistics (val_bn_mode: train): the Dice the run logged{logged_text} "
-            "is not what this model gives with its running statistics (eval mode, what predict, export and the "
-            "integer engine use), which can be far lower. Retrain with bn_recalibration: true, or compare with "
-            "--bn-mode train (the paper's protocol)")
 
 
 __all__ = ["RECALIBRATED", "TRAINING_AVERAGES", "batchnorm_buffers", "batchnorm_layers", "deployment_warning",

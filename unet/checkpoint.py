@@ -274,3 +274,34 @@ def load_model_state(model: nn.Module, state_dict: dict[str, torch.Tensor], path
 def _first(items: list[str], n: int = 4) -> str:
     more = f" and {len(items) - n} more" if len(items) > n else ""
     return ", ".join(items[:n]) + more
+
+
+# --- the BatchNorm statistics a checkpoint deploys -------------------------------------------
+
+#: The ``batchnorm_statistics`` record of a checkpoint whose statistics are training's moving averages.
+TRAINING_AVERAGES = "training moving averages"
+#: The record's ``method`` when :func:`unet.batchnorm.recalibrate_batchnorm` made the statistics.
+RECALIBRATED = "recalibrated"
+
+
+def needs_deployment_warning(checkpoint: dict[str, Any]) -> bool:
+    """Whether a checkpoint's BatchNorm statistics are training's moving averages while its run
+    validated with batch statistics (``val_bn_mode: train``): the Dice its run logged was not
+    measured with the statistics a deployed model uses."""
+    record = checkpoint.get("batchnorm_statistics")
+    method = record.get("method") if isinstance(record, dict) else None
+    config = checkpoint.get("config")
+    val_mode = config.get("val_bn_mode") if isinstance(config, dict) else None
+    return method != RECALIBRATED and val_mode == "train"
+
+
+def deployment_warning(path: Any, checkpoint: dict[str, Any]) -> str:
+    """The warning for a checkpoint that :func:`needs_deployment_warning` flags, naming both Dice figures."""
+    metrics = checkpoint.get("metrics") if isinstance(checkpoint.get("metrics"), dict) else {}
+    logged = metrics.get("dice")
+    logged_text = f" ({float(logged):.2f})" if isinstance(logged, (int, float)) else ""
+    return (f"warning: {path} holds BatchNorm running statistics that were not recomputed for its weights, and "
+            f"its run validated with batch statistics (val_bn_mode: train): the Dice the run logged{logged_text} "
+            "is not what this model gives with its running statistics (eval mode, what predict, export and the "
+            "integer engine use), which can be far lower. Retrain with bn_recalibration: true, or compare with "
+            "--bn-mode train (the paper's protocol)")

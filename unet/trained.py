@@ -20,8 +20,7 @@ from typing import Any
 
 from quantizer.modules import DEFAULT_POW2_MIN_EXPONENT
 
-from .batchnorm import deployment_warning, needs_deployment_warning
-from .checkpoint import load_checkpoint, load_model_state
+from .checkpoint import deployment_warning, load_checkpoint, load_model_state, needs_deployment_warning
 from .config import Config
 from .errors import DataError
 from .input_transform import canonical_dataset_name

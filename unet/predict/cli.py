@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from unet.batchnorm import deployment_warning, needs_deployment_warning
+from unet.checkpoint import deployment_warning, needs_deployment_warning
 from unet.config import Config, read_yaml_section
 from unet.data.transforms import normalize
 from unet.errors import ConfigError, DataError, UserError
