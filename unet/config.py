@@ -361,8 +361,9 @@ def _main() -> None:
     parser = argparse.ArgumentParser(description=_main.__doc__)
     parser.add_argument("--readme-table", action="store_true", required=True)
     parser.parse_args()
-    repo = Path(__file__).resolve().parents[1]
-    bases = {name: repo / f"{name}_BASE" / "config.yaml" for name in ("EM", "GM", "NIH")}
+    from .configs import DATASETS, packaged_config  # equal to <DATASET>_BASE/config.yaml
+
+    bases = {name: packaged_config(name) for name in DATASETS}
     print(markdown_key_table(bases, GM_KEYS))
 
 
