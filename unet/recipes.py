@@ -8,7 +8,9 @@ the ``config.yaml`` beside the trainer file, so a user's edit of ``EM_BASE/confi
 effect, and the sweep, the results and ``new_experiment`` resolve an experiment the same way
 (:func:`recipe_for_trainer`). Code with no trainer at hand (predict's defaults under a
 checkpoint's stored config, the README's config table) reads the packaged copy. A test keeps
-``<DATASET>_BASE/config.yaml`` equal to the packaged one.
+``<DATASET>_BASE/config.yaml`` equal to the packaged one. (A relative path in a base config
+resolves against its own folder, so the packaged copy's ``dataset_path: ../data/em`` means the
+repository's ``data/em`` only when read from ``EM_BASE``: a run always goes through a trainer.)
 """
 
 from __future__ import annotations
