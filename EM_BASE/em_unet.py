@@ -7,23 +7,11 @@ Run from an experiment folder: ``python em_unet.py -f config.yaml -t UNET``. The
 """
 
 import sys
-from pathlib import Path
 
 from unet.interrupts import quiet_interrupts
 
 if __name__ == "__main__":
     quiet_interrupts()  # a Ctrl-C while torch loads: one line, no traceback
+    from unet.cli import train
 
-from unet.cli import main  # noqa: E402
-from unet.recipes import png_pair_recipe  # noqa: E402
-
-RECIPE = png_pair_recipe(
-    name="EM",
-    base_config=Path(__file__).resolve().parent / "config.yaml",
-    prepare_command="python preprocessing/em_prepare.py --synthetic (or --volume train-volume.tif "
-    "--labels train-labels.tif for the ISBI 2012 data)",
-    isbi_metrics=True,
-)
-
-if __name__ == "__main__":
-    sys.exit(main(RECIPE))
+    sys.exit(train("EM", __file__))

@@ -7,21 +7,11 @@ crop, elastic + affine augmentation, per-image standardisation, -soft Dice loss,
 """
 
 import sys
-from pathlib import Path
 
 from unet.interrupts import quiet_interrupts
 
 if __name__ == "__main__":
     quiet_interrupts()  # a Ctrl-C while torch loads: one line, no traceback
+    from unet.cli import train
 
-from unet.cli import main  # noqa: E402
-from unet.recipes import gm_recipe  # noqa: E402
-
-RECIPE = gm_recipe(
-    base_config=Path(__file__).resolve().parent / "config.yaml",
-    prepare_command="python preprocessing/gm_prepare.py --synthetic (or point dataset_path at the SCGM "
-    "training release; check it with python preprocessing/gm_prepare.py --release DIR)",
-)
-
-if __name__ == "__main__":
-    sys.exit(main(RECIPE))
+    sys.exit(train("GM", __file__))

@@ -7,22 +7,11 @@ intensities, -soft Dice loss, cosine LR.
 """
 
 import sys
-from pathlib import Path
 
 from unet.interrupts import quiet_interrupts
 
 if __name__ == "__main__":
     quiet_interrupts()  # a Ctrl-C while torch loads: one line, no traceback
+    from unet.cli import train
 
-from unet.cli import main  # noqa: E402
-from unet.recipes import png_pair_recipe  # noqa: E402
-
-RECIPE = png_pair_recipe(
-    name="NIH",
-    base_config=Path(__file__).resolve().parent / "config.yaml",
-    prepare_command="python preprocessing/nih_prepare.py --synthetic (or --images DIR --labels DIR for "
-    "NIH Pancreas-CT)",
-)
-
-if __name__ == "__main__":
-    sys.exit(main(RECIPE))
+    sys.exit(train("NIH", __file__))

@@ -7,12 +7,16 @@
 
 from .autograd import binary, fixed_point, int_minmax, ternary
 from .modules import FLOAT, ActivationQuantizer, QuantConv2d, QuantSpec
+from .options import Kind, Overflow, Rounding
 
 __all__ = [
     "FLOAT",
     "ActivationQuantizer",
+    "Kind",
+    "Overflow",
     "QuantConv2d",
     "QuantSpec",
+    "Rounding",
     "binary",
     "fixed_point",
     "int_minmax",

@@ -28,9 +28,11 @@ import torch
 from torch import Tensor
 
 from . import native
+from .options import Overflow, Rounding
 
-ROUNDINGS = ("nearest", "pow2")
-OVERFLOWS = ("wrap", "saturate")
+#: The accepted ``rounding`` and ``overflow`` strings (:class:`Rounding`, :class:`Overflow`).
+ROUNDINGS = Rounding.values()
+OVERFLOWS = Overflow.values()
 
 
 def _check_bits(i_bits: int, f_bits: int) -> None:
@@ -268,13 +270,13 @@ def fixed_point_forward(
     bound); nearest rounding ignores ``pow2_min_exponent``. ``inplace=True`` writes the
     result into ``x``.
     """
-    if rounding == "pow2":
+    if rounding == Rounding.POW2:
         return fixed_point_pow2(x, i_bits, f_bits, inplace, pow2_min_exponent)
-    if rounding != "nearest":
+    if rounding != Rounding.NEAREST:
         raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
-    if overflow == "wrap":
+    if overflow == Overflow.WRAP:
         return fixed_point_nearest_wrap(x, i_bits, f_bits, inplace)
-    if overflow == "saturate":
+    if overflow == Overflow.SATURATE:
         return fixed_point_nearest_saturate(x, i_bits, f_bits, inplace)
     raise ValueError(f"overflow must be one of {OVERFLOWS}, got {overflow!r}")
 

@@ -14,8 +14,10 @@ from torch import Tensor, nn
 
 from . import autograd as ste
 from . import functional as F
+from .options import Kind, Rounding
 
-KINDS = ("float", "fixed", "int", "binary", "ternary")
+#: The accepted ``kind`` strings (:class:`quantizer.options.Kind`).
+KINDS = Kind.values()
 
 #: Default smallest exponent of pow2 rounding (``pow2_min_exponent``): magnitudes that round to
 #: ``2^e`` with ``e`` below it are flushed to 0. Chosen by measurement on the EM pow2 quick start
@@ -58,7 +60,7 @@ class QuantSpec:
     @property
     def is_pow2(self) -> bool:
         """FIXED with power-of-two rounding."""
-        return self.kind == "fixed" and self.rounding == "pow2"
+        return self.kind == Kind.FIXED and self.rounding == Rounding.POW2
 
     def __call__(self, x: Tensor, inplace: bool = False) -> Tensor:
         """Quantize ``x`` (differentiable through the straight-through estimator).
@@ -66,14 +68,14 @@ class QuantSpec:
         ``inplace=True`` lets ``fixed``, ``int`` and ``binary`` overwrite ``x`` with the result
         (saving a full-size allocation); ``float`` returns ``x`` and ``ternary`` a new tensor.
         """
-        if self.kind == "fixed":
+        if self.kind == Kind.FIXED:
             return ste.fixed_point(x, self.i_bits, self.f_bits, self.rounding, self.overflow, inplace,
                                    self.pow2_min_exponent)
-        if self.kind == "int":
+        if self.kind == Kind.INT:
             return ste.int_minmax(x, self.i_bits, inplace)
-        if self.kind == "binary":
+        if self.kind == Kind.BINARY:
             return ste.binary(x, inplace)
-        if self.kind == "ternary":
+        if self.kind == Kind.TERNARY:
             return ste.ternary(x)
         return x
 
@@ -86,12 +88,12 @@ class QuantSpec:
         and raises ``ValueError``.
         """
         with torch.no_grad():
-            if self.kind == "fixed":
+            if self.kind == Kind.FIXED:
                 return F.fixed_point_codes(x, self.i_bits, self.f_bits, self.rounding, self.overflow,
                                            self.pow2_min_exponent)
-            if self.kind == "ternary":
+            if self.kind == Kind.TERNARY:
                 return F.ternary_codes(x)
-            if self.kind in ("int", "binary"):
+            if self.kind in (Kind.INT, Kind.BINARY):
                 return self(x).to(torch.int64), 1.0
         raise ValueError("a float tensor has no integer codes")
 

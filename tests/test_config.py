@@ -128,6 +128,30 @@ def test_every_experiment_config_is_valid() -> None:
         assert cfg.experiment_name == folder.name
 
 
+@pytest.mark.parametrize("dataset", ["EM", "GM", "NIH"])
+def test_each_base_config_equals_the_packaged_one(dataset: str) -> None:
+    """``<DATASET>_BASE/config.yaml`` (what a user reads and edits, what the trainer reads) and
+    ``unet/configs/<dataset>.yaml`` (what installed code reads) are the same file."""
+    from unet.configs import packaged_config
+
+    assert (REPO / f"{dataset}_BASE" / "config.yaml").read_bytes() == packaged_config(dataset).read_bytes(), (
+        f"copy {dataset}_BASE/config.yaml to unet/configs/{dataset.lower()}.yaml")
+
+
+def test_a_trainer_is_known_by_its_name_and_reads_the_config_beside_it(tmp_path: Path) -> None:
+    from unet.errors import UserError
+    from unet.recipes import RECIPES, recipe_for_trainer, trainer_dataset
+
+    link = tmp_path / "exp" / "gm_unet.py"
+    link.parent.mkdir()
+    link.symlink_to(REPO / "GM_BASE" / "gm_unet.py")
+    recipe = recipe_for_trainer(link)
+    assert recipe.name == "GM" and recipe.base_config == REPO / "GM_BASE" / "config.yaml"
+    assert recipe.extra_keys == RECIPES["GM"].extra_keys
+    with pytest.raises(UserError, match="not a trainer of a known dataset"):
+        trainer_dataset(tmp_path / "xyz_unet.py")
+
+
 def test_docs_config_table_matches_the_code() -> None:
     """docs/config.md's table is generated from the schema and the base configs; keep it in step."""
     from unet.config import markdown_key_table

@@ -8,7 +8,6 @@ and one-line-error tests run the real command line in a subprocess.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -41,11 +40,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _trainer(dataset: str):
-    path = REPO / f"{dataset.upper()}_BASE" / f"{dataset}_unet.py"
-    spec = importlib.util.spec_from_file_location(f"_predict_test_{dataset}_trainer", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.RECIPE
+    """The recipe ``<DATASET>_BASE/<dataset>_unet.py`` runs."""
+    from unet.recipes import recipe_for_trainer
+
+    return recipe_for_trainer(REPO / f"{dataset.upper()}_BASE" / f"{dataset}_unet.py")
 
 
 def train_cli(dataset: str, folder: Path, *args: str) -> int:

@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 
 from unet.errors import UserError
-from unet.launchers import SlurmOptions, job_command, local_slots, minutes, parse_sbatch, read_slurm_config
+from unet.launchers import (
+    LaunchFailed,
+    SlurmOptions,
+    TrainerExit,
+    job_command,
+    local_slots,
+    minutes,
+    parse_sbatch,
+    read_slurm_config,
+)
 
 from .conftest import REPO, run_command
 from .test_reliability import pair_folder
@@ -92,6 +101,69 @@ def test_sweep_option_mistakes_are_one_line_errors(tmp_path: Path, args: list[st
     lines = [s for s in result.stderr.strip().splitlines() if s.strip()]
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert fragment in lines[0]
+
+
+# --- the sweep's one loop, with a launcher that runs nothing --------------------------------
+
+
+class FakeHandle:
+    def __init__(self, result: TrainerExit | None) -> None:
+        self._result = result
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> TrainerExit:
+        if self._result is None:
+            raise LaunchFailed("job 7: DUE TO TIME LIMIT")
+        return self._result
+
+
+class FakeLauncher:
+    """Writes what a trainer would leave in the run folder, prints nothing like an epoch line."""
+
+    def __init__(self, detached: bool = False, capacity: int | None = 1) -> None:
+        self.capacity, self.detached, self.announces = capacity, detached, True
+        self.started: list[str] = []
+
+    def start(self, label: str, command: list[str], cwd: Path) -> tuple[FakeHandle, str]:
+        self.started.append(label)
+        run_dir = cwd / "runs" / cwd.name
+        if cwd.name == "lost":
+            return FakeHandle(None), "job 7"
+        if cwd.name == "broken":
+            return FakeHandle(TrainerExit(2, ["something"], "error: key 'lr' must be > 0\n")), "job 8"
+        run_dir.mkdir(parents=True)
+        (run_dir / "metrics.csv").write_text("epoch,dice\n1,40.0\n2,61.5\n3,55.0\n")
+        (run_dir / "summary.json").write_text('{"finished": true, "best_dice": 61.5, "best_epoch": 2}\n')
+        return FakeHandle(TrainerExit(0, ["epoch 3/3 dice 99.99 (not what the sweep reports)"], "")), "slot"
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_sweep_reads_the_outcome_from_the_run_folder_whatever_the_launcher(tmp_path: Path) -> None:
+    from unet.sweep import Status, sweep
+
+    for name in ("good", "broken", "lost"):
+        make_experiment(tmp_path / "em", name)
+    launcher = FakeLauncher()
+    outcomes = {o.experiment.name: o for o in sweep([tmp_path / "em"], launcher=launcher)}
+    assert sorted(launcher.started) == ["em/broken", "em/good", "em/lost"]
+    good = outcomes["good"]
+    assert good.status == Status.FINISHED == "finished" and good.best_dice == 61.5 and good.epochs == 3
+    assert outcomes["broken"].status == "failed" and outcomes["broken"].message == "exit 2: error: key 'lr' must be > 0"
+    assert outcomes["lost"].status == "failed" and outcomes["lost"].message == "job 7: DUE TO TIME LIMIT"
+    again = {o.experiment.name: o for o in sweep([tmp_path / "em"], only=["good"], launcher=FakeLauncher())}
+    assert again["good"].status == Status.SKIPPED and again["good"].best_dice == 61.5
+
+
+def test_a_detached_launcher_need_not_be_waited_for(tmp_path: Path) -> None:
+    from unet.sweep import Status, sweep
+
+    make_experiment(tmp_path / "em", "good")
+    (outcome,) = sweep([tmp_path / "em"], launcher=FakeLauncher(detached=True, capacity=None), wait_for_jobs=False)
+    assert outcome.status == Status.SUBMITTED and outcome.message == "slot"
 
 
 # --- real runs (slow) ----------------------------------------------------------------------

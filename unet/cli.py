@@ -85,3 +85,14 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> int:
         if env_world().is_main:
             print("interrupted during start-up, before the first epoch; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def train(dataset: str, trainer_file: str | Path, argv: list[str] | None = None) -> int:
+    """What a trainer script (``EM_BASE/em_unet.py``) runs: :func:`main` with ``dataset``'s recipe
+    over the ``config.yaml`` beside ``trainer_file`` (links followed); the exit status."""
+    from .recipes import RECIPES, recipe_for_trainer
+
+    if dataset not in RECIPES:
+        print(f"error: no recipe for dataset {dataset!r} (known: {', '.join(RECIPES)})", file=sys.stderr)
+        return 2
+    return main(recipe_for_trainer(trainer_file, dataset), argv)

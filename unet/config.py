@@ -12,17 +12,34 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from quantizer.functional import OVERFLOWS, ROUNDINGS
 from quantizer.modules import POW2_MIN_EXPONENT_RANGE
 
 from .errors import ConfigError, short_repr
 
 QUANTIZATIONS = ("normal", "fixed", "int", "bnn", "ternary")
-MODES = ("normal", "retrain", "inference", "visualize", "resume")
+
+
+class Mode(str, Enum):
+    """The trainer's ``operation_mode`` (a ``str``: equal to its value, so YAML and checkpoints keep plain strings)."""
+
+    NORMAL = "normal"
+    RETRAIN = "retrain"
+    INFERENCE = "inference"
+    VISUALIZE = "visualize"
+    RESUME = "resume"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+MODES = tuple(mode.value for mode in Mode)
 PRECISIONS = ("32", "bf16", "16-mixed")
 
 Check = Callable[[Any], str | None]
@@ -103,9 +120,9 @@ COMMON_KEYS: tuple[Key, ...] = (
     Key("empty_dice", "int", "Dice (x100) of a slice where prediction and truth are both empty",
         check=lambda v: None if v in (0, 1) else "must be 0 or 1"),
     Key("fixed_rounding", "choice", "FIXED variant: nearest (grid) or pow2 (powers of two)",
-        choices=("nearest", "pow2")),
+        choices=ROUNDINGS),
     Key("fixed_overflow", "choice", "FIXED nearest overflow: wrap (original) or saturate",
-        choices=("wrap", "saturate")),
+        choices=OVERFLOWS),
     Key("pow2_min_exponent", "int", "FIXED pow2: smallest exponent e of 2^e; magnitudes rounding below "
         "it become 0 (bounds the stored exponent range)", check=_between(*POW2_MIN_EXPONENT_RANGE)),
     Key("dropout", "float", "Dropout2d probability after each BatchNorm (0 = off)", check=_half_open(0, 1)),
@@ -366,8 +383,9 @@ def _main() -> None:
     parser.add_argument("--readme-table", action="store_true", required=True,
                         help="print the Markdown table of every key kept in docs/config.md")
     parser.parse_args()
-    repo = Path(__file__).resolve().parents[1]
-    bases = {name: repo / f"{name}_BASE" / "config.yaml" for name in ("EM", "GM", "NIH")}
+    from .configs import DATASETS, packaged_config  # equal to <DATASET>_BASE/config.yaml
+
+    bases = {name: packaged_config(name) for name in DATASETS}
     print(markdown_key_table(bases, GM_KEYS))
 
 

@@ -1,15 +1,15 @@
 """Experiment discovery shared by the sweep and the results (SPEC §1).
 
 An experiment folder holds a ``config.yaml`` and a ``*_unet.py`` link to its trainer. An
-:class:`Experiment` is resolved by importing the trainer's ``RECIPE`` and loading its config
-(the trainer's base config, then the experiment's, then the ``-o`` overrides); its run folder is
+:class:`Experiment` is resolved by naming its dataset from the trainer link (``em_unet.py`` -> EM,
+:data:`unet.recipes.RECIPES`) and loading its config (the base config beside the trainer file,
+then the experiment's, then the ``-o`` overrides); its run folder is
 ``log_output_dir/experiment_name``. A run folder holding ``summary.json`` is finished; one
 holding ``last.pt`` without it is an interrupted run.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +17,8 @@ from typing import Any
 
 from .config import COMMON_KEYS, Config, load_config, parse_override
 from .errors import ConfigError, UserError
-
-_RECIPES: dict[Path, Any] = {}
+from .recipe import Recipe
+from .recipes import recipe_for_trainer
 
 
 @dataclass
@@ -34,7 +34,7 @@ class Experiment:
     group: str
     cfg: Config | None = None
     config_error: str | None = None
-    recipe: Any = None
+    recipe: Recipe | None = None
 
     @property
     def name(self) -> str:
@@ -83,24 +83,12 @@ def find_experiments(folder: Path) -> list[Experiment]:
     return found
 
 
-def load_recipe(trainer: Path) -> Any:
-    """The ``RECIPE`` of a trainer script, imported from its resolved path (links followed)."""
-    path = Path(trainer).resolve()
-    if path not in _RECIPES:
-        module_name = f"_unet_trainer_{path.stem}_{abs(hash(str(path))):x}"
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        if spec is None or spec.loader is None:
-            raise UserError(f"cannot import trainer {path}")
-        module = importlib.util.module_from_spec(spec)
-        try:
-            spec.loader.exec_module(module)
-        except Exception as exc:  # a broken trainer is that experiment's problem, not the sweep's
-            raise UserError(f"cannot import trainer {path}: {type(exc).__name__}: {exc}") from None
-        recipe = getattr(module, "RECIPE", None)
-        if recipe is None:
-            raise UserError(f"trainer {path} defines no RECIPE")
-        _RECIPES[path] = recipe
-    return _RECIPES[path]
+def load_recipe(trainer: Path) -> Recipe:
+    """The recipe a trainer link runs, identified by the link's name (``em_unet.py`` -> EM) and
+    taken from :data:`unet.recipes.RECIPES`, over the ``config.yaml`` beside the trainer file
+    the link resolves to (the base config the trainer itself reads). Nothing is imported from the
+    trainer script."""
+    return recipe_for_trainer(trainer)
 
 
 def absolute_overrides(overrides: Sequence[str], recipe: Any = None) -> list[str]:

@@ -1,5 +1,10 @@
-"""Where the sweep's experiments run: local slots (a GPU or a share of the CPU threads each) or
-Slurm jobs submitted through ``submitit``.
+"""Where the sweep's experiments run: one small :class:`Launcher` interface and its three
+implementations, so that :func:`unet.sweep.sweep` is one loop whatever runs the trainers.
+
+- :class:`LocalLauncher` with one slot: one trainer after the other, its log lines echoed;
+- :class:`LocalLauncher` with :func:`local_slots`: up to N trainers at once, each pinned to its own
+  GPU (or its share of the CPU threads), their log lines left to each run's train.log;
+- :class:`JobLauncher`: every trainer a Slurm job submitted through ``submitit``.
 
 A Slurm job runs exactly the command a local sweep runs (``python <trainer> -f config.yaml -t
 UNET -o ...`` from the experiment folder; ``torchrun --nproc_per_node=G`` in front when the job
@@ -15,10 +20,12 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -32,6 +39,145 @@ class Slot:
     name: str
     env: dict[str, str] = field(default_factory=dict)
     overrides: tuple[str, ...] = ()
+
+
+@dataclass
+class TrainerExit:
+    """How one trainer process ended: its exit status, its last stdout lines and the end of its stderr."""
+
+    code: int
+    stdout: list[str]
+    stderr: str
+
+
+class LaunchFailed(Exception):
+    """The launcher could not run the trainer to its end (a Slurm job timed out, was cancelled,
+    lost its node); the message is the line to report."""
+
+
+class Handle(Protocol):
+    """One started trainer."""
+
+    def done(self) -> bool:
+        """Whether the trainer has ended."""
+        ...
+
+    def result(self) -> TrainerExit:
+        """How it ended (waits for the end); raises :class:`LaunchFailed` when the launcher failed it."""
+        ...
+
+
+class Launcher(Protocol):
+    """What the sweep's loop needs from whatever runs the trainers.
+
+    ``capacity``: how many trainers may run at once (None: no limit, every one is submitted at
+    once); ``detached``: the trainers outlive the sweep (Slurm jobs): on Ctrl-C the sweep stops
+    waiting instead of waiting for them to save, and it may exit right after submitting;
+    ``announces``: say when each trainer starts and ends (the serial sweep echoes the trainers'
+    own lines instead).
+    """
+
+    capacity: int | None
+    detached: bool
+    announces: bool
+
+    def start(self, label: str, command: Sequence[str], cwd: Path) -> tuple[Handle, str]:
+        """Start ``command`` from ``cwd`` for the experiment ``label``; the handle and where it runs
+        (``GPU 0``, ``job 1234``) for the started line."""
+        ...
+
+    def close(self) -> None:
+        """Release what the launcher holds (threads); the trainers have ended or are detached."""
+        ...
+
+
+def run_trainer(command: Sequence[str], cwd: Path | str, env: dict[str, str] | None = None,
+                on_line: Callable[[str], None] | None = None, keep: int | None = None) -> TrainerExit:
+    """Run one trainer process from ``cwd`` (``env`` added to the environment, unbuffered output);
+    ``on_line`` gets each stdout line as it comes; ``keep``: how many trailing stdout lines to keep
+    (all when None); stderr is kept in a temporary file."""
+    lines: list[str] = []
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as stderr:
+        process = subprocess.Popen(list(command), cwd=cwd, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                   encoding="utf-8", errors="replace", env=env)
+        try:
+            for line in process.stdout or ():
+                line = line.rstrip("\n")
+                lines.append(line)
+                if keep is not None and len(lines) > 2 * keep:
+                    del lines[:-keep]
+                if on_line is not None:
+                    on_line(line)
+        finally:
+            code = process.wait()  # on Ctrl-C the trainer got the same SIGINT: it saves last.pt and stops
+        stderr.seek(0)
+        err = stderr.read()
+    return TrainerExit(code, lines if keep is None else lines[-keep:], err)
+
+
+@dataclass
+class _LocalHandle:
+    future: Future
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def result(self) -> TrainerExit:
+        return self.future.result()
+
+
+class LocalLauncher:
+    """Trainer subprocesses on this machine, one per :class:`Slot` at a time.
+
+    With one slot and ``echo`` the trainers' stdout lines are written above the progress bar as
+    ``[label] line`` and passed to ``on_line(label, line)`` (the bar's epoch display); with several
+    slots each trainer gets its slot's environment and ``-o`` overrides and its lines stay in its
+    train.log.
+    """
+
+    detached = False
+
+    def __init__(self, slots: Sequence[Slot], echo: bool = False,
+                 on_line: Callable[[str, str], None] | None = None) -> None:
+        self.slots = list(slots) or [Slot("here")]
+        self.capacity: int | None = len(self.slots)
+        self.announces = len(self.slots) > 1
+        self.echo = echo
+        self.on_line = on_line
+        self._free = list(self.slots)
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=len(self.slots))
+
+    def start(self, label: str, command: Sequence[str], cwd: Path) -> tuple[Handle, str]:
+        """Run ``command`` in a free slot (the sweep starts no more than ``capacity`` at once)."""
+        with self._lock:
+            slot = self._free.pop(0)
+        return _LocalHandle(self._pool.submit(self._run, slot, label, [*command, *_as_flags(slot.overrides)],
+                                              cwd)), slot.name
+
+    def _run(self, slot: Slot, label: str, command: list[str], cwd: Path) -> TrainerExit:
+        def on_line(line: str) -> None:
+            if self.on_line is not None:
+                self.on_line(label, line)
+            if self.echo:
+                from tqdm.auto import tqdm
+
+                tqdm.write(f"[{label}] {line}", file=sys.stdout)
+
+        try:
+            return run_trainer(command, cwd, slot.env, on_line)
+        finally:
+            with self._lock:
+                self._free.append(slot)
+
+    def close(self) -> None:
+        """Wait for the threads (their trainers have ended)."""
+        self._pool.shutdown(wait=True)
+
+
+def _as_flags(overrides: Sequence[str]) -> list[str]:
+    return [word for text in overrides for word in ("-o", text)]
 
 
 def visible_gpus() -> list[str]:
@@ -149,16 +295,43 @@ def read_slurm_config(path: Path) -> dict[str, Any]:
 
 
 @dataclass
+class _JobHandle:
+    job: Any
+
+    def done(self) -> bool:
+        return self.job.done()
+
+    def result(self) -> TrainerExit:
+        try:
+            result = self.job.result()
+        except Exception as exc:  # noqa: BLE001 - submitit raises the job's failure (timeout, cancel) as an exception
+            lines = [s.strip() for s in str(exc).splitlines() if s.strip()]
+            raise LaunchFailed(f"job {self.job.job_id}: {lines[-1] if lines else type(exc).__name__}") from None
+        return TrainerExit(result["exit"], result["stdout"], result["stderr"])
+
+
+@dataclass
 class JobLauncher:
     """Submits trainer commands as jobs of a submitit ``executor`` (any object with
-    ``submit(fn, *args)``), each with ``gpus_per_job`` GPUs."""
+    ``submit(fn, *args)``), each with ``gpus_per_job`` GPUs; every experiment at once."""
 
     executor: Any
     gpus_per_job: int = 1
+    capacity: int | None = None
+    detached: bool = True
+    announces: bool = True
 
     def submit(self, command: Sequence[str], cwd: Path) -> Any:
         """Submit ``command`` (run from ``cwd``) as one job; the submitit job."""
         return self.executor.submit(run_trainer_job, job_command(command, self.gpus_per_job), str(cwd))
+
+    def start(self, label: str, command: Sequence[str], cwd: Path) -> tuple[Handle, str]:
+        """Submit ``command`` as a job; its handle and ``job <id>``."""
+        job = self.submit(command, cwd)
+        return _JobHandle(job), f"job {job.job_id}"
+
+    def close(self) -> None:
+        """Nothing to release: the jobs run on the cluster."""
 
 
 def make_executor(cluster: str, options: SlurmOptions) -> JobLauncher:
@@ -188,20 +361,11 @@ def job_command(command: Sequence[str], gpus: int) -> list[str]:
 def run_trainer_job(command: Sequence[str], cwd: str) -> dict[str, Any]:
     """Run one trainer in a job (output streamed to the job's log); its exit status, the last 50
     stdout lines and the end of stderr (the sweep picks the error line from them)."""
-    lines: list[str] = []
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as stderr:
-        process = subprocess.Popen(list(command), cwd=cwd, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                                   encoding="utf-8", errors="replace", env=env)
-        for line in process.stdout or ():
-            print(line, end="", flush=True)
-            lines.append(line.rstrip("\n"))
-        code = process.wait()
-        stderr.seek(0)
-        err = stderr.read()
-    sys.stderr.write(err)
-    return {"exit": code, "stdout": lines[-50:], "stderr": err[-20000:]}
+    ended = run_trainer(command, cwd, on_line=lambda line: print(line, flush=True), keep=50)
+    sys.stderr.write(ended.stderr)
+    return {"exit": ended.code, "stdout": ended.stdout, "stderr": ended.stderr[-20000:]}
 
 
-__all__ = ["SLURM_KEYS", "JobLauncher", "Slot", "SlurmOptions", "job_command", "local_slots", "make_executor",
-           "minutes", "parse_sbatch", "read_slurm_config", "run_trainer_job", "visible_gpus"]
+__all__ = ["SLURM_KEYS", "Handle", "JobLauncher", "LaunchFailed", "Launcher", "LocalLauncher", "Slot", "SlurmOptions",
+           "TrainerExit", "job_command", "local_slots", "make_executor", "minutes", "parse_sbatch",
+           "read_slurm_config", "run_trainer", "run_trainer_job", "visible_gpus"]

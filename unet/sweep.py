@@ -10,29 +10,31 @@ base config, then the experiment's, then the ``-o`` overrides). A run folder hol
 ``summary.json`` is finished and skipped unless ``--force`` (then the old folder is renamed to
 ``<name>.old-<timestamp>`` first); one holding an interrupted run is resumed
 (``-o operation_mode=resume``). A failed experiment is reported with its last error line and
-the sweep goes on; the exit status is 1 when any failed.
+the sweep goes on; the exit status is 1 when any failed. What a finished run reached (best Dice,
+epochs) is read from its run folder (``summary.json``, ``metrics.csv``), not from the trainer's output.
 
-``--jobs N`` runs up to N experiments at once, each pinned to its own GPU (or its share of the
+One loop runs them whatever the launcher (:class:`unet.launchers.Launcher`): by default one after
+the other here; ``--jobs N`` runs up to N at once, each pinned to its own GPU (or its share of the
 CPU threads); ``--launcher slurm`` submits each one as its own Slurm job (:mod:`unet.launchers`).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import os
 import re
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any
 
 from tqdm.auto import tqdm
 
+from .config import Mode
 from .errors import UserError
 from .experiments import (
     Experiment,
@@ -42,7 +44,8 @@ from .experiments import (
     is_finished,
     paper_order_key,
 )
-from .progress import bar_disable, switch_off
+from .launchers import Handle, Launcher, LaunchFailed, LocalLauncher, Slot, local_slots
+from .progress import bar_disable, progress_off, switch_off
 
 #: How a sweep names the old run folder it moves aside with ``--force``.
 OLD_SUFFIX = ".old-"
@@ -50,19 +53,66 @@ OLD_SUFFIX = ".old-"
 EXIT_FAILED = 1
 #: Exit status of a sweep stopped by Ctrl-C (128 + SIGINT).
 EXIT_INTERRUPTED = 130
+#: A trainer's epoch line, read only for the serial sweep's progress bar (the outcome comes from the run folder).
 _EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) .*?dice ([\d.]+|nan)")
+
+
+class Status(str, Enum):
+    """What happened to one experiment in a sweep (a ``str``: compares equal to its value)."""
+
+    FINISHED = "finished"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    SUBMITTED = "submitted"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass
 class Outcome:
-    """What happened to one experiment in a sweep."""
+    """What happened to one experiment in a sweep; ``best_dice`` and ``epochs`` are read from its
+    run folder (``summary.json``, ``metrics.csv``)."""
 
     experiment: Experiment
-    status: str  # finished, skipped, failed, interrupted
+    status: Status
     seconds: float = 0.0
     message: str = ""
     best_dice: float | None = None
     notes: list[str] = field(default_factory=list)
+    epochs: int | None = None
+
+
+# --- the run folder ------------------------------------------------------------------------
+
+
+def _best_dice(run_dir: Path | None) -> float | None:
+    """``best_dice`` of the run folder's ``summary.json`` (None without a finished run)."""
+    if run_dir is None or not (run_dir / "summary.json").is_file():
+        return None
+    try:
+        return float(json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))["best_dice"])
+    except (ValueError, KeyError, TypeError, OSError):
+        return None
+
+
+def _epochs(run_dir: Path | None) -> int | None:
+    """The last epoch the run folder's ``metrics.csv`` records (None without one)."""
+    if run_dir is None or not (run_dir / "metrics.csv").is_file():
+        return None
+    try:
+        with open(run_dir / "metrics.csv", newline="", encoding="utf-8") as handle:
+            epochs = [int(row["epoch"]) for row in csv.DictReader(handle) if (row.get("epoch") or "").isdigit()]
+    except (OSError, KeyError, ValueError, csv.Error):
+        return None
+    return max(epochs) if epochs else None
+
+
+def from_run_folder(experiment: Experiment, status: Status, seconds: float = 0.0, message: str = "") -> Outcome:
+    """An outcome with what the experiment's run folder says: best Dice and epochs run."""
+    return Outcome(experiment, status, seconds, message, _best_dice(experiment.run_dir),
+                   epochs=_epochs(experiment.run_dir))
 
 
 # --- running -------------------------------------------------------------------------------
@@ -102,52 +152,34 @@ def last_error_line(stdout_lines: Sequence[str], stderr_text: str) -> str:
     return stdout_lines[-1] if stdout_lines else "(no output)"
 
 
-def run_experiment(experiment: Experiment, overrides: Sequence[str], bar: tqdm, quiet: bool = False,
-                   env: dict[str, str] | None = None) -> Outcome:
-    """Run one trainer subprocess (with ``env`` added to the environment); stream its log lines
-    above ``bar`` and return the outcome."""
-    command = trainer_command(experiment, overrides)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    started = time.perf_counter()
-    lines: list[str] = []
-    with tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace") as stderr:
-        process = subprocess.Popen(command, cwd=experiment.folder, stdout=subprocess.PIPE, stderr=stderr,
-                                   text=True, encoding="utf-8", errors="replace", env=env)
-        try:
-            assert process.stdout is not None
-            for line in process.stdout:
-                line = line.rstrip("\n")
-                lines.append(line)
-                match = _EPOCH_LINE.match(line)
-                if match and env is None:  # concurrent runs: the bar lists the running experiments
-                    bar.set_postfix_str(f"{experiment.label} epoch {match[1]}/{match[2]} dice {match[3]}")
-                if not quiet:
-                    tqdm.write(f"[{experiment.label}] {line}", file=sys.stdout)
-            code = process.wait()
-        except KeyboardInterrupt:
-            # The trainer got the same SIGINT: let it save last.pt and stop.
-            code = process.wait()
-            stderr.seek(0)
-            return Outcome(experiment, "interrupted", time.perf_counter() - started,
-                           f"interrupted (exit {code}); run the sweep again to resume it")
-        stderr.seek(0)
-        err = stderr.read()
-    seconds = time.perf_counter() - started
-    if code == 0:
-        return Outcome(experiment, "finished", seconds, "", _best_dice(experiment.run_dir))
-    status = "interrupted" if code == EXIT_INTERRUPTED else "failed"
-    return Outcome(experiment, status, seconds, f"exit {code}: {last_error_line(lines, err)}")
-
-
-def _best_dice(run_dir: Path | None) -> float | None:
-    import json
-
-    if run_dir is None or not (run_dir / "summary.json").is_file():
-        return None
+def ended(experiment: Experiment, handle: Handle, seconds: float) -> Outcome:
+    """The outcome of a trainer that ended: its exit status says finished, interrupted or failed
+    (with its error line); a finished one's figures come from its run folder."""
     try:
-        return float(json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))["best_dice"])
-    except (ValueError, KeyError, OSError):
-        return None
+        result = handle.result()
+    except LaunchFailed as exc:
+        return Outcome(experiment, Status.FAILED, seconds, str(exc))
+    if result.code == 0:
+        return from_run_folder(experiment, Status.FINISHED, seconds)
+    status = Status.INTERRUPTED if result.code == EXIT_INTERRUPTED else Status.FAILED
+    return Outcome(experiment, status, seconds, f"exit {result.code}: {last_error_line(result.stdout, result.stderr)}",
+                   epochs=_epochs(experiment.run_dir))
+
+
+def make_launcher(jobs: int = 1, quiet: bool = False, bar: tqdm | None = None) -> LocalLauncher:
+    """The local launcher of ``--jobs``: one slot echoing the trainers' lines (unless ``quiet``)
+    with their epoch on ``bar``, or up to ``jobs`` slots (:func:`unet.launchers.local_slots`)."""
+    if jobs <= 1:
+        def on_line(label: str, line: str) -> None:
+            match = _EPOCH_LINE.match(line)
+            if match and bar is not None:
+                bar.set_postfix_str(f"{label} epoch {match[1]}/{match[2]} dice {match[3]}")
+
+        return LocalLauncher([Slot("here")], echo=not quiet, on_line=on_line)
+    slots = local_slots(jobs)
+    if len(slots) < jobs:
+        print(f"sweep: --jobs {jobs} but {len(slots)} GPU(s): running {len(slots)} at once, one per GPU", flush=True)
+    return LocalLauncher(slots)
 
 
 def sweep(
@@ -157,43 +189,100 @@ def sweep(
     only: Sequence[str] = (),
     quiet: bool = False,
     jobs: int = 1,
-    launcher: Any = None,
+    launcher: Launcher | None = None,
     wait_for_jobs: bool = True,
 ) -> list[Outcome]:
     """Run the experiments under ``folders`` in the paper's order (see :func:`paper_order_key`).
 
     Finished runs are skipped unless ``force`` (the old run folder is moved aside); interrupted
     runs are resumed; failures are recorded and the sweep continues. Ctrl-C stops the sweep
-    after the running trainers have saved their state. ``jobs`` > 1 runs that many at once
-    (:func:`unet.launchers.local_slots`); ``launcher`` (a :class:`unet.launchers.JobLauncher`, see
-    :func:`unet.launchers.make_executor`) submits each experiment as its own job instead,
-    waiting for them unless ``wait_for_jobs`` is false.
+    after the running trainers have saved their state. ``launcher`` runs the trainers
+    (:class:`unet.launchers.Launcher`; default: :func:`make_launcher` of ``jobs`` and ``quiet``);
+    a detached one (Slurm jobs) is not waited for when ``wait_for_jobs`` is false.
     """
     experiments = _group_then_paper_order(collect(folders, overrides, only))
     print(f"sweep: {len(experiments)} experiment(s) in the paper's order: "
           f"{', '.join(e.label for e in experiments)}" + (f"; overrides: {' '.join(overrides)}" if overrides else ""),
           flush=True)
-    if launcher is not None:
-        return _sweep_jobs(experiments, overrides, force, launcher, wait_for_jobs)
-    if jobs > 1:
-        return _sweep_concurrent(experiments, overrides, force, jobs)
+    serial = launcher is None and jobs <= 1
+    bar = tqdm(total=len(experiments), desc="sweep", unit="experiment", file=sys.stderr, dynamic_ncols=True,
+               disable=bar_disable() if serial else progress_off())
+    launcher = launcher or make_launcher(jobs, quiet, bar)
+    try:
+        outcomes = _run_all(experiments, overrides, force, launcher, bar, wait_for_jobs)
+    finally:
+        bar.close()
+        launcher.close()
+    order = {e.label: i for i, e in enumerate(experiments)}
+    return sorted(outcomes, key=lambda o: order[o.experiment.label])
+
+
+def _run_all(experiments: list[Experiment], overrides: Sequence[str], force: bool, launcher: Launcher, bar: tqdm,
+             wait_for_jobs: bool) -> list[Outcome]:
+    """The sweep's one loop: start experiments while ``launcher`` has room, collect the ones that ended."""
+    pending = list(experiments)
+    running: dict[str, tuple[Experiment, Handle, str, list[str], float]] = {}
     outcomes: list[Outcome] = []
-    bar = tqdm(experiments, desc="sweep", unit="experiment", file=sys.stderr, dynamic_ncols=True,
-               disable=bar_disable())
-    for experiment in bar:
-        bar.set_postfix_str(experiment.label)
-        ready = prepare(experiment, overrides, force)
-        if isinstance(ready, Outcome):
-            outcomes.append(ready)
-            continue
-        extra, notes = ready
-        outcome = run_experiment(experiment, extra, bar, quiet)
-        _record(outcome, notes, outcomes)
-        if outcome.status == "interrupted":
-            bar.close()
-            break
-    bar.close()
+    stopping = False
+    try:
+        while running or (pending and not stopping):
+            while pending and not stopping and (launcher.capacity is None or len(running) < launcher.capacity):
+                experiment = pending.pop(0)
+                ready = prepare(experiment, overrides, force)
+                if isinstance(ready, Outcome):
+                    outcomes.append(ready)
+                    bar.update(1)
+                    continue
+                extra, notes = ready
+                handle, where = launcher.start(experiment.label, trainer_command(experiment, extra), experiment.folder)
+                if launcher.announces:
+                    verb = "submitted as" if launcher.detached else "started"
+                    tqdm.write(f"[{experiment.label}] {verb} {where}" if launcher.detached
+                               else f"[{experiment.label}] {verb} ({where})", file=sys.stdout)
+                running[experiment.label] = (experiment, handle, where, notes, time.perf_counter())
+                bar.set_postfix_str(", ".join(running))
+            if launcher.detached and not wait_for_jobs:
+                for experiment, _, where, notes, _ in running.values():
+                    outcomes.append(Outcome(experiment, Status.SUBMITTED, message=where, notes=notes))
+                return outcomes
+            finished = [label for label, (_, handle, *_rest) in running.items() if handle.done()]
+            if not finished:
+                time.sleep(0.2)
+            for label in finished:
+                experiment, handle, _, notes, started = running.pop(label)
+                outcome = ended(experiment, handle, time.perf_counter() - started)
+                _record(outcome, notes, outcomes)
+                if launcher.announces and outcome.status != Status.FAILED:
+                    tqdm.write(_finished_line(outcome), file=sys.stdout)
+                stopping = stopping or outcome.status == Status.INTERRUPTED
+                bar.update(1)
+                if running:
+                    bar.set_postfix_str(", ".join(running))
+    except KeyboardInterrupt:
+        bar.close()
+        if launcher.detached:
+            ids = " ".join(where.removeprefix("job ") for _, _, where, _, _ in running.values())
+            print(f"sweep: stopped waiting; the jobs keep running (cancel them with: scancel {ids}); run the sweep "
+                  "again to collect them", file=sys.stderr)
+            for experiment, _, where, notes, _ in running.values():
+                outcomes.append(Outcome(experiment, Status.INTERRUPTED, message=f"{where} still running", notes=notes))
+            return outcomes
+        # The trainers got the same SIGINT: let them save last.pt and stop.
+        for experiment, handle, _, notes, started in running.values():
+            code = _exit_code(handle)
+            outcome = Outcome(experiment, Status.INTERRUPTED, time.perf_counter() - started,
+                              f"interrupted (exit {code}); run the sweep again to resume it",
+                              epochs=_epochs(experiment.run_dir))
+            _record(outcome, notes, outcomes)
     return outcomes
+
+
+def _exit_code(handle: Handle) -> int | str:
+    """The exit status of a trainer stopped by Ctrl-C, waiting for it to save and end."""
+    try:
+        return handle.result().code
+    except LaunchFailed:
+        return "?"
 
 
 def prepare(experiment: Experiment, overrides: Sequence[str], force: bool) -> Outcome | tuple[list[str], list[str]]:
@@ -204,8 +293,7 @@ def prepare(experiment: Experiment, overrides: Sequence[str], force: bool) -> Ou
     extra: list[str] = []
     notes: list[str] = []
     if is_finished(run_dir) and not force:
-        outcome = Outcome(experiment, "skipped", message=f"finished run in {run_dir} (--force to re-run)",
-                          best_dice=_best_dice(run_dir))
+        outcome = from_run_folder(experiment, Status.SKIPPED, message=f"finished run in {run_dir} (--force to re-run)")
         tqdm.write(f"[{experiment.label}] skipped: {outcome.message}", file=sys.stdout)
         return outcome
     if run_dir is not None and run_dir.exists() and force and any(run_dir.iterdir()):
@@ -213,7 +301,7 @@ def prepare(experiment: Experiment, overrides: Sequence[str], force: bool) -> Ou
         notes.append(f"moved the old run folder aside to {moved}")
         tqdm.write(f"[{experiment.label}] --force: moved {run_dir} aside to {moved.name}", file=sys.stdout)
     elif holds_partial_run(run_dir):
-        extra = ["operation_mode=resume"]
+        extra = [f"operation_mode={Mode.RESUME.value}"]
         notes.append("resumed an interrupted run")
         tqdm.write(f"[{experiment.label}] resuming the interrupted run in {run_dir}", file=sys.stdout)
     return [*absolute_overrides(overrides, experiment.recipe), *extra], notes
@@ -222,130 +310,16 @@ def prepare(experiment: Experiment, overrides: Sequence[str], force: bool) -> Ou
 def _record(outcome: Outcome, notes: list[str], outcomes: list[Outcome]) -> None:
     """Attach ``notes``, say what a resumed run's failure means, report a failure, append."""
     outcome.notes = notes
-    if "resumed an interrupted run" in notes and outcome.status == "failed":
+    if "resumed an interrupted run" in notes and outcome.status == Status.FAILED:
         outcome.message += " (pass --force to start it again instead of resuming)"
     outcomes.append(outcome)
-    if outcome.status == "failed":
+    if outcome.status == Status.FAILED:
         tqdm.write(f"[{outcome.experiment.label}] FAILED ({outcome.message}); going on", file=sys.stdout)
 
 
 def _finished_line(outcome: Outcome) -> str:
     dice = f", best Dice {outcome.best_dice:.2f}" if outcome.best_dice is not None else ""
     return f"[{outcome.experiment.label}] {outcome.status} in {_duration(outcome.seconds)}{dice}"
-
-
-def _sweep_concurrent(experiments: list[Experiment], overrides: Sequence[str], force: bool,
-                      jobs: int) -> list[Outcome]:
-    """Up to ``jobs`` trainers at once, each in its own slot (a GPU, or a share of the CPU
-    threads); one overall bar listing the running experiments and one line per finished one
-    (their own log lines go to each run's train.log)."""
-    from .launchers import local_slots
-
-    slots = local_slots(jobs)
-    if len(slots) < jobs:
-        print(f"sweep: --jobs {jobs} but {len(slots)} GPU(s): running {len(slots)} at once, one per GPU", flush=True)
-    free = list(slots)
-    pending = list(experiments)
-    running: dict[Any, tuple[Experiment, Any, list[str]]] = {}
-    outcomes: list[Outcome] = []
-    stopping = False
-    bar = tqdm(total=len(experiments), desc="sweep", unit="experiment", file=sys.stderr, dynamic_ncols=True)
-    with ThreadPoolExecutor(max_workers=len(slots)) as pool:
-        try:
-            while running or (pending and not stopping):
-                while pending and free and not stopping:
-                    experiment = pending.pop(0)
-                    ready = prepare(experiment, overrides, force)
-                    if isinstance(ready, Outcome):
-                        outcomes.append(ready)
-                        bar.update(1)
-                        continue
-                    slot = free.pop(0)
-                    extra, notes = ready
-                    tqdm.write(f"[{experiment.label}] started ({slot.name})", file=sys.stdout)
-                    future = pool.submit(run_experiment, experiment, [*extra, *slot.overrides], bar, True, slot.env)
-                    running[future] = (experiment, slot, notes)
-                bar.set_postfix_str(", ".join(e.label for e, _, _ in running.values()))
-                if not running:
-                    break
-                done, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
-                for future in done:
-                    _, slot, notes = running.pop(future)
-                    free.append(slot)
-                    outcome = future.result()
-                    _record(outcome, notes, outcomes)
-                    if outcome.status != "failed":
-                        tqdm.write(_finished_line(outcome), file=sys.stdout)
-                    stopping = stopping or outcome.status == "interrupted"
-                    bar.update(1)
-        except KeyboardInterrupt:
-            # The trainers got the same SIGINT: let them save last.pt and stop.
-            for future, (_, _, notes) in running.items():
-                _record(future.result(), notes, outcomes)
-    bar.close()
-    order = {e.label: i for i, e in enumerate(experiments)}
-    return sorted(outcomes, key=lambda o: order[o.experiment.label])
-
-
-def _sweep_jobs(experiments: list[Experiment], overrides: Sequence[str], force: bool, launcher: Any,
-                wait_for_jobs: bool) -> list[Outcome]:
-    """Submit each experiment as its own job through ``launcher`` (:class:`unet.launchers.JobLauncher`); wait for them
-    (one bar, one line per finished job) unless ``wait_for_jobs`` is false."""
-    outcomes: list[Outcome] = []
-    submitted: list[tuple[Experiment, Any, list[str], float]] = []
-    for experiment in experiments:
-        ready = prepare(experiment, overrides, force)
-        if isinstance(ready, Outcome):
-            outcomes.append(ready)
-            continue
-        extra, notes = ready
-        job = launcher.submit(trainer_command(experiment, extra), experiment.folder)
-        tqdm.write(f"[{experiment.label}] submitted as job {job.job_id}", file=sys.stdout)
-        submitted.append((experiment, job, notes, time.perf_counter()))
-    if not wait_for_jobs:
-        for experiment, job, notes, _ in submitted:
-            outcomes.append(Outcome(experiment, "submitted", message=f"job {job.job_id}", notes=notes))
-        return outcomes
-    bar = tqdm(total=len(submitted), desc="jobs", unit="job", file=sys.stderr, dynamic_ncols=True)
-    waiting = list(submitted)
-    try:
-        while waiting:
-            for item in [w for w in waiting if w[1].done()]:
-                waiting.remove(item)
-                experiment, job, notes, started = item
-                outcome = _job_outcome(experiment, job, time.perf_counter() - started)
-                _record(outcome, notes, outcomes)
-                if outcome.status != "failed":
-                    tqdm.write(_finished_line(outcome), file=sys.stdout)
-                bar.update(1)
-            if waiting:
-                time.sleep(0.5)
-    except KeyboardInterrupt:
-        bar.close()
-        ids = " ".join(str(w[1].job_id) for w in waiting)
-        print(f"sweep: stopped waiting; the jobs keep running (cancel them with: scancel {ids}); run the sweep "
-              "again to collect them", file=sys.stderr)
-        for experiment, job, notes, _ in waiting:
-            outcomes.append(Outcome(experiment, "interrupted", message=f"job {job.job_id} still running",
-                                    notes=notes))
-    bar.close()
-    order = {e.label: i for i, e in enumerate(experiments)}
-    return sorted(outcomes, key=lambda o: order[o.experiment.label])
-
-
-def _job_outcome(experiment: Experiment, job: Any, seconds: float) -> Outcome:
-    """The outcome of a finished job: the trainer's exit status and error line, or the last line
-    of the job's own failure (timeout, cancelled, node failure)."""
-    try:
-        result = job.result()
-    except Exception as exc:  # noqa: BLE001 - submitit raises the job's failure as an exception
-        lines = [s.strip() for s in str(exc).splitlines() if s.strip()]
-        return Outcome(experiment, "failed", seconds, f"job {job.job_id}: {lines[-1] if lines else type(exc).__name__}")
-    code = result["exit"]
-    if code == 0:
-        return Outcome(experiment, "finished", seconds, "", _best_dice(experiment.run_dir))
-    status = "interrupted" if code == EXIT_INTERRUPTED else "failed"
-    return Outcome(experiment, status, seconds, f"exit {code}: {last_error_line(result['stdout'], result['stderr'])}")
 
 
 def _group_then_paper_order(experiments: list[Experiment]) -> list[Experiment]:
@@ -362,8 +336,8 @@ def format_summary(outcomes: Sequence[Outcome]) -> str:
     rows = [("experiment", "status", "time", "best Dice", "run folder / message")]
     for o in outcomes:
         dice = f"{o.best_dice:.2f}" if o.best_dice is not None else "-"
-        where = o.message if o.status in ("failed", "interrupted") else str(o.experiment.run_dir)
-        if o.status == "submitted":
+        where = o.message if o.status in (Status.FAILED, Status.INTERRUPTED) else str(o.experiment.run_dir)
+        if o.status == Status.SUBMITTED:
             where += f" ({o.message})"
         if o.notes:
             where += f" ({'; '.join(o.notes)})"
@@ -432,8 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _launcher(args: argparse.Namespace) -> Any:
-    """The submitit executor ``args`` ask for (None for the local launcher)."""
+def _launcher(args: argparse.Namespace) -> Launcher | None:
+    """The Slurm (submitit) launcher ``args`` ask for (None for the local launcher of ``--jobs``)."""
     from .launchers import SlurmOptions, make_executor, parse_sbatch, read_slurm_config
 
     slurm_flags = (args.partition, args.time, args.gpus_per_job, args.cpus_per_job, args.mem_gb, args.slurm_config)
@@ -480,8 +454,8 @@ def main(argv: list[str] | None = None) -> int:
         print("sweep interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     print("\n" + format_summary(outcomes))
-    failed = [o for o in outcomes if o.status == "failed"]
-    interrupted = any(o.status == "interrupted" for o in outcomes)
+    failed = [o for o in outcomes if o.status == Status.FAILED]
+    interrupted = any(o.status == Status.INTERRUPTED for o in outcomes)
     if failed:
         print(f"{len(failed)} of {len(outcomes)} experiment(s) failed: {', '.join(o.experiment.label for o in failed)}")
     if args.results and not interrupted:

@@ -21,7 +21,6 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
-from scipy import ndimage
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
@@ -30,6 +29,7 @@ from unet.data.transforms import center_crop_or_pad, normalize
 from unet.errors import DataError, MissingDataError
 from unet.nifti_check import check_nifti
 from unet.progress import bar_disable
+from unet.transforms import resample_inplane, resampled_shape  # the GM input transform's (re-exported)
 
 __all__ = [
     "GMDataset",
@@ -192,44 +192,6 @@ def load_volume(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
     if zooms[0] <= 0 or zooms[1] <= 0:
         raise DataError(f"{path}: invalid voxel size {zooms[:2]} mm in the header")
     return data, zooms
-
-
-def resampled_shape(
-    shape: tuple[int, int], zooms: tuple[float, float], resolution_mm: float
-) -> tuple[int, int]:
-    """In-plane shape after resampling: ``max(1, round(n * zoom / resolution_mm))`` per axis.
-
-    ``round`` is Python's (half to even); with float32 header zooms the product is rarely
-    exactly a half.
-    """
-    m0, m1 = (max(1, int(round(n * z / resolution_mm))) for n, z in zip(shape, zooms, strict=True))
-    return m0, m1
-
-
-def resample_inplane(
-    volume: np.ndarray, zooms: tuple[float, float], resolution_mm: float, order: int = 1
-) -> np.ndarray:
-    """Resample axes 0 and 1 of a ``(X, Y, Z)`` volume to ``resolution_mm`` (axis 2 untouched).
-
-    Output size per axis ``m = round(n * zoom / resolution_mm)`` (:func:`resampled_shape`).
-    The output grid spans the same field of view as the input, pixel edges aligned: output
-    pixel ``j`` samples the input at ``(j + 0.5) * n / m - 0.5`` (voxel-centre coordinates),
-    spline ``order`` (1 = bilinear), edge values repeated just outside the input.
-    Returns float32.
-    """
-    (n0, n1), (m0, m1) = volume.shape[:2], resampled_shape(volume.shape[:2], zooms, resolution_mm)
-    if (n0, n1) == (m0, m1):
-        return volume.astype(np.float32, copy=False)
-    step = np.array([n0 / m0, n1 / m1, 1.0])
-    offset = np.array([0.5 * step[0] - 0.5, 0.5 * step[1] - 0.5, 0.0])
-    return ndimage.affine_transform(
-        volume.astype(np.float32, copy=False),
-        step,
-        offset=offset,
-        output_shape=(m0, m1, volume.shape[2]),
-        order=order,
-        mode="nearest",
-    )
 
 
 def load_subject_slices(

@@ -20,6 +20,7 @@ from unet.data.transforms import center_crop_or_pad, to_binary_mask
 from unet.data.transforms import normalize as apply_normalize
 from unet.errors import DataError, MissingDataError
 from unet.progress import bar_disable
+from unet.transforms import from_uint8
 
 #: Above this many pairs the reader shows a progress bar while loading.
 PROGRESS_MIN_FILES = 200
@@ -232,7 +233,7 @@ class PngPairDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(image, mask)`` float32 tensors of shape (1, H, W) (see the class doc)."""
-        image = apply_normalize(self._images[index].astype(np.float32) / 255.0, self.normalize)
+        image = apply_normalize(from_uint8(self._images[index]), self.normalize)
         mask = self._masks[index].astype(np.float32)
         return torch.from_numpy(image[None].copy()), torch.from_numpy(mask[None].copy())
 

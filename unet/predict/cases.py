@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from unet.errors import DataError
+from unet.transforms import EMInput, GMInput, NIHInput
 
 from . import io, transforms
 
@@ -95,11 +96,12 @@ def _image_case(item: io.InputItem, factor: Sequence[float] | None, record: dict
     image = io.read_image(item.path)
     n, h, w = image.pixels.shape
     scaling, value_range, notes = intensity_rule(record, image.pixels.dtype, item.path, intensity)
-    slices = transforms.em_forward(image.pixels, factor, scaling, value_range)
+    transform = EMInput(factor, scaling, value_range)
+    slices = transform(image.pixels)
     stack = image.stack
 
     def finish(probs: list[np.ndarray]) -> np.ndarray:
-        return transforms.em_inverse(probs, (h, w))
+        return transform.inverse(probs, (h, w))
 
     def write_mask(path: Path, mask: np.ndarray) -> None:
         grey = mask.astype(np.uint8) * np.uint8(255)
@@ -145,10 +147,11 @@ def _nih_volume_case(item: io.InputItem, window_hu: Sequence[float], roi: Roi | 
         if reference is not None:
             box = transforms.canonical_box(box, own_shape, reference.affine)
         rows, cols, zs = transforms.display_roi(box, volume.shape)
-    slices = transforms.nih_forward(volume, window_hu, rows, cols, zs)
+    transform = NIHInput(tuple(window_hu), rows, cols, zs)
+    slices = transform(volume)
 
     def finish(probs: list[np.ndarray]) -> np.ndarray:
-        canonical = transforms.nih_inverse(probs, volume.shape, rows, cols, zs)
+        canonical = transform.inverse(probs, volume.shape)
         if reference is None:
             return canonical
         return transforms.from_canonical(canonical, reference.affine).reshape(reference.shape)
@@ -168,10 +171,11 @@ def _gm_case(item: io.InputItem, resolution_mm: float) -> Case:
 
     volume, zooms = load_volume(item.path)
     reference = io.read_nifti_header(item.path)
-    slices = transforms.gm_forward(volume, zooms, resolution_mm)
+    transform = GMInput(resolution_mm)
+    slices = transform(volume, zooms)
 
     def finish(probs: list[np.ndarray]) -> np.ndarray:
-        return transforms.gm_inverse(probs, volume.shape[:2]).reshape(reference.shape)
+        return transform.inverse(probs, volume.shape[:2]).reshape(reference.shape)
 
     def write(path: Path, array: np.ndarray) -> None:
         io.write_nifti(path, array, reference.affine, reference)

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from unet.checkpoint import deployment_warning, needs_deployment_warning
 from unet.config import Config, read_yaml_section
+from unet.configs import DATASETS, packaged_config
 from unet.data.transforms import normalize
 from unet.errors import ConfigError, DataError, UserError
 from unet.fileio import atomic_write_text, check_writable_dir, remove_stale_temporaries, removed_note
@@ -143,11 +144,10 @@ def checkpoint_config(state: dict[str, Any], path: Path) -> tuple[Config, str]:
     except DataError:
         raise DataError(f"checkpoint {path} is not a checkpoint of this project (unknown dataset "
                         f"{state.get('dataset') or stored.get('dataset')!r})") from None
-    base = Path(__file__).resolve().parents[2] / f"{dataset}_BASE" / "config.yaml"
     values: dict[str, Any] = {}
-    if base.is_file():
+    if dataset in DATASETS:  # the packaged base config (unet/configs/<dataset>.yaml)
         try:
-            values.update(read_yaml_section(base, "UNET"))
+            values.update(read_yaml_section(packaged_config(dataset), "UNET"))
         except ConfigError:
             pass
     values.update(stored)

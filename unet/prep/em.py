@@ -28,6 +28,7 @@ from unet.data.transforms import center_crop_or_pad, to_binary_mask
 from unet.errors import ConfigError, DataError
 from unet.fileio import atomic_directory, atomic_path
 from unet.prep.pngpairs import write_manifest, write_pair
+from unet.transforms import to_uint8  # the input transform's grey levels (re-exported)
 
 #: Largest random rotation (degrees) of an offline augmentation; smaller when the crop would
 #: otherwise reach outside the rotated slice.
@@ -355,31 +356,6 @@ INTENSITY_OPTIONS = ("auto", "per-file")
 #: ``input_transform`` record): ``uint8`` value / 255; ``range`` one ``[lo, hi]`` for every
 #: file; ``per-file`` each non-uint8 file's own min..max (uint8 files unchanged).
 INTENSITY_SCALINGS = ("uint8", "range", "per-file")
-
-
-def scale_to_uint8(pixels: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """``rint(255 clip((v - lo) / (hi - lo), 0, 1))`` as uint8; all zeros when ``hi <= lo``."""
-    if hi <= lo:
-        return np.zeros(pixels.shape, dtype=np.uint8)
-    v = pixels.astype(np.float64)
-    return np.clip(np.rint((v - lo) / (hi - lo) * 255.0), 0, 255).astype(np.uint8)
-
-
-def to_uint8(pixels: np.ndarray, scaling: str, value_range: Sequence[float] | None) -> np.ndarray:
-    """The grey levels the model sees (uint8) under one of :data:`INTENSITY_SCALINGS`.
-
-    ``range``: :func:`scale_to_uint8` with ``value_range`` whatever the input's type;
-    ``uint8`` and ``per-file``: a uint8 input unchanged, any other scaled over its own
-    min..max (the whole array: a stack is one file).
-    """
-    pixels = np.asarray(pixels)
-    if scaling == "range":
-        if value_range is None:
-            raise ValueError("the range scaling needs a value range")
-        return scale_to_uint8(pixels, float(value_range[0]), float(value_range[1]))
-    if pixels.dtype == np.uint8:
-        return pixels
-    return scale_to_uint8(pixels, float(pixels.min()), float(pixels.max()))
 
 
 def choose_intensity(arrays: Sequence[np.ndarray], option: str = "auto",

@@ -1,42 +1,17 @@
-"""Axial slices of canonical RAS+ volumes, the HU window and scale, and the crop around the label."""
+"""The crop around the label and the slice pairs of the NIH preparation (the axial slice and the HU
+window and scale are the input transform's, :mod:`unet.transforms`)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-#: Default HU window of the original (its image conversions clipped to 0..255).
-DEFAULT_WINDOW: tuple[float, float] = (0.0, 255.0)
+from unet.transforms import DEFAULT_WINDOW, axial_slice, window_and_scale
+
+__all__ = ["DEFAULT_SIZE", "DEFAULT_WINDOW", "axial_slice", "crop_box", "extract_window", "slice_pairs",
+           "window_and_scale"]
+
 #: Default crop (H, W) of the original NIH recipe.
 DEFAULT_SIZE: tuple[int, int] = (112, 176)
-
-
-def axial_slice(volume: np.ndarray, z: int) -> np.ndarray:
-    """Axial slice ``z`` of a canonical RAS+ volume, oriented for display.
-
-    ``display[r, c] = volume[X - 1 - c, Y - 1 - r, z]``: rows run anterior -> posterior and
-    columns run from the patient's right to left (radiological convention, like a DICOM
-    viewer). The result has shape ``(Y, X)``.
-    """
-    return np.ascontiguousarray(volume[::-1, ::-1, z].T)
-
-
-def window_and_scale(slice_hu: np.ndarray, window: tuple[float, float] = DEFAULT_WINDOW) -> np.ndarray:
-    """Map a slice in HU to uint8: clip to the window, then scale by the slice's own max.
-
-    With ``window = (lo, hi)``: ``c = clip(x, lo, hi) - lo`` and
-    ``out = rint(255 * c / max(c))`` (round half to even), so the brightest pixel of every
-    slice becomes 255 and ``lo`` maps to 0. A slice whose ``max(c)`` is 0 (everything at or
-    below ``lo``) stays all 0. NaN is treated as ``lo``. This is the original's conversion
-    (clip to [0, 255], then scale each slice by its max) with the HU window made a parameter.
-    """
-    lo, hi = float(window[0]), float(window[1])
-    if not hi > lo:
-        raise ValueError(f"window must satisfy lo < hi, got {window}")
-    clipped = np.clip(np.nan_to_num(np.asarray(slice_hu, dtype=np.float64), nan=lo), lo, hi) - lo
-    peak = float(clipped.max()) if clipped.size else 0.0
-    if peak <= 0.0:
-        return np.zeros(clipped.shape, dtype=np.uint8)
-    return np.rint(clipped * 255.0 / peak).astype(np.uint8)
 
 
 def crop_box(label_slice: np.ndarray, size: tuple[int, int] = DEFAULT_SIZE) -> tuple[int, int]:
