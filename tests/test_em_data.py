@@ -14,7 +14,6 @@ from skimage import io as skio
 
 from unet.data.pairs import PngPairDataset
 from unet.errors import ConfigError, DataError, MissingDataError, UserError
-from unet.prep import em as em_prep
 from unet.prep.em import (
     default_val_slices,
     parse_index_list,
@@ -24,6 +23,7 @@ from unet.prep.em import (
     synthetic_em_stack,
     write_tiff_stack,
 )
+from unet.prep.em import slices as em_slices
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / "preprocessing" / "em_prepare.py"
@@ -309,7 +309,7 @@ def test_prepare_em_errors(tmp_path: Path, small_stack) -> None:
 def test_interrupted_preparation_leaves_nothing(tmp_path: Path, small_stack, monkeypatch) -> None:
     volume, labels = small_stack
     calls = {"n": 0}
-    real = em_prep.write_pair
+    real = em_slices.write_pair
 
     def failing(*args, **kwargs):
         calls["n"] += 1
@@ -317,7 +317,7 @@ def test_interrupted_preparation_leaves_nothing(tmp_path: Path, small_stack, mon
             raise KeyboardInterrupt
         real(*args, **kwargs)
 
-    monkeypatch.setattr(em_prep, "write_pair", failing)
+    monkeypatch.setattr(em_slices, "write_pair", failing)
     with pytest.raises(KeyboardInterrupt):
         prepare_em(volume, labels, tmp_path / "em", None, resize=64, crop=48)
     assert list(tmp_path.iterdir()) == []

@@ -21,11 +21,12 @@ import pytest
 import tifffile
 import torch
 
+from unet import imageio
 from unet.checkpoint import load_checkpoint, save_checkpoint
 from unet.data.pairs import PngPairDataset, read_grey_png, read_mask_png
 from unet.errors import DataError
 from unet.metrics import slice_metrics
-from unet.predict import cli, io, sliding, transforms
+from unet.predict import cli, sliding, transforms
 
 from .conftest import REPO
 
@@ -525,7 +526,7 @@ def test_rgb_image_is_converted_to_grey_with_a_warning(runs, tmp_path: Path, cap
     inputs = tmp_path / "in"
     inputs.mkdir()
     iio.imwrite(inputs / "colour.png", rgb)
-    luma = np.clip(np.rint(rgb.astype(np.float64) @ np.array(io.LUMA)), 0, 255).astype(np.uint8)
+    luma = np.clip(np.rint(rgb.astype(np.float64) @ np.array(imageio.LUMA)), 0, 255).astype(np.uint8)
     iio.imwrite(inputs / "luma.png", luma)
     assert predict("-m", runs["em"]["run"], "-i", inputs, "-o", tmp_path / "out", "--probabilities") == 0
     assert "colour.png is a colour image; converted to grey" in capsys.readouterr().err
@@ -706,12 +707,12 @@ def test_find_inputs_rules(tmp_path: Path) -> None:
     (tmp_path / "b.nii.gz").write_bytes(b"")
     (tmp_path / ".hidden.png").write_bytes(b"")
     (tmp_path / "c.doc").write_bytes(b"")
-    items, unsupported = io.find_inputs(tmp_path)
+    items, unsupported = imageio.find_inputs(tmp_path)
     assert [(i.name, i.kind, i.mask_name) for i in items] == [
         ("a", "png", "a.PNG"), ("b", "nifti", "b.nii.gz"), ("series", "dicom", "series.nii.gz")]
     assert [p.name for p in unsupported] == ["c.doc"]
     with pytest.raises(DataError, match="unsupported file type"):
-        io.find_inputs(tmp_path / "c.doc")
+        imageio.find_inputs(tmp_path / "c.doc")
 
 
 @pytest.mark.parametrize("dataset", ["em", "nih"])

@@ -13,8 +13,8 @@ import pytest
 
 from unet.errors import DataError
 from unet.fileio import PAIRS, SYNTHETIC_SOURCE, atomic_directory, check_output_dir
-from unet.prep import em as em_prep
 from unet.prep.em import prepare_em
+from unet.prep.em import preparing as em_preparing
 
 from .conftest import REPO, run_command
 
@@ -181,7 +181,7 @@ def test_unmarked_synthetic_source_of_an_older_version_is_adopted(tmp_path: Path
 
 def test_interrupted_fresh_preparation_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
     volume, labels = small_stack()
-    monkeypatch.setattr(em_prep, "write_manifest", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(em_preparing, "write_manifest", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         prepare_em(volume, labels, tmp_path / "em", None, resize=None, crop=16)
     assert list(tmp_path.iterdir()) == []

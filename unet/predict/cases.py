@@ -25,7 +25,8 @@ import numpy as np
 from unet.errors import DataError
 from unet.transforms import EMInput, GMInput, NIHInput
 
-from . import io, transforms
+from .. import imageio
+from . import transforms
 
 #: A region of interest: per axis (start, stop) voxel indices, None = the axis's end.
 Roi = Sequence[tuple[int | None, int | None]]
@@ -36,7 +37,7 @@ class Case:
     """An input read and transformed: ``slices`` for the model, ``finish`` mapping the model-grid
     probabilities back to the output grid, and the writers of mask and probability map."""
 
-    item: io.InputItem
+    item: imageio.InputItem
     slices: list[np.ndarray]
     finish: Callable[[list[np.ndarray]], np.ndarray]
     write_mask: Callable[[Path, np.ndarray], None]
@@ -91,9 +92,9 @@ def intensity_rule(record: dict[str, Any], dtype: np.dtype, path: Path,
                               "before: prepare and train again to apply one range to every file"]
 
 
-def _image_case(item: io.InputItem, factor: Sequence[float] | None, record: dict[str, Any],
+def _image_case(item: imageio.InputItem, factor: Sequence[float] | None, record: dict[str, Any],
                 intensity: str = "training") -> Case:
-    image = io.read_image(item.path)
+    image = imageio.read_image(item.path)
     n, h, w = image.pixels.shape
     scaling, value_range, notes = intensity_rule(record, image.pixels.dtype, item.path, intensity)
     transform = EMInput(factor, scaling, value_range)
@@ -106,12 +107,12 @@ def _image_case(item: io.InputItem, factor: Sequence[float] | None, record: dict
     def write_mask(path: Path, mask: np.ndarray) -> None:
         grey = mask.astype(np.uint8) * np.uint8(255)
         if item.kind == "png":
-            io.write_png(path, grey[0])
+            imageio.write_png(path, grey[0])
         else:
-            io.write_tiff(path, grey if stack else grey[0])
+            imageio.write_tiff(path, grey if stack else grey[0])
 
     def write_probability(path: Path, prob: np.ndarray) -> None:
-        io.write_tiff(path, prob if stack else prob[0])
+        imageio.write_tiff(path, prob if stack else prob[0])
 
     shape = f"{n} x {h} x {w} stack" if stack else f"{h} x {w} image"
     model_shape = "x".join(str(v) for v in slices[0].shape)
@@ -119,7 +120,7 @@ def _image_case(item: io.InputItem, factor: Sequence[float] | None, record: dict
                 f"{shape}, model slices {model_shape}", image.warnings + notes)
 
 
-def _resolve_roi(roi: Roi, shape: Sequence[int], item: io.InputItem) -> list[tuple[int, int]]:
+def _resolve_roi(roi: Roi, shape: Sequence[int], item: imageio.InputItem) -> list[tuple[int, int]]:
     box = []
     for axis, ((start, stop), n) in enumerate(zip(roi, shape, strict=True)):
         a = 0 if start is None else start
@@ -130,13 +131,13 @@ def _resolve_roi(roi: Roi, shape: Sequence[int], item: io.InputItem) -> list[tup
     return box
 
 
-def _nih_volume_case(item: io.InputItem, window_hu: Sequence[float], roi: Roi | None) -> Case:
+def _nih_volume_case(item: imageio.InputItem, window_hu: Sequence[float], roi: Roi | None) -> Case:
     from unet.prep.nih import load_ct
 
     volume, affine = load_ct(item.path)  # canonical RAS+, HU; DICOM through load_dicom_series
     reference = None
     if item.kind == "nifti":
-        reference = io.read_nifti_header(item.path)
+        reference = imageio.read_nifti_header(item.path)
         own_shape = tuple(reference.shape[:3])
         out_affine = reference.affine
     else:
@@ -157,7 +158,7 @@ def _nih_volume_case(item: io.InputItem, window_hu: Sequence[float], roi: Roi | 
         return transforms.from_canonical(canonical, reference.affine).reshape(reference.shape)
 
     def write(path: Path, array: np.ndarray) -> None:
-        io.write_nifti(path, array, out_affine, reference)
+        imageio.write_nifti(path, array, out_affine, reference)
 
     grid = "RAS+ grid of the series" if reference is None else "the input's grid"
     description = (f"CT {'x'.join(map(str, volume.shape))} voxels, {len(slices)} axial slices"
@@ -166,11 +167,11 @@ def _nih_volume_case(item: io.InputItem, window_hu: Sequence[float], roi: Roi | 
                 lambda p, a: write(p, a.astype(np.float32)), description)
 
 
-def _gm_case(item: io.InputItem, resolution_mm: float) -> Case:
+def _gm_case(item: imageio.InputItem, resolution_mm: float) -> Case:
     from unet.data.gm import load_volume
 
     volume, zooms = load_volume(item.path)
-    reference = io.read_nifti_header(item.path)
+    reference = imageio.read_nifti_header(item.path)
     transform = GMInput(resolution_mm)
     slices = transform(volume, zooms)
 
@@ -178,7 +179,7 @@ def _gm_case(item: io.InputItem, resolution_mm: float) -> Case:
         return transform.inverse(probs, volume.shape[:2]).reshape(reference.shape)
 
     def write(path: Path, array: np.ndarray) -> None:
-        io.write_nifti(path, array, reference.affine, reference)
+        imageio.write_nifti(path, array, reference.affine, reference)
 
     description = (f"MRI {'x'.join(map(str, volume.shape))} voxels at {zooms[0]:.3g} x {zooms[1]:.3g} mm, "
                    f"slices resampled to {'x'.join(map(str, slices[0].shape))} at {resolution_mm} mm")
@@ -186,7 +187,7 @@ def _gm_case(item: io.InputItem, resolution_mm: float) -> Case:
                 lambda p, a: write(p, a.astype(np.float32)), description)
 
 
-def prepare_case(item: io.InputItem, record: dict[str, Any], prepared: bool, roi: Roi | None = None,
+def prepare_case(item: imageio.InputItem, record: dict[str, Any], prepared: bool, roi: Roi | None = None,
                  intensity: str = "training") -> Case:
     """Read ``item`` and transform it as the checkpoint's ``record`` says (see the module doc);
     ``intensity`` is the ``--intensity`` option of 2-D images (:func:`intensity_rule`).

@@ -40,7 +40,7 @@ from unet.progress import bar_disable, switch_off
 from unet.runtime import tune_allocator
 from unet.trained import TrainedModel
 
-from . import io
+from .. import imageio
 from .cases import INTENSITY_OPTIONS, Case, Roi, prepare_case
 from .sliding import Forward, mirror_tta, sliding_window_stream
 
@@ -288,7 +288,7 @@ def make_forward(engine: Callable[[torch.Tensor], torch.Tensor], device: torch.d
 class Job:
     """One input and where its outputs go; filled in as it is predicted."""
 
-    item: io.InputItem
+    item: imageio.InputItem
     outputs: list[Path]
     seconds: float = 0.0
     case: Case | None = None
@@ -297,7 +297,7 @@ class Job:
     done: bool = False
 
 
-def plan_jobs(items: list[io.InputItem], output: Path, probabilities: bool) -> list[Job]:
+def plan_jobs(items: list[imageio.InputItem], output: Path, probabilities: bool) -> list[Job]:
     """Output paths per input; ConfigError when two inputs would write one file or an output
     would replace an input."""
     jobs, seen = [], {}
@@ -374,7 +374,7 @@ def predict(args: argparse.Namespace, out: Callable[[str], None], err: Callable[
     if args.engine != "float" and device.type != "cpu":
         raise ConfigError(f"--engine {args.engine} runs on the CPU; drop --device {args.device}")
 
-    items, unsupported = io.find_inputs(args.input)
+    items, unsupported = imageio.find_inputs(args.input)
     predictor = load_predictor(args.model)
     cfg, record = predictor.cfg, predictor.record
     if roi is not None and predictor.dataset != "NIH":
@@ -421,13 +421,13 @@ def _predict_locked(args: argparse.Namespace, out: Callable[[str], None], err: C
         err(deployment_warning(predictor.path, predictor.state))
     special = [p for p in unsupported if not p.is_file()]
     if special:
-        names = ", ".join(f"{p.name} ({io.special_kind(p)})" for p in special)
+        names = ", ".join(f"{p.name} ({imageio.special_kind(p)})" for p in special)
         err(f"warning: skipping {len(special)} entr{'y' if len(special) == 1 else 'ies'} that are not regular files "
             f"or folders: {names}")
     if len(special) < len(unsupported):
         names = ", ".join(p.name for p in unsupported if p.is_file())
         err(f"warning: skipping {len(unsupported) - len(special)} file(s) of unsupported type: {names} (supported: "
-            f"{io.SUPPORTED})")
+            f"{imageio.SUPPORTED})")
     skipped = len(jobs) - len(todo)
     if skipped:
         out(f"--continue: {skipped} input(s) already done in {args.output}, {len(todo)} to predict")

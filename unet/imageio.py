@@ -1,4 +1,4 @@
-"""Inputs and outputs of the predict command: finding files, reading them, writing masks.
+"""Image files in and out (predict reads its inputs and writes its masks here; preparation reads its pairs):
 
 Kinds (by file name): ``png`` (2-D), ``tiff`` (``.tif``/``.tiff``: one page is a 2-D image,
 several pages a stack, as the ISBI 2012 release), ``nifti`` (``.nii``, ``.nii.gz``) and
