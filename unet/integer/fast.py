@@ -1,0 +1,162 @@
+"""The integer engine's fast exact path: int8 GEMMs with int32 accumulation, direct requantization.
+
+Between quantized units the fast path holds activation codes as float32 tensors in
+channels_last layout (every code of a format the path accepts is an integer below 2^24, so
+float32 holds it exactly; pooling, upsampling and the skip shift stay exact on them, see
+:func:`~unet.integer.kernels.maxpool2_codes` and :func:`~unet.integer.kernels.upsample2_codes`).
+
+* **Convolution** (:class:`Int8Conv`): codes are split into signed 7-bit limbs
+  ``a = sum_i l_i 128^i`` (low limbs in ``[0, 128)``, the top limb in ``[-128, 128)``), weights
+  likewise; every (activation limb, weight limb) pair is one ``torch._int_mm`` int8 x int8 ->
+  int32 GEMM over an im2col matrix of the NHWC codes (oneDNN; VNNI / AMX where the CPU has
+  them). A limb GEMM's partial sums are bounded by ``128 * 128 * 9 C`` (checked below 2^31 at
+  build time), so int32 cannot overflow; the limb products are combined in int32 when the
+  batch's bound ``max|a| * max_c sum|w_c|`` is below 2^31, else in int64. The result is the
+  exact integer accumulator, whatever the kernel of the reference path.
+* **Requantization** (:func:`requantize`): the unit's own float32 function
+  ``Q(BN(act(fl32(s acc + b))))`` evaluated directly on the exact accumulators, the very
+  function whose switch points the reference path's threshold tables hold
+  (:meth:`ThresholdRequantizer.unit_values` / :meth:`~ThresholdRequantizer.codes_of`): equal
+  codes, at the cost of a few elementwise passes instead of a per-channel search.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .thresholds import ThresholdRequantizer
+
+#: Largest float32 code magnitude the fast path accepts (exact integers in float32).
+FLOAT32_CODES = 2**24
+#: Partial sums of one limb GEMM must stay below this (int32 accumulation).
+INT32_LIMIT = 2**31
+LIMB_BITS = 7
+#: im2col rows per GEMM (bounds the int8 column matrix: rows x 9C x limbs bytes).
+ROWS_PER_CHUNK = 1 << 16
+
+
+def limb_count(max_abs: int) -> int:
+    """Number of signed 7-bit limbs that hold every integer of magnitude ``<= max_abs``."""
+    count = 1
+    while max_abs >= 2 ** (LIMB_BITS * count):
+        count += 1
+    return count
+
+
+def split_limbs(x: Tensor, count: int) -> list[Tensor]:
+    """Int8 limbs of integer tensor ``x`` (int32 / int64): ``x = sum_i limb_i * 128^i``; low limbs
+    in ``[0, 128)``, the top one signed (``|x| < 128^count``)."""
+    limbs = []
+    rest = x
+    for _ in range(count - 1):
+        limbs.append(torch.bitwise_and(rest, (1 << LIMB_BITS) - 1).to(torch.int8))
+        rest = torch.bitwise_right_shift(rest, LIMB_BITS)  # arithmetic: floor division
+    limbs.append(rest.to(torch.int8))
+    return limbs
+
+
+class Int8Conv:
+    """Exact 3x3 convolution (zero padding) of integer codes by int8 limb GEMMs.
+
+    ``weights``: int64 codes (O, C, 3, 3). Call with codes (B, C, H, W) held in float32 (or any
+    integer dtype) to get the int32 or int64 accumulator as an NHWC tensor (B, H, W, O).
+    """
+
+    def __init__(self, weights: Tensor) -> None:
+        """Split the weights into int8 limbs, as one (9 C, limbs * O) matrix."""
+        out_ch, in_ch = weights.shape[:2]
+        self.out_channels, self.in_channels = out_ch, in_ch
+        self.weight_sums = int(weights.abs().sum(dim=(1, 2, 3)).max()) if weights.numel() else 0
+        self.weight_limbs = limb_count(int(weights.abs().max()) if weights.numel() else 0)
+        # rows ordered (dy, dx, c), as the im2col matrix's columns
+        rows = weights.permute(2, 3, 1, 0).reshape(9 * in_ch, out_ch)
+        self.matrix = torch.cat(split_limbs(rows, self.weight_limbs), dim=1).contiguous()
+        if 128 * 128 * 9 * in_ch >= INT32_LIMIT or 128 * self.weight_sums * 2 >= INT32_LIMIT:
+            raise ValueError(f"{in_ch} input channels: a limb GEMM could overflow int32")
+
+    def kernel_name(self, act_limbs: int) -> str:
+        """Name reported in :meth:`IntegerUNet.kernels_used`: ``int8`` or ``int8xAxW`` limbs."""
+        return "int8" if act_limbs == 1 and self.weight_limbs == 1 else f"int8x{act_limbs}x{self.weight_limbs}"
+
+    def __call__(self, a: Tensor, max_abs: int) -> Tensor:
+        """Accumulators (B, H, W, O) of codes ``a`` (B, C, H, W) with ``|a| <= max_abs``: int32
+        (one limb each), float64 (limb sums below 2^53: exact) or int64."""
+        b, c, h, w = a.shape
+        if c != self.in_channels:
+            raise ValueError(f"expected {self.in_channels} input channels, got {c}")
+        act_limbs = limb_count(max_abs)
+        bound = max_abs * self.weight_sums
+        if bound < INT32_LIMIT:
+            dtype = torch.int32  # every partial and combined sum is below 2^31
+        else:
+            dtype = torch.float64 if bound < 2**53 else torch.int64  # integers: exact sums
+        nhwc = a.permute(0, 2, 3, 1)  # contiguous for channels_last codes
+        if act_limbs == 1:
+            limbs = [nhwc.to(torch.int8)]
+        else:
+            limbs = split_limbs(nhwc.to(torch.int32), act_limbs)
+        padded = [torch.nn.functional.pad(limb, (0, 0, 1, 1, 1, 1)) for limb in limbs]
+        out = torch.empty(b, h, w, self.out_channels, dtype=dtype)
+        o = self.out_channels
+        rows = max(1, ROWS_PER_CHUNK // (w * b))
+        for y0 in range(0, h, rows):
+            y1 = min(h, y0 + rows)
+            m = b * (y1 - y0) * w
+            cols = torch.empty(act_limbs * m, 9 * c, dtype=torch.int8)
+            for i, limb in enumerate(padded):
+                window = limb[:, y0 : y1 + 2]
+                s = window.stride()
+                # im2col as a strided view: (b, y, x, dy, dx, c) -> one copy into the GEMM's rows
+                view = window.as_strided((b, y1 - y0, w, 3, 3, c), (s[0], s[1], s[2], s[1], s[2], s[3]))
+                cols[i * m : (i + 1) * m].view(b, y1 - y0, w, 3, 3, c).copy_(view)
+            prod = torch._int_mm(cols, self.matrix)  # (limbs * M, weight limbs * O), exact int32
+            target = out[:, y0:y1].view(m, o)
+            if act_limbs == 1 and self.weight_limbs == 1:
+                target.copy_(prod)
+                continue
+            # per activation limb, weight limbs combined in int32: |sum| <= 128 * max_c sum|w_c|
+            rows_of = []
+            for i in range(act_limbs):
+                part = prod[i * m : (i + 1) * m]
+                q = part[:, :o].clone() if self.weight_limbs > 1 else part
+                for j in range(1, self.weight_limbs):
+                    q.add_(part[:, j * o : (j + 1) * o], alpha=2 ** (LIMB_BITS * j))
+                rows_of.append(q)
+            # then the activation limbs, in the output's dtype (int32 only below 2^31)
+            target.copy_(rows_of[-1])
+            for i in range(act_limbs - 2, -1, -1):
+                target.mul_(2**LIMB_BITS).add_(rows_of[i])
+        self.last_kernel = self.kernel_name(act_limbs)
+        self.last_bound = bound
+        return out
+
+
+@torch.no_grad()
+def requantize(requant: ThresholdRequantizer, acc: Tensor, bound: int) -> Tensor:
+    """Float32 output codes (B, C, H, W, channels_last) of accumulators ``acc`` (B, H, W, C, int32,
+    int64 or float64 holding integers) with ``|acc| <= bound``: the unit function of
+    :meth:`ThresholdRequantizer.unit_values` and the quantizer of
+    :meth:`ThresholdRequantizer.codes_of`, evaluated on every accumulator."""
+    scale = requant.acc_scale
+    if bound < FLOAT32_CODES and math.frexp(scale)[0] == 0.5:
+        # |acc| < 2^24 and a power-of-two scale: acc * s is exact in float32 and one float32
+        # addition rounds s acc + b once, as the float64 sum rounded to float32 does
+        y = acc.to(torch.float32).mul_(scale).add_(requant.bias.to(torch.float32))
+    else:
+        y = acc.to(torch.float64).mul_(scale).add_(requant.bias).float()
+    y = y.permute(0, 3, 1, 2)  # NCHW view of NHWC memory: channels_last
+    z = requant.bn(requant.act(y))
+    if requant.fmt.spec.kind == "int":
+        low, high = z.min(), z.max()
+        span = high - low
+        if torch.isinf(span):
+            raise ValueError(f"layer {requant.name}: the INT quantizer's range overflows float32")
+        codes = requant.codes_of(z, (low, span))
+        return codes.to(torch.float32).contiguous(memory_format=torch.channels_last)
+    q = requant.fmt.spec(z)
+    # q is a value of the format (or a pow2 magnitude below its smallest, which truncates to 0,
+    # as values_to_codes does): q / scale, a power of two, is exact in float32
+    return q.mul_(1.0 / requant.fmt.scale).trunc_().contiguous(memory_format=torch.channels_last)
