@@ -77,13 +77,18 @@ class IntegerUnit:
             observed = 0
         if observed > self.max_input_code:
             raise ValueError(f"{self.name}: input code {observed} above the format's bound {self.max_input_code}")
-        if a.is_floating_point():
-            if self.fast_conv is None:
-                self.fast_conv = Int8Conv(self.weights)
-            acc = self.fast_conv(a, observed)
-            self.last_kernel = self.fast_conv.last_kernel
-            return requantize(self.requant, acc, observed * self.weight_sums)
         bound = observed * self.weight_sums  # this batch's proof (<= the static bound)
+        if a.is_floating_point():
+            if self.fast_conv is None and Int8Conv.accepts(self.weights):
+                self.fast_conv = Int8Conv(self.weights)
+            if self.fast_conv is not None:
+                acc = self.fast_conv(a, observed)
+                self.last_kernel = self.fast_conv.last_kernel
+            else:  # weights too wide for int32 limb sums: the reference kernels, same codes
+                kernel = choose_kernel(bound, observed, self.weights[0].numel())
+                self.last_kernel = kernel
+                acc = conv3x3_codes(a.to(torch.int64), self.weights, kernel, self.float_weights).permute(0, 2, 3, 1)
+            return requantize(self.requant, acc, bound)
         terms = self.weights[0].numel()
         if kernel == "auto":
             kernel = choose_kernel(bound, observed, terms)

@@ -74,8 +74,17 @@ class Int8Conv:
         # rows ordered (dy, dx, c), as the im2col matrix's columns
         rows = weights.permute(2, 3, 1, 0).reshape(9 * in_ch, out_ch)
         self.matrix = torch.cat(split_limbs(rows, self.weight_limbs), dim=1).contiguous()
-        if 128 * 128 * 9 * in_ch >= INT32_LIMIT or 128 * self.weight_sums * 2 >= INT32_LIMIT:
-            raise ValueError(f"{in_ch} input channels: a limb GEMM could overflow int32")
+        if not self.accepts(weights):
+            raise ValueError(f"weights {tuple(weights.shape)}: the int8 limb sums could overflow int32")
+
+    @staticmethod
+    def accepts(weights: Tensor) -> bool:
+        """Whether every int32 sum of the limb GEMMs is proven below 2^31 for these weights: one
+        limb GEMM reaches at most ``128 * 128 * 9 C``, the weight limbs of one activation limb
+        combined at most ``128 * max_c sum|w_c|``."""
+        in_ch = weights.shape[1]
+        sums = int(weights.abs().sum(dim=(1, 2, 3)).max()) if weights.numel() else 0
+        return 128 * 128 * 9 * in_ch < INT32_LIMIT and 128 * sums < INT32_LIMIT
 
     def kernel_name(self, act_limbs: int) -> str:
         """Name reported in :meth:`IntegerUNet.kernels_used`: ``int8`` or ``int8xAxW`` limbs."""
