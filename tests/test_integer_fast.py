@@ -130,3 +130,15 @@ def test_batches_and_sizes():
     x = torch.rand(3, 1, 40, 24, generator=torch.Generator().manual_seed(1)).contiguous(memory_format=CL)
     assert torch.equal(fast(x), reference(x))
     assert torch.equal(fast(x[:1]), reference(x[:1]))
+
+
+def test_large_batches_are_chunked_exactly(monkeypatch):
+    import unet.integer.fast as fast
+
+    monkeypatch.setattr(fast, "ROWS_PER_CHUNK", 40)  # several chunks per image, per image of a batch
+    g = torch.Generator().manual_seed(9)
+    for max_a in (100, 5000):
+        a = torch.randint(-max_a, max_a + 1, (3, 4, 16, 8), generator=g)
+        w = torch.randint(-200, 201, (5, 4, 3, 3), generator=g)
+        got = Int8Conv(w)(a.float().contiguous(memory_format=CL), max_a)
+        assert torch.equal(got.to(torch.int64), conv3x3_codes(a, w, "int64").permute(0, 2, 3, 1))

@@ -71,7 +71,8 @@ class IntegerUnit:
         and threshold tables, or float32 codes (channels_last) through the fast path
         (:mod:`.fast`: exact int8 limb GEMMs, direct requantization), which returns float32."""
         if a.numel():
-            low, high = torch.aminmax(a)
+            flat = a.permute(0, 2, 3, 1) if a.is_contiguous(memory_format=torch.channels_last) else a
+            low, high = torch.aminmax(flat)  # on the memory order: no layout copy
             observed = int(max(-low, high))
         else:
             observed = 0

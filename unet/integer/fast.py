@@ -46,16 +46,17 @@ def limb_count(max_abs: int) -> int:
     return count
 
 
-def split_limbs(x: Tensor, count: int) -> list[Tensor]:
+def split_limbs(x: Tensor, count: int, keep_dtype: bool = False) -> list[Tensor]:
     """Int8 limbs of integer tensor ``x`` (int32 / int64): ``x = sum_i limb_i * 128^i``; low limbs
-    in ``[0, 128)``, the top one signed (``|x| < 128^count``)."""
+    in ``[0, 128)``, the top one signed (``|x| < 128^count``). ``keep_dtype``: the limbs in
+    ``x``'s dtype (same values), for a caller that converts them while copying."""
     limbs = []
     rest = x
     for _ in range(count - 1):
-        limbs.append(torch.bitwise_and(rest, (1 << LIMB_BITS) - 1).to(torch.int8))
+        limbs.append(torch.bitwise_and(rest, (1 << LIMB_BITS) - 1))
         rest = torch.bitwise_right_shift(rest, LIMB_BITS)  # arithmetic: floor division
-    limbs.append(rest.to(torch.int8))
-    return limbs
+    limbs.append(rest)
+    return limbs if keep_dtype else [limb.to(torch.int8) for limb in limbs]
 
 
 class Int8Conv:
@@ -103,41 +104,52 @@ class Int8Conv:
         else:
             dtype = torch.float64 if bound < 2**53 else torch.int64  # integers: exact sums
         nhwc = a.permute(0, 2, 3, 1)  # contiguous for channels_last codes
+        # zero-padded int8 limbs (B, H + 2, W + 2, C): one conversion pass writes each interior
+        padded = [nhwc.new_zeros((b, h + 2, w + 2, c), dtype=torch.int8) for _ in range(act_limbs)]
         if act_limbs == 1:
-            limbs = [nhwc.to(torch.int8)]
+            padded[0][:, 1:-1, 1:-1].copy_(nhwc)
         else:
-            limbs = split_limbs(nhwc.to(torch.int32), act_limbs)
-        padded = [torch.nn.functional.pad(limb, (0, 0, 1, 1, 1, 1)) for limb in limbs]
+            for pad, limb in zip(padded, split_limbs(nhwc.to(torch.int32), act_limbs, keep_dtype=True), strict=True):
+                pad[:, 1:-1, 1:-1].copy_(limb)
         out = torch.empty(b, h, w, self.out_channels, dtype=dtype)
         o = self.out_channels
-        rows = max(1, ROWS_PER_CHUNK // (w * b))
-        for y0 in range(0, h, rows):
-            y1 = min(h, y0 + rows)
-            m = b * (y1 - y0) * w
+        if b * h * w <= ROWS_PER_CHUNK:
+            chunks = [(0, b, 0, h)]
+        else:  # per image, whole rows: every chunk of ``out`` is contiguous
+            rows = max(1, ROWS_PER_CHUNK // w)
+            chunks = [(i, i + 1, y0, min(h, y0 + rows)) for i in range(b) for y0 in range(0, h, rows)]
+        for b0, b1, y0, y1 in chunks:
+            m = (b1 - b0) * (y1 - y0) * w
             cols = torch.empty(act_limbs * m, 9 * c, dtype=torch.int8)
             for i, limb in enumerate(padded):
-                window = limb[:, y0 : y1 + 2]
+                window = limb[b0:b1, y0 : y1 + 2]
                 s = window.stride()
                 # im2col as a strided view: (b, y, x, dy, dx, c) -> one copy into the GEMM's rows
-                view = window.as_strided((b, y1 - y0, w, 3, 3, c), (s[0], s[1], s[2], s[1], s[2], s[3]))
-                cols[i * m : (i + 1) * m].view(b, y1 - y0, w, 3, 3, c).copy_(view)
-            prod = torch._int_mm(cols, self.matrix)  # (limbs * M, weight limbs * O), exact int32
-            target = out[:, y0:y1].view(m, o)
+                view = window.as_strided((b1 - b0, y1 - y0, w, 3, 3, c), (s[0], s[1], s[2], s[1], s[2], s[3]))
+                cols[i * m : (i + 1) * m].view(b1 - b0, y1 - y0, w, 3, 3, c).copy_(view)
             if act_limbs == 1 and self.weight_limbs == 1:
-                target.copy_(prod)
+                # one GEMM: its exact int32 result is the accumulator, written in place
+                torch._int_mm(cols, self.matrix, out=out[b0:b1, y0:y1].view(m, o))
                 continue
+            prod = torch._int_mm(cols, self.matrix)  # (limbs * M, weight limbs * O), exact int32
+            target = out[b0:b1, y0:y1].view(m, o)
             # per activation limb, weight limbs combined in int32: |sum| <= 128 * max_c sum|w_c|
             rows_of = []
             for i in range(act_limbs):
                 part = prod[i * m : (i + 1) * m]
-                q = part[:, :o].clone() if self.weight_limbs > 1 else part
+                q = part[:, :o]
                 for j in range(1, self.weight_limbs):
-                    q.add_(part[:, j * o : (j + 1) * o], alpha=2 ** (LIMB_BITS * j))
+                    q = torch.add(q, part[:, j * o : (j + 1) * o], alpha=2 ** (LIMB_BITS * j))
                 rows_of.append(q)
-            # then the activation limbs, in the output's dtype (int32 only below 2^31)
-            target.copy_(rows_of[-1])
-            for i in range(act_limbs - 2, -1, -1):
-                target.mul_(2**LIMB_BITS).add_(rows_of[i])
+            # then the activation limbs (Horner, top limb first), in the output's dtype: int32 only
+            # below 2^31; each partial result is conv(floor(a / 128^i), w), within the same bound
+            if act_limbs == 1:
+                target.copy_(rows_of[0])
+                continue
+            step = 2**LIMB_BITS
+            torch.add(rows_of[-2], rows_of[-1].to(dtype), alpha=step, out=target)
+            for i in range(act_limbs - 3, -1, -1):
+                torch.add(rows_of[i], target, alpha=step, out=target)
         self.last_kernel = self.kernel_name(act_limbs)
         self.last_bound = bound
         return out
