@@ -15,7 +15,7 @@ from quantizer import ActivationQuantizer, QuantConv2d, QuantSpec
 
 from ..errors import UserError
 from ..model import UNet
-from .fast import FLOAT32_CODES, Int8Conv, requantize
+from .fast import FLOAT32_CODES, Int8Conv, float_codes, requantize
 from .formats import CodeFormat, code_format, codes_to_values, values_to_codes
 from .kernels import (
     KERNELS,
@@ -208,9 +208,7 @@ class IntegerUNet:
             q = m.enc1[i](q)
             if record is not None:
                 record[f"enc1.{i}"] = values_to_codes(q, fmt)
-        s1 = values_to_codes(q, fmt)
-        if self.fast:
-            s1 = s1.to(torch.float32).contiguous(memory_format=torch.channels_last)
+        s1 = float_codes(q, fmt) if self.fast else values_to_codes(q, fmt)
         s2 = self._block("enc2", maxpool2_codes(s1), record)
         s3 = self._block("enc3", maxpool2_codes(s2), record)
         y = self._block("bottom", maxpool2_codes(s3), record)

@@ -27,6 +27,7 @@ import math
 import torch
 from torch import Tensor
 
+from .formats import CodeFormat
 from .thresholds import ThresholdRequantizer
 
 #: Largest float32 code magnitude the fast path accepts (exact integers in float32).
@@ -53,8 +54,8 @@ def split_limbs(x: Tensor, count: int, keep_dtype: bool = False) -> list[Tensor]
     limbs = []
     rest = x
     for _ in range(count - 1):
-        limbs.append(torch.bitwise_and(rest, (1 << LIMB_BITS) - 1))
-        rest = torch.bitwise_right_shift(rest, LIMB_BITS)  # arithmetic: floor division
+        limbs.append(rest & ((1 << LIMB_BITS) - 1))
+        rest = rest >> LIMB_BITS  # arithmetic shift: floor division
     limbs.append(rest)
     return limbs if keep_dtype else [limb.to(torch.int8) for limb in limbs]
 
@@ -177,7 +178,14 @@ def requantize(requant: ThresholdRequantizer, acc: Tensor, bound: int) -> Tensor
             raise ValueError(f"layer {requant.name}: the INT quantizer's range overflows float32")
         codes = requant.codes_of(z, (low, span))
         return codes.to(torch.float32).contiguous(memory_format=torch.channels_last)
-    q = requant.fmt.spec(z)
-    # q is a value of the format (or a pow2 magnitude below its smallest, which truncates to 0,
-    # as values_to_codes does): q / scale, a power of two, is exact in float32
-    return q.mul_(1.0 / requant.fmt.scale).trunc_().contiguous(memory_format=torch.channels_last)
+    return float_codes(requant.fmt.spec(z), requant.fmt)
+
+
+def float_codes(q: Tensor, fmt: CodeFormat) -> Tensor:
+    """Float32 codes (channels_last) of quantized float32 values ``q``: ``trunc(q / scale)``, as
+    :func:`~unet.integer.formats.values_to_codes` computes in float64 (the scale is a power of
+    two, so ``q / scale`` is exact in float32; a pow2 magnitude below the format's smallest
+    truncates to 0 alike). May reuse ``q``'s storage."""
+    if not q.is_floating_point() or q.dtype != torch.float32:
+        q = q.to(torch.float32)
+    return q.mul(1.0 / fmt.scale).trunc_().contiguous(memory_format=torch.channels_last)
