@@ -166,7 +166,8 @@ def requantize(requant: ThresholdRequantizer, acc: Tensor, bound: int) -> Tensor
     if bound < FLOAT32_CODES and math.frexp(scale)[0] == 0.5:
         # |acc| < 2^24 and a power-of-two scale: acc * s is exact in float32 and one float32
         # addition rounds s acc + b once, as the float64 sum rounded to float32 does
-        y = acc.to(torch.float32).mul_(scale).add_(requant.bias.to(torch.float32))
+        # one pass: b + s * acc (s * acc is exact, so a fused multiply-add rounds alike)
+        y = torch.add(requant.bias.to(torch.float32), acc, alpha=scale)  # int32 -> float32: exact
     else:
         y = acc.to(torch.float64).mul_(scale).add_(requant.bias).float()
     y = y.permute(0, 3, 1, 2)  # NCHW view of NHWC memory: channels_last
