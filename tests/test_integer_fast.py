@@ -142,3 +142,14 @@ def test_large_batches_are_chunked_exactly(monkeypatch):
         w = torch.randint(-200, 201, (5, 4, 3, 3), generator=g)
         got = Int8Conv(w)(a.float().contiguous(memory_format=CL), max_a)
         assert torch.equal(got.to(torch.int64), conv3x3_codes(a, w, "int64").permute(0, 2, 3, 1))
+
+
+def test_units_whose_weights_fail_the_int32_proof_use_the_reference_kernels(monkeypatch):
+    monkeypatch.setattr(Int8Conv, "accepts", staticmethod(lambda weights: False))
+    model = trained("FIXED", rounding="pow2")
+    fast, reference = IntegerUNet.from_model(model), IntegerUNet.from_model(model, fast=False)
+    for x in (VALIDATION, VALIDATION * 1000):
+        got, expected = fast.forward_codes(x), reference.forward_codes(x)
+        assert all(torch.equal(got[k], expected[k]) for k in expected)
+        assert torch.equal(fast(x), reference(x))
+    assert fast.fast and set(fast.kernels_used().values()) <= {"float32", "float64", "limbs", "int64"}
