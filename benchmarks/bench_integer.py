@@ -1,23 +1,37 @@
 #!/usr/bin/env python
-"""Inference speed of the integer engine against the PyTorch float-simulated (fake-quant) forward.
+"""Inference speed of the integer engines against the float ones, on an EM slice and a CT volume.
 
 For each quantization mode, the EM recipe's model (``EM_BASE/config.yaml``: base_channels 64,
-channels_last, eval mode, at its initial weights: speed does not depend on training) runs a
-fixed batch of 200x200 images through every engine of :data:`ENGINES`; repetitions are
-interleaved (round-robin, every other round reversed) so that background load hits every
-engine alike. Printed per mode and engine: images per second (wall clock and per CPU second
-of this process) and the ratio to the float forward; also the convolution kernel each
-integer unit ran (float32 where the bound proves it exact, else float64 / int64) and
-whether the engine's codes equal the fake-quant model's on the benchmark batch.
+channels_last, eval mode, at its initial weights: speed does not depend on training, though the
+integer fast path's limb count follows the activation codes the input reaches) runs each input
+through every engine of :data:`ENGINES`:
+
+* ``pytorch_float``: the PyTorch fake-quant forward (the reference of every ratio);
+* ``integer``: :class:`unet.integer.IntegerUNet`, its fast exact path (int8 limb GEMMs with
+  int32 accumulation, direct requantization: ``predict --engine integer``);
+* ``integer_reference``: the same engine's reference path (``fast=False``; ``--reference``,
+  slow at base 64);
+* ``onnx_float``: the float ONNX export under onnxruntime (``predict --engine onnx``);
+* ``onnx_int``: the integer ONNX (ConvInteger), when the installation has an exporter for it
+  (``unet.export.onnx_int``; skipped otherwise, and in the JSON as ``null``).
+
+Inputs: one 512 x 512 EM slice (synthetic, uint8 / 255, as the EM record reads it) and the
+benchmark's CT volume (``unet.prep.nih.synthetic_case``, 192 x 192 x 16 HU, windowed 0..255 and
+scaled to [0, 1] as the NIH record does; its axial slices are one batch). Rounds are interleaved
+(round-robin, every other round reversed) so background load hits every engine alike; per engine
+the minimum and the median of the rounds, wall clock and process CPU, and the ratios to
+``pytorch_float`` (``> 1``: faster than float) and ``onnx_int`` over ``onnx_float``. The JSON
+also records the CPU's integer instruction set (AVX512-VNNI / AVX-VNNI / AMX-INT8 from
+/proc/cpuinfo): int8 GEMMs run 2-4x (VNNI) to much more (AMX) faster where the CPU has them.
 
 Run from the repository root::
 
-    python benchmarks/bench_integer.py                    # base_channels 64, batch 4, 200x200
-    python benchmarks/bench_integer.py --quick            # base_channels 16, 2 repetitions
-    python benchmarks/bench_integer.py --modes fixed_nearest,bnn --json out.json
+    python benchmarks/bench_integer.py                    # base_channels 64, pow2 and saturate
+    python benchmarks/bench_integer.py --quick            # base_channels 16, small inputs, 1 round
+    python benchmarks/bench_integer.py --modes fixed_pow2 --reference --json out.json
 
-Another engine (e.g. onnxruntime) is added by appending to :data:`ENGINES` a name and a
-factory ``f(model) -> callable(x) -> probabilities``.
+Another engine is added by appending to :data:`ENGINES` a name and a factory
+``f(model, (H, W)) -> callable(x) -> probabilities`` (or None when unavailable).
 """
 
 from __future__ import annotations
@@ -25,12 +39,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,17 +57,22 @@ from unet.config import load_config  # noqa: E402
 from unet.fileio import atomic_write_text  # noqa: E402
 from unet.integer import IntegerUNet, code_mismatches  # noqa: E402
 from unet.model import UNet, build_model  # noqa: E402
+from unet.prep.em import synthetic_em_stack  # noqa: E402
+from unet.prep.nih import synthetic_case  # noqa: E402
 
 EM_BASE = REPO / "EM_BASE" / "config.yaml"
 
 from modes import MODES as ALL_MODES  # noqa: E402
 
-MODES = {name: ALL_MODES[name] for name in ("fixed_nearest", "fixed_pow2", "int", "bnn")}
+MODES = {name: ALL_MODES[name] for name in ("fixed_pow2", "fixed_nearest", "int", "bnn")}
+MODES["fixed_saturate"] = ("FIXED nearest saturate a Q6.0 / w Q0.4",
+                           ALL_MODES["fixed_nearest"][1] + ["fixed_overflow=saturate"])
+DEFAULT_MODES = ("fixed_pow2", "fixed_saturate")
+
+Factory = Callable[[UNet, tuple[int, int]], Callable | None]
 
 
-def _float_engine(model: UNet) -> Callable:
-    model.eval()
-
+def _float_engine(model: UNet, hw: tuple[int, int]) -> Callable:
     @torch.no_grad()
     def forward(x: torch.Tensor) -> torch.Tensor:
         return model(x)
@@ -59,11 +80,54 @@ def _float_engine(model: UNet) -> Callable:
     return forward
 
 
+def _integer_engine(model: UNet, hw: tuple[int, int]) -> Callable:
+    return IntegerUNet.from_model(model)
+
+
+def _integer_reference(model: UNet, hw: tuple[int, int]) -> Callable:
+    return IntegerUNet.from_model(model, fast=False)
+
+
+def _onnx_float(model: UNet, hw: tuple[int, int]) -> Callable:
+    from unet.export.onnx import OnnxForward
+
+    return OnnxForward(model, hw)
+
+
+def _onnx_int(model: UNet, hw: tuple[int, int]) -> Callable | None:
+    try:
+        from unet.export.onnx_int import IntegerOnnxForward  # not in every installation yet
+    except ImportError:
+        return None
+    return IntegerOnnxForward(model, hw)
+
+
 #: Engines compared, in column order: (name, factory). The first is the reference for ratios.
-ENGINES: list[tuple[str, Callable[[UNet], Callable]]] = [
+ENGINES: list[tuple[str, Factory]] = [
     ("pytorch_float", _float_engine),
-    ("integer", IntegerUNet.from_model),
+    ("integer", _integer_engine),
+    ("integer_reference", _integer_reference),
+    ("onnx_float", _onnx_float),
+    ("onnx_int", _onnx_int),
 ]
+
+
+def cpu_features() -> dict:
+    """The CPU's model name and integer dot-product instruction sets, from /proc/cpuinfo."""
+    flags: set[str] = set()
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "flags" and not flags:
+                flags = set(value.split())
+            elif key.strip() == "model name":
+                name = value.strip()
+    except OSError:
+        pass
+    return {"model": name, "avx512_vnni": "avx512_vnni" in flags, "avx_vnni": "avx_vnni" in flags,
+            "vnni": bool({"avx512_vnni", "avx_vnni"} & flags), "amx_int8": "amx_int8" in flags,
+            "avx512f": "avx512f" in flags, "avx2": "avx2" in flags}
 
 
 def build(mode: str, base_channels: int) -> UNet:
@@ -73,18 +137,41 @@ def build(mode: str, base_channels: int) -> UNet:
     return build_model(cfg).eval()
 
 
-def bench_mode(mode: str, args: argparse.Namespace, log: Callable[[str], None]) -> dict:
-    model = build(mode, args.base_channels)
-    x = torch.rand(args.batch, 1, args.size, args.size, generator=torch.Generator().manual_seed(1))
-    x = x.contiguous(memory_format=torch.channels_last)
-    engines = {}
+def inputs(quick: bool) -> dict[str, torch.Tensor]:
+    """``em``: one EM slice (1, 1, 512, 512) (256 with quick); ``ct``: the CT volume's axial
+    slices (16, 1, 192, 192) (4 slices of 96 x 96 with quick), both float32 in [0, 1]."""
+    size, ct_shape = (256, (96, 96, 4)) if quick else (512, (192, 192, 16))
+    em, _ = synthetic_em_stack(1, size, seed=0)
+    em_x = torch.from_numpy(em.astype(np.float32) / 255.0)[:, None]
+    ct, _ = synthetic_case(ct_shape, seed=0)
+    windowed = np.clip(ct.astype(np.float32), 0.0, 255.0) / 255.0  # NIH record: HU window 0..255
+    ct_x = torch.from_numpy(np.ascontiguousarray(windowed.transpose(2, 0, 1)))[:, None]
+    return {"em": em_x.contiguous(memory_format=torch.channels_last),
+            "ct": ct_x.contiguous(memory_format=torch.channels_last)}
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"min": min(values), "median": statistics.median(values)}
+
+
+def bench_case(model: UNet, x: torch.Tensor, names: list[str], args: argparse.Namespace,
+               log: Callable[[str], None], tag: str) -> dict:
+    """Interleaved rounds of every available engine on ``x``; min / median seconds and ratios."""
+    hw = (x.shape[-2], x.shape[-1])
+    engines: dict[str, Callable] = {}
     for name, factory in ENGINES:
+        if name not in names:
+            continue
         start = time.perf_counter()
-        engines[name] = factory(model)
-        log(f"  {mode}: built {name} in {time.perf_counter() - start:.2f} s")
+        engine = factory(model, hw)
+        if engine is None:
+            log(f"  {tag}: {name} is not available here, skipped")
+            continue
+        engines[name] = engine
+        log(f"  {tag}: built {name} in {time.perf_counter() - start:.2f} s")
     wall: dict[str, list[float]] = {n: [] for n in engines}
     cpu: dict[str, list[float]] = {n: [] for n in engines}
-    for r in range(args.warmup + args.reps):
+    for r in range(args.warmup + args.rounds):
         order = list(engines) if r % 2 == 0 else list(engines)[::-1]
         for name in order:
             c0, t0 = time.process_time(), time.perf_counter()
@@ -93,62 +180,88 @@ def bench_mode(mode: str, args: argparse.Namespace, log: Callable[[str], None]) 
             if r >= args.warmup:
                 wall[name].append(t)
                 cpu[name].append(c)
-            log(f"  {mode} round {r + 1}: {name:14s} {t:7.2f} s wall {c:7.2f} s CPU")
-    ref = ENGINES[0][0]
-    result: dict = {"label": MODES[mode][0], "engines": {}}
+            log(f"  {tag} round {r + 1}: {name:18s} {t:7.3f} s wall {c:7.3f} s CPU")
+    result: dict = {"shape": list(x.shape), "engines": {}}
+    ref = wall.get("pytorch_float")
     for name in engines:
-        w, c = statistics.median(wall[name]), statistics.median(cpu[name])
-        result["engines"][name] = {
-            "images_per_s": args.batch / w, "images_per_cpu_s": args.batch / c,
-            "ratio_to_float": statistics.median(wall[ref]) / w, "cpu_ratio_to_float": statistics.median(cpu[ref]) / c,
-        }
+        w = _stats(wall[name])
+        entry = {"wall_s": w, "cpu_s": _stats(cpu[name])}
+        if ref is not None:
+            r = _stats(ref)
+            entry["speed_vs_float"] = {k: r[k] / w[k] for k in w}  # > 1: faster than PyTorch float
+        result["engines"][name] = entry
+    result["engines"].update({n: None for n in names if n not in engines})
+    if "onnx_int" in engines and "onnx_float" in engines:
+        f, i = _stats(wall["onnx_float"]), _stats(wall["onnx_int"])
+        result["onnx_int_speed_vs_onnx_float"] = {k: f[k] / i[k] for k in f}
     integer = engines.get("integer")
     if isinstance(integer, IntegerUNet):
         result["kernels"] = integer.kernels_used()
         if not args.no_check:
-            result["code_mismatches"] = sum(code_mismatches(model, integer, x).values())
+            result["code_mismatches_vs_fake_quant"] = sum(code_mismatches(model, integer, x).values())
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="base_channels 16, 1 warm-up, 2 repetitions")
-    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {list(MODES)}")
-    parser.add_argument("--base-channels", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--size", type=int, default=200)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--no-check", action="store_true", help="skip the code comparison")
+    parser.add_argument("--quick", action="store_true",
+                        help="base_channels 16, EM 256x256, CT 4 x 96x96, no warm-up, 1 round (a smoke run)")
+    parser.add_argument("--modes", default=",".join(DEFAULT_MODES), help=f"comma-separated subset of {list(MODES)}")
+    parser.add_argument("--inputs", default="em,ct", help="comma-separated subset of em, ct")
+    parser.add_argument("--base-channels", type=int, default=None, help="default 64 (16 with --quick)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed rounds (default 1, 0 with --quick)")
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 5, 1 with --quick)")
+    parser.add_argument("--reference", action="store_true", help="also time the integer engine's reference path")
+    parser.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime engines")
+    parser.add_argument("--no-check", action="store_true", help="skip the code comparison with the fake-quant model")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.base_channels, args.reps = 16, 2
+    base = args.base_channels or (16 if args.quick else 64)
+    args.warmup = args.warmup if args.warmup is not None else (0 if args.quick else 1)
+    args.rounds = args.rounds or (1 if args.quick else 5)
     modes = [m for m in args.modes.split(",") if m]
     unknown = [m for m in modes if m not in MODES]
-    if unknown:
-        print(f"error: unknown mode(s) {unknown}; choose from {list(MODES)}", file=sys.stderr)
+    cases = [c for c in args.inputs.split(",") if c]
+    if unknown or not modes or any(c not in ("em", "ct") for c in cases) or not cases:
+        print(f"error: --modes must name some of {list(MODES)} and --inputs some of em, ct", file=sys.stderr)
         return 2
+    names = [n for n, _ in ENGINES if (n != "integer_reference" or args.reference)
+             and (not n.startswith("onnx") or not args.no_onnx)]
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    results = {
-        "settings": {"base_channels": args.base_channels, "batch": args.batch, "size": args.size,
-                     "reps": args.reps, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                     "loadavg_start": os.getloadavg()},
-        "modes": {m: bench_mode(m, args, log) for m in modes},
+    data = inputs(args.quick)
+    results: dict = {
+        "settings": {"base_channels": base, "rounds": args.rounds, "warmup": args.warmup,
+                     "torch": torch.__version__, "threads": torch.get_num_threads(),
+                     "cpu": cpu_features(), "loadavg_start": os.getloadavg()},
+        "modes": {},
     }
+    for mode in modes:
+        model = build(mode, base)
+        results["modes"][mode] = {"label": MODES[mode][0], "inputs": {
+            c: bench_case(model, data[c], names, args, log, f"{mode}/{c}") for c in cases}}
     results["settings"]["loadavg_end"] = os.getloadavg()
-    print(f"{args.size}x{args.size}, batch {args.batch}, base_channels {args.base_channels}, "
-          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
-    print(f"{'mode':32s} {'engine':14s} {'images/s':>9s} {'vs float':>9s} {'CPU vs float':>13s}  codes equal")
+    cpu = results["settings"]["cpu"]
+    print(f"base_channels {base}, {args.rounds} rounds, {torch.get_num_threads()} threads, {cpu['model']} "
+          f"(VNNI {cpu['vnni']}, AMX-INT8 {cpu['amx_int8']}), load average {os.getloadavg()[0]:.1f}")
+    print(f"{'mode':38s} {'input':5s} {'engine':18s} {'min s':>8s} {'median s':>9s} {'vs float (min/med)':>19s}")
     for r in results["modes"].values():
-        same = r.get("code_mismatches")
-        for name, e in r["engines"].items():
-            check = "" if name != "integer" or same is None else str(same == 0)
-            print(f"{r['label']:32s} {name:14s} {e['images_per_s']:9.3f} {e['ratio_to_float']:8.2f}x "
-                  f"{e['cpu_ratio_to_float']:12.2f}x  {check}")
+        for case, res in r["inputs"].items():
+            for name, e in res["engines"].items():
+                if e is None:
+                    print(f"{r['label']:38s} {case:5s} {name:18s} {'n/a':>8s}")
+                    continue
+                ratio = e.get("speed_vs_float", {})
+                print(f"{r['label']:38s} {case:5s} {name:18s} {e['wall_s']['min']:8.3f} {e['wall_s']['median']:9.3f} "
+                      f"{ratio.get('min', float('nan')):8.2f}x/{ratio.get('median', float('nan')):.2f}x")
+            if "onnx_int_speed_vs_onnx_float" in res:
+                o = res["onnx_int_speed_vs_onnx_float"]
+                print(f"{'':38s} {case:5s} onnx_int vs onnx_float {o['min']:.2f}x/{o['median']:.2f}x")
+            if "code_mismatches_vs_fake_quant" in res:
+                print(f"{'':38s} {case:5s} integer codes differing from the fake-quant model: "
+                      f"{res['code_mismatches_vs_fake_quant']}")
     if args.json:
         atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
     return 0

@@ -141,7 +141,7 @@ def test_negative_gamma_and_the_wrap_region():
 
 def test_kernels_agree_and_float32_is_only_used_when_proven():
     model = trained("FIXED", act=(4, 0), weight=(0, 2))
-    engine = IntegerUNet.from_model(model)
+    engine = IntegerUNet.from_model(model, fast=False)  # the reference kernels (fast: tests/test_integer_fast.py)
     auto = engine.forward_codes(VALIDATION)
     assert set(engine.kernels_used().values()) == {"float32"}
     assert all(u.static_bound < 2**24 for u in engine.units.values())
@@ -188,7 +188,7 @@ def test_batch_driven_tables_grow_and_stay_exact():
     """Q8.8 tables cover only the accumulator range seen so far: a later batch with larger
     activations widens them, and the codes still equal the model's."""
     model = trained("FIXED", act=(8, 8), weight=(8, 8))
-    engine = IntegerUNet.from_model(model)
+    engine = IntegerUNet.from_model(model, fast=False)  # the fast path has no tables
     unit = engine.units["enc2.0"]
     assert not unit.requant.static
     small = VALIDATION * 0.25

@@ -15,6 +15,7 @@ from quantizer import QuantConv2d, QuantSpec
 
 from ..errors import UserError
 from ..model import Stage, UNet, upsample_cat, walk
+from .fast import FLOAT32_CODES, Int8Conv, float_codes, requantize
 from .formats import CodeFormat, code_format, codes_to_values, values_to_codes
 from .kernels import (
     KERNELS,
@@ -53,13 +54,32 @@ class IntegerUnit:
     weight_scale: float
     float_weights: dict[str, Tensor] = field(default_factory=dict)
     last_kernel: str = ""
+    fast_conv: Int8Conv | None = None
 
     def __call__(self, a: Tensor, kernel: str) -> Tensor:
-        """Output codes of input codes ``a`` (int64, B C H W)."""
-        observed = int(a.abs().amax()) if a.numel() else 0
+        """Output codes of input codes ``a`` (B C H W): int64 codes through the reference kernels
+        and threshold tables, or float32 codes (channels_last) through the fast path
+        (:mod:`.fast`: exact int8 limb GEMMs, direct requantization), which returns float32."""
+        if a.numel():
+            flat = a.permute(0, 2, 3, 1) if a.is_contiguous(memory_format=torch.channels_last) else a
+            low, high = torch.aminmax(flat)  # on the memory order: no layout copy
+            observed = int(max(-low, high))
+        else:
+            observed = 0
         if observed > self.max_input_code:
             raise ValueError(f"{self.name}: input code {observed} above the format's bound {self.max_input_code}")
         bound = observed * self.weight_sums  # this batch's proof (<= the static bound)
+        if a.is_floating_point():
+            if self.fast_conv is None and Int8Conv.accepts(self.weights):
+                self.fast_conv = Int8Conv(self.weights)
+            if self.fast_conv is not None:
+                acc = self.fast_conv(a, observed)
+                self.last_kernel = self.fast_conv.last_kernel
+            else:  # weights too wide for int32 limb sums: the reference kernels, same codes
+                kernel = choose_kernel(bound, observed, self.weights[0].numel())
+                self.last_kernel = kernel
+                acc = conv3x3_codes(a.to(torch.int64), self.weights, kernel, self.float_weights).permute(0, 2, 3, 1)
+            return requantize(self.requant, acc, bound)
         terms = self.weights[0].numel()
         if kernel == "auto":
             kernel = choose_kernel(bound, observed, terms)
@@ -83,12 +103,13 @@ class IntegerUNet:
     activation codes after every quantized unit (``enc1.0`` ... ``dec1.1``). Runs on the CPU.
     """
 
-    def __init__(self, model: UNet, kernel: str = "auto") -> None:
+    def __init__(self, model: UNet, kernel: str = "auto", fast: bool = True) -> None:
         """Use :meth:`from_model`."""
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         self.model = model
         self.kernel = kernel
+        self.fast = False
         wq, aq = model.weight_quant, model.act_quant
         self.mode = _mode_name(wq, aq)
         self.fmt: CodeFormat | None = None
@@ -116,9 +137,11 @@ class IntegerUNet:
                 unit_name, conv.bias.detach(), self.fmt.scale / in_gain * w_scale, unit.act, unit.bn, self.fmt, bound
             )
             self.units[unit_name] = IntegerUnit(unit_name, codes, requant, in_max, int(sums.max()), w_scale)
+        # the fast path holds codes in float32: every code, upsampled (x UP_GAIN), must be exact
+        self.fast = fast and kernel == "auto" and self.fmt.max_code * UP_GAIN < FLOAT32_CODES
 
     @classmethod
-    def from_model(cls, model: UNet, kernel: str = "auto") -> IntegerUNet:
+    def from_model(cls, model: UNet, kernel: str = "auto", fast: bool = True) -> IntegerUNet:
         """The integer engine of ``model`` (copied to the CPU and put in eval mode: BatchNorm
         uses its running statistics, Dropout is off).
 
@@ -126,11 +149,14 @@ class IntegerUNet:
         else float64, else float64 on weight limbs, else int64), or force ``float32`` /
         ``float64`` / ``limbs`` / ``int64`` (a forced float kernel raises ValueError on a
         batch where it is not proven exact).
+        ``fast`` (with ``kernel`` auto): the fast exact path (:mod:`.fast`: int8 limb GEMMs with
+        int32 accumulation and direct requantization; codes equal the reference path's) wherever
+        the activation format's codes are exact in float32, else the reference kernels.
         Raises :class:`~unet.errors.UserError` for a model without integer arithmetic
         (quantization Normal) or a combination of quantizers the engine does not cover.
         """
         model = copy.deepcopy(model).to("cpu").eval()
-        return cls(model, kernel)
+        return cls(model, kernel, fast)
 
     # --- forward --------------------------------------------------------------------------
 
@@ -177,8 +203,10 @@ class IntegerUNet:
             name = f"{stage.name}.{i}"
             a = unit(a) if stage.float_weights else self.units[name](a, self.kernel)
             if record is not None:
-                record[name] = values_to_codes(a, self.fmt) if stage.float_weights else a
-        return values_to_codes(a, self.fmt) if stage.float_weights else a
+                record[name] = values_to_codes(a, self.fmt) if stage.float_weights else a.to(torch.int64)
+        if stage.float_weights:
+            return float_codes(a, self.fmt) if self.fast else values_to_codes(a, self.fmt)
+        return a
 
     def _forward_ternary(self, x: Tensor) -> Tensor:
         m = self.model

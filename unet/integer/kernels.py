@@ -114,7 +114,12 @@ def conv3x3_codes(a: Tensor, w: Tensor, kernel: str, w_float: dict[str, Tensor] 
 
 
 def maxpool2_codes(c: Tensor) -> Tensor:
-    """2x2 max pooling, stride 2, of codes (exact: the scale is positive, max commutes with it)."""
+    """2x2 max pooling, stride 2, of codes (exact: the scale is positive, max commutes with it).
+
+    Integer codes are pooled as int64; float32 codes (the fast path's) by ``max_pool2d``, which
+    keeps their channels_last layout (a maximum is exact in any dtype)."""
+    if c.is_floating_point():
+        return F.max_pool2d(c, 2)
     b, ch, h, w = c.shape
     return c.reshape(b, ch, h // 2, 2, w // 2, 2).amax(dim=(3, 5))
 
@@ -143,5 +148,11 @@ def upsample2_codes(c: Tensor) -> Tensor:
     ``out = (9 a + 3 b + 3 c + d)`` inside, with the border rows/columns repeated; the float
     model's ``F.interpolate`` computes the same weights 0.25/0.75, so ``out * s / 16`` equals
     its result wherever that is exact in float32 (codes below ``2^20``).
+
+    Float32 codes (the fast path's, ``|c| < 2^20``) go through ``F.interpolate`` itself times 16:
+    with the weights 1/4 and 3/4 every product and sum is a multiple of 1/16 below 2^20, exact
+    in float32, so the result equals the integer formula (and keeps the channels_last layout).
     """
+    if c.is_floating_point():
+        return F.interpolate(c, scale_factor=2, mode="bilinear", align_corners=False).mul_(16)
     return _up2_axis(_up2_axis(c, 2), 3)

@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None,
                         help="cpu, cuda or cuda:N (default: cuda:0 when available, else cpu)")
     parser.add_argument("--engine", choices=ENGINES, default="float",
-                        help="float: the PyTorch model (default); integer: the bit-true integer engine; "
-                        "onnx: onnxruntime")
+                        help="float: the PyTorch model (default); integer: the bit-true integer engine (its fast "
+                        "exact path: int8 GEMMs, see docs/engines.md); onnx: onnxruntime")
     parser.add_argument("--intensity", choices=INTENSITY_OPTIONS, default="training",
                         help="grey levels of images that are not 8-bit: training (default) applies the range the "
                         "preparation recorded (every file alike); per-file scales each file by its own min..max")
