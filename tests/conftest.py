@@ -1,30 +1,36 @@
-"""Shared fixtures: the repository root and a runner for the project's commands."""
+"""Shared fixtures: the repository root, one torch thread, a small EM dataset and every mode's
+small EM model trained through the real trainer. Plain builders live in :mod:`tests.helpers`."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from .helpers.commands import REPO, run_command
 
-
-def run_command(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``python *args`` in ``cwd`` the way a user would; capture its output."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
-    )
+__all__ = ["REPO", "run_command"]
 
 
 @pytest.fixture(scope="session")
 def repo() -> Path:
+    """The repository root."""
     return REPO
+
+
+@pytest.fixture(scope="session")
+def small_em_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six synthetic EM slices of 32 px (slices 4 and 5 for validation), prepared in this process
+    by :func:`unet.prep.em.prepare_em`."""
+    from unet.prep.em import prepare_em, synthetic_em_stack
+
+    volume, labels = synthetic_em_stack(n_slices=6, size=64, seed=0)
+    root = tmp_path_factory.mktemp("em") / "em"
+    prepare_em(volume, labels, root, val_slices=[4, 5], resize=32, crop=32)
+    return root
 
 
 @pytest.fixture(scope="module")

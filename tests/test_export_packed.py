@@ -22,6 +22,7 @@ from unet.export.packed import float32_size_bytes, pack_codes, read_header, unpa
 from unet.model import UNet, quant_specs
 
 from .conftest import REPO, run_command
+from .helpers.models import random_batch, trained_unet
 
 MODES = {
     "a8.0_w0.8-wrap": ("FIXED", 8, 0, 0, 8, "nearest", "wrap"),
@@ -41,16 +42,8 @@ MODES = {
 def trained(mode: tuple, activation: str = "relu") -> UNet:
     """A base_channels 4 U-Net after 2 Adam steps on random 16x16 data (weights off their init),
     laid out channels_last as the trainer builds it (read_packed returns that layout)."""
-    torch.manual_seed(1)
-    model = UNet(4, *quant_specs(*mode), activation=activation, dropout=0.1).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
-    for _ in range(2):
-        x, y = torch.rand(2, 1, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
-        loss = torch.nn.functional.binary_cross_entropy(model(x).clamp(1e-6, 1 - 1e-6), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model
+    return trained_unet(quant_specs(*mode), random_batch, steps=2, lr=0.05, seed=1, activation=activation,
+                        dropout=0.1, channels_last=True)
 
 
 # --- bit packing ----------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from unet.integer.compare import reference_codes, unit_mismatches
 from unet.integer.kernels import conv3x3_codes, conv_bound, maxpool2_codes, upsample2_codes, weight_limbs
 from unet.model import UNet, quant_specs
 
+from .helpers.models import trained_unet
+
 SIZE = 32
 CL = torch.channels_last
 
@@ -46,17 +48,9 @@ def trained(mode: str, act=(6, 0), weight=(0, 4), rounding="nearest", overflow="
     """A tiny model of the given quantization, trained 8 steps (cached per configuration)."""
     key = (mode, act, weight, rounding, overflow, activation)
     if key not in _MODELS:
-        torch.manual_seed(0)
-        wq, aq = quant_specs(mode, act[0], act[1], weight[0], weight[1], rounding, overflow)
-        model = UNet(4, wq, aq, activation=activation).to(memory_format=CL)
-        x, y = blobs(8, 1)
-        opt = torch.optim.Adam(model.parameters(), 1e-2)
-        for _ in range(8):
-            loss = F.binary_cross_entropy(model(x).clamp(1e-6, 1 - 1e-6), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        _MODELS[key] = model.eval()
+        specs = quant_specs(mode, act[0], act[1], weight[0], weight[1], rounding, overflow)
+        _MODELS[key] = trained_unet(specs, blobs(8, 1), steps=8, lr=1e-2, seed=0, activation=activation,
+                                    channels_last=True).eval()
     return _MODELS[key]
 
 
