@@ -11,11 +11,13 @@ import torch
 
 from quantizer import binary, fixed_point, int_minmax
 from quantizer import functional as F
+from quantizer import reference as R
 from unet.model import UNet, quant_specs
 
 from .helpers.equality import equal_values
 
 # --- the SPEC §3 formulas, written literally (the code before the speed rewrite) ---------------
+# Torch forms of the rules of quantizer.reference, for every dtype; checked against it below.
 
 
 def ref_wrap(x, i, f):
@@ -59,6 +61,20 @@ def in_range(bound: float) -> torch.Tensor:
 
 
 FORMATS = [(i, f) for i in (0, 1, 3, 6, 8) for f in (0, 1, 2, 4, 8)]
+
+
+@pytest.mark.parametrize(("i", "f"), [(0, 2), (3, 3), (6, 0), (8, 8), (0, 0)])
+def test_the_torch_formulas_here_are_the_reference_rules(i, f):
+    """The float32 probe (specials, ties, every scale) through ref_* and through the plain-Python
+    rules of quantizer.reference: the same values (pow2 away from its ties 2^(k + 1/2))."""
+    x = probe()
+    for ref, rule in ((ref_wrap, R.fixed_point_nearest_wrap), (ref_saturate, R.fixed_point_nearest_saturate),
+                      (ref_pow2, R.fixed_point_pow2)):
+        values = x.tolist()
+        if rule is R.fixed_point_pow2:
+            values = [v for v in values if not R.pow2_near_tie(v)]
+        expected = torch.tensor([rule(v, i, f) for v in values], dtype=torch.float32)
+        assert equal_values(ref(torch.tensor(values, dtype=torch.float32), i, f), expected), rule.__name__
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
