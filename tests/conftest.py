@@ -3,7 +3,6 @@ small EM model trained through the real trainer. Plain builders live in :mod:`te
 
 from __future__ import annotations
 
-import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from .helpers.commands import REPO, run_command
+from .helpers.experiments import make_experiment
 
 __all__ = ["REPO", "run_command"]
 
@@ -71,10 +71,7 @@ class TrainedEM:
             from unet.exactness import MODES
             from unet.experiments import load_recipe
 
-            folder = self.root / "runs" / mode
-            folder.mkdir(parents=True)
-            shutil.copy(REPO / "em" / "quickstart" / "config.yaml", folder / "config.yaml")
-            (folder / "em_unet.py").symlink_to(REPO / "EM_BASE" / "em_unet.py")
+            folder = make_experiment(self.root / "runs", experiment="quickstart", name=mode)
             overrides = ["base_channels=4", f"num_epochs={self.EPOCHS}", f"dataset_path={self.data}",
                          "crop_size=[64,64]", "batch_size=4", "val_batch_size=2", "overlay_every=1000",
                          f"experiment_name={mode}", *MODES[mode][1]]

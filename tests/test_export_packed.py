@@ -4,7 +4,6 @@ size against ``packed_size_bytes`` and the results table, and the ``python -m un
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import types
 from pathlib import Path
@@ -22,6 +21,7 @@ from unet.export.packed import float32_size_bytes, pack_codes, read_header, unpa
 from unet.model import UNet, quant_specs
 
 from .conftest import REPO, run_command
+from .helpers.experiments import make_experiment
 from .helpers.models import random_batch, trained_unet
 
 MODES = {
@@ -162,10 +162,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
                         "96", "--resize", "48", "--crop", "32", "--out", str(root / "data")], cwd=REPO)
     assert prep.returncode == 0, prep.stderr
     experiments = root / "em"
-    folder = experiments / "a6.0_w0.4"
-    folder.mkdir(parents=True)
-    shutil.copy(REPO / "em" / "a6.0_w0.4" / "config.yaml", folder / "config.yaml")
-    (folder / "em_unet.py").symlink_to(REPO / "EM_BASE" / "em_unet.py")
+    folder = make_experiment(experiments, name="a6.0_w0.4")
     overrides = ["-o", "base_channels=2", "-o", "num_epochs=1", "-o", f"dataset_path={root / 'data'}",
                  "-o", "crop_size=[32,32]", "-o", "batch_size=4", "-o", "val_batch_size=4"]
     trained_run = run_command(["em_unet.py", "-f", "config.yaml", "-t", "UNET", *overrides], cwd=folder)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +21,8 @@ from quantizer import modules as quant_modules
 from unet import metrics as unet_metrics
 from unet import runtime
 
-from .helpers.commands import REPO
 from .helpers.equality import bit_equal
+from .helpers.experiments import make_experiment
 from .helpers.quantizer_cases import MODE_OVERRIDES, samples, train_metrics
 
 # --- the code before the rewrite ----------------------------------------------------------
@@ -341,10 +340,7 @@ def test_allocator_setting_leaves_a_trained_run_unchanged(small_em_data: Path, t
     """The real EM trainer, FIXED pow2, with and without ``tune_allocator`` (two processes)."""
     runs = []
     for switch in ("1", "0"):
-        folder = tmp_path / f"alloc{switch}"
-        folder.mkdir()
-        shutil.copy(REPO / "em" / "a6.0_w0.4" / "config.yaml", folder / "config.yaml")
-        (folder / "em_unet.py").symlink_to(REPO / "EM_BASE" / "em_unet.py")
+        folder = make_experiment(tmp_path, name=f"alloc{switch}")
         args = ["-o", f"dataset_path={small_em_data}", "-o", "crop_size=[32, 32]", "-o", "base_channels=4", "-o",
                 "num_epochs=2", "-o", "batch_size=2", "-o", "val_batch_size=2", "-o", "lr=0.01"]
         env = {**os.environ, runtime.ENV_SWITCH: switch}
