@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from quantizer import ActivationQuantizer, QuantConv2d, QuantSpec
+from quantizer import reference as R
 from unet.model import TernaryTanh, UNet, quant_specs
 
 
@@ -87,6 +88,10 @@ def test_ternarytanh_values_and_beta_is_saved_in_the_state_dict() -> None:
     assert TernaryTanh(3.0)(x).tolist() == pytest.approx(b3, abs=1e-7)
     assert TernaryTanh(8.0)(torch.tensor([0.25])).item() == pytest.approx(0.00033535, abs=1e-7)
     assert TernaryTanh(3.0)(torch.tensor([0.0])).item() == 0.0
+    grid = torch.linspace(-1.5, 1.5, 61)
+    for b in (3.0, 5.5, 8.0):
+        expected = [R.ternary_tanh(v, b) for v in grid.tolist()]
+        assert TernaryTanh(b)(grid).tolist() == pytest.approx(expected, abs=1e-6)
     model = UNet(4, activation="ternarytanh")
     model.set_beta(5.5)
     assert model.beta() == 5.5

@@ -330,3 +330,15 @@ def test_ternary_large_weights_do_not_overflow_the_threshold():
     q = ternary(t([[3e38, 3e38, 0.0, 0.0]]))
     assert_exact(q, [[3e38, 3e38, 0.0, 0.0]])
     assert R.ternary(t([[3e38, 3e38, 0.0, 0.0]]).tolist()) == t([[3e38, 3e38, 0.0, 0.0]]).tolist()
+
+
+# --- ternarytanh (the reference; the model's activation is tested against it in test_model.py) ---
+
+
+def test_reference_ternary_tanh_and_its_schedule_by_hand():
+    # b = 3: x = 0.5 -> 0.5 tanh(0) + 0.5 tanh(6) = 0.49999386; x = 1 -> 0.5 (tanh 3 + tanh 9) = 0.99752736
+    assert R.ternary_tanh(0.5, 3.0) == pytest.approx(0.49999386, abs=1e-8)
+    assert R.ternary_tanh(1.0, 3.0) == pytest.approx(0.99752736, abs=1e-8)
+    assert R.ternary_tanh(0.0, 3.0) == 0.0 and R.ternary_tanh(-1.0, 3.0) == -R.ternary_tanh(1.0, 3.0)
+    assert [R.ternary_tanh_beta(e, 11) for e in (1, 6, 11)] == [3.0, 5.5, 8.0]
+    assert R.ternary_tanh_beta(1, 1) == 3.0
