@@ -1,30 +1,36 @@
-"""Shared fixtures: the repository root and a runner for the project's commands."""
+"""Shared fixtures: the repository root, one torch thread, a small EM dataset and every mode's
+small EM model trained through the real trainer. Plain builders live in :mod:`tests.helpers`."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from .helpers.commands import REPO, run_command
+from .helpers.experiments import make_experiment
 
-
-def run_command(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``python *args`` in ``cwd`` the way a user would; capture its output."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
-    )
+__all__ = ["REPO", "run_command"]
 
 
 @pytest.fixture(scope="session")
 def repo() -> Path:
+    """The repository root."""
     return REPO
+
+
+@pytest.fixture(scope="session")
+def small_em_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six synthetic EM slices of 32 px (slices 4 and 5 for validation), prepared in this process
+    by :func:`unet.prep.em.prepare_em`."""
+    from unet.prep.em import prepare_em, synthetic_em_stack
+
+    volume, labels = synthetic_em_stack(n_slices=6, size=64, seed=0)
+    root = tmp_path_factory.mktemp("em") / "em"
+    prepare_em(volume, labels, root, val_slices=[4, 5], resize=32, crop=32)
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +71,7 @@ class TrainedEM:
             from unet.exactness import MODES
             from unet.experiments import load_recipe
 
-            folder = self.root / "runs" / mode
-            folder.mkdir(parents=True)
-            shutil.copy(REPO / "em" / "quickstart" / "config.yaml", folder / "config.yaml")
-            (folder / "em_unet.py").symlink_to(REPO / "EM_BASE" / "em_unet.py")
+            folder = make_experiment(self.root / "runs", experiment="quickstart", name=mode)
             overrides = ["base_channels=4", f"num_epochs={self.EPOCHS}", f"dataset_path={self.data}",
                          "crop_size=[64,64]", "batch_size=4", "val_batch_size=2", "overlay_every=1000",
                          f"experiment_name={mode}", *MODES[mode][1]]

@@ -32,7 +32,7 @@ from unet.metrics import slice_metrics
 from unet.model import UNet
 
 from .conftest import REPO, run_command
-from .tiny_em import make_experiment, prepare_em, trainer_in_process
+from .helpers.experiments import make_experiment, prepare_synthetic_em, trainer_in_process
 
 SATURATE = QuantSpec(kind="fixed", i_bits=6, f_bits=0, rounding="nearest", overflow="saturate")
 WEIGHTS = QuantSpec(kind="fixed", i_bits=0, f_bits=4, rounding="nearest", overflow="saturate")
@@ -184,8 +184,8 @@ def mean_dice(masks: Path, data: Path) -> float:
 @pytest.fixture(scope="module")
 def lagging(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bnrecal")
-    data = prepare_em(root / "em")
-    folder = make_experiment(root, source="quickstart")
+    data = prepare_synthetic_em(root / "em")
+    folder = make_experiment(root, experiment="quickstart")
     return {"data": data, "folder": folder, "off": train(folder, data, "recal_false", "-o", "bn_recalibration=false"),
             "on": train(folder, data, "recal_true")}
 
@@ -262,8 +262,8 @@ def test_export_and_inference_warn_only_without_recomputed_statistics(lagging, t
 def test_a_resumed_run_goes_on_with_the_statistics_training_had(tmp_path: Path) -> None:
     """With eval-mode validation the moving averages shape every logged Dice, so a resume that took
     the checkpoint's recomputed statistics instead would log other figures."""
-    data = prepare_em(tmp_path / "em")
-    folder = make_experiment(tmp_path, source="quickstart")
+    data = prepare_synthetic_em(tmp_path / "em")
+    folder = make_experiment(tmp_path, experiment="quickstart")
     args = ["-o", "val_bn_mode=eval", "-o", "num_epochs=8", "-o", f"dataset_path={data}"]
     whole = train(folder, data, "whole", *args)
     trainer = [sys.executable, "em_unet.py", "-f", "config.yaml", "-t", "UNET", "-o", f"dataset_path={data}",
@@ -306,7 +306,7 @@ def test_the_policy_decides_which_epochs_recompute(lagging, monkeypatch: pytest.
         return real(*args, **kwargs)
 
     monkeypatch.setattr(unet.engine, "recalibrate_batchnorm", counting)
-    folder = make_experiment(tmp_path, source="quickstart")
+    folder = make_experiment(tmp_path, experiment="quickstart")
     args = ["-f", "config.yaml", "-t", "UNET", "-o", f"dataset_path={lagging['data']}", *LAGGING,
             "-o", "num_epochs=3", "-o", "lr=1e-12", "-o", f"bn_recalibration={policy}"]
     assert trainer_in_process(monkeypatch, folder, args) == 0

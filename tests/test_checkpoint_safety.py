@@ -11,8 +11,7 @@ import torch
 from unet.checkpoint import UnsafeCheckpointError, load_checkpoint
 from unet.errors import DataError
 
-from .test_reliability import assert_one_line_error, em_args, pair_folder
-from .test_trainers import make_experiment, train
+from .helpers.experiments import assert_one_line_error, em_args, make_experiment, pair_folder, train
 
 
 class _WritesMarker:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from unet.config import COMMON_KEYS, GM_KEYS, load_config, parse_override
 from unet.errors import ConfigError
@@ -108,10 +109,23 @@ def test_bad_override_names_the_option(experiment: Path) -> None:
 
 @pytest.mark.parametrize("base", sorted(REPO.glob("*_BASE/config.yaml")), ids=lambda p: p.parent.name)
 def test_every_base_config_sets_every_common_key(base: Path, tmp_path: Path) -> None:
+    """Read from the file itself (load_config would refuse a base without a key: tested below)."""
+    written = yaml.safe_load(base.read_text())["UNET"]
+    assert {k.name for k in COMMON_KEYS} <= set(written)
     exp = write(tmp_path / "e" / "config.yaml", "UNET: {}\n")
     extra = GM_KEYS if base.parent.name == "GM_BASE" else ()
     cfg = load_config(base, exp, extra_keys=extra)
-    assert {k.name for k in COMMON_KEYS} <= set(cfg)
+    assert all(cfg.sources[k.name] == str(base) for k in COMMON_KEYS)  # nothing filled in from elsewhere
+
+
+def test_a_base_config_without_a_key_is_refused_naming_it(tmp_path: Path) -> None:
+    values = yaml.safe_load(EM_BASE.read_text())
+    del values["UNET"]["lr"]
+    base = write(tmp_path / "BASE" / "config.yaml", yaml.safe_dump(values))
+    exp = write(tmp_path / "e" / "config.yaml", "UNET: {}\n")
+    with pytest.raises(ConfigError, match="missing key\\(s\\) lr") as info:
+        load_config(base, exp)
+    assert str(base) in str(info.value)
 
 
 def test_every_experiment_config_is_valid() -> None:

@@ -27,8 +27,7 @@ from unet.engine import build_model, seed_everything, set_validation_mode, valid
 from unet.experiments import load_recipe
 from unet.losses import get_loss
 
-from .test_reliability import HANG_GUARD_S, pair_folder
-from .test_trainers import make_experiment, read_metrics, train_in_process
+from .helpers.experiments import HANG_GUARD_S, make_experiment, pair_folder, read_metrics, train_in_process
 
 pytestmark = pytest.mark.slow
 

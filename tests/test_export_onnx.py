@@ -31,6 +31,9 @@ from unet.export.onnx import (
 from unet.export.qonnx import export_qonnx, qonnx_model, run_qonnx
 from unet.model import UNet, quant_specs
 
+from .helpers.equality import agree
+from .helpers.models import trained_unet
+
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
@@ -86,15 +89,7 @@ def trained(mode: str) -> UNet:
     """A base_channels 4 model of ``mode`` after 4 Adam steps on blobs (weights and BatchNorm
     statistics away from their init), in eval mode."""
     if mode not in _TRAINED:
-        torch.manual_seed(1)
-        model = UNet(4, *MODES[mode])
-        x, y = blobs(8, 32, 0)
-        opt = torch.optim.Adam(model.parameters(), 1e-2)
-        for _ in range(4):
-            opt.zero_grad()
-            torch.nn.functional.binary_cross_entropy(model(x), y).backward()
-            opt.step()
-        _TRAINED[mode] = model.eval()
+        _TRAINED[mode] = trained_unet(MODES[mode], blobs(8, 32, 0), steps=4, lr=1e-2, seed=1, clamp=False).eval()
     return _TRAINED[mode]
 
 
@@ -121,10 +116,6 @@ def nasty_values() -> np.ndarray:
     return np.concatenate([spread, grid, grid + 1 / 32, edges]).astype(np.float32)
 
 
-def same(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a == b) | (np.isnan(a) & np.isnan(b))
-
-
 @pytest.mark.parametrize(
     "spec",
     [fixed(6, 0), fixed(0, 4), fixed(3, 3), fixed(8, 8), fixed(0, 2), fixed(6, 0, "saturate"), fixed(0, 4, "saturate"),
@@ -135,7 +126,7 @@ def test_activation_rendering_equals_the_pytorch_rule_bit_for_bit(spec: QuantSpe
     x = nasty_values()
     expected = spec(torch.from_numpy(x.copy())).numpy()
     got = run_render(lambda g, name: onnx_activation(g, name, spec), x)
-    assert same(got, expected).all(), x[~same(got, expected)][:8]
+    assert agree(got, expected).all(), x[~agree(got, expected)][:8]
 
 
 def test_int_rendering_handles_a_constant_tensor_and_an_overflowing_span() -> None:
@@ -159,7 +150,7 @@ def test_pow2_rendering_rounds_where_torch_log2_rounds() -> None:
         x = np.concatenate([nasty_values(), near, -near, [np.inf, -np.inf, np.nan]]).astype(np.float32)
         expected = spec(torch.from_numpy(x.copy())).numpy()
         got = run_render(lambda g, name, spec=spec: onnx_activation(g, name, spec), x)
-        assert same(got, expected).all(), (spec, x[~same(got, expected)][:8])
+        assert agree(got, expected).all(), (spec, x[~agree(got, expected)][:8])
 
 
 def test_batchnorm_rendering_equals_pytorch_bit_for_bit() -> None:

@@ -4,7 +4,6 @@ size against ``packed_size_bytes`` and the results table, and the ``python -m un
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import types
 from pathlib import Path
@@ -23,6 +22,8 @@ from unet.memory import float32_size_bytes
 from unet.model import UNet, quant_specs
 
 from .conftest import REPO, run_command
+from .helpers.experiments import make_experiment
+from .helpers.models import random_batch, trained_unet
 
 MODES = {
     "a8.0_w0.8-wrap": ("FIXED", 8, 0, 0, 8, "nearest", "wrap"),
@@ -42,16 +43,8 @@ MODES = {
 def trained(mode: tuple, activation: str = "relu") -> UNet:
     """A base_channels 4 U-Net after 2 Adam steps on random 16x16 data (weights off their init),
     laid out channels_last as the trainer builds it (read_packed returns that layout)."""
-    torch.manual_seed(1)
-    model = UNet(4, *quant_specs(*mode), activation=activation, dropout=0.1).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
-    for _ in range(2):
-        x, y = torch.rand(2, 1, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
-        loss = torch.nn.functional.binary_cross_entropy(model(x).clamp(1e-6, 1 - 1e-6), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model
+    return trained_unet(quant_specs(*mode), random_batch, steps=2, lr=0.05, seed=1, activation=activation,
+                        dropout=0.1, channels_last=True)
 
 
 # --- bit packing ----------------------------------------------------------------------------
@@ -170,10 +163,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
                         "96", "--resize", "48", "--crop", "32", "--out", str(root / "data")], cwd=REPO)
     assert prep.returncode == 0, prep.stderr
     experiments = root / "em"
-    folder = experiments / "a6.0_w0.4"
-    folder.mkdir(parents=True)
-    shutil.copy(REPO / "em" / "a6.0_w0.4" / "config.yaml", folder / "config.yaml")
-    (folder / "em_unet.py").symlink_to(REPO / "EM_BASE" / "em_unet.py")
+    folder = make_experiment(experiments, name="a6.0_w0.4")
     overrides = ["-o", "base_channels=2", "-o", "num_epochs=1", "-o", f"dataset_path={root / 'data'}",
                  "-o", "crop_size=[32,32]", "-o", "batch_size=4", "-o", "val_batch_size=4"]
     trained_run = run_command(["em_unet.py", "-f", "config.yaml", "-t", "UNET", *overrides], cwd=folder)

@@ -19,12 +19,12 @@ from unet.engine import Run
 from unet.invocation import Invocation, prepare_hint
 
 from .conftest import REPO
-from .tiny_em import TINY, make_experiment, prepare_em, run_printed, trainer_in_process
+from .helpers.experiments import TINY, make_experiment, prepare_synthetic_em, run_printed, trainer_in_process
 
 
 @pytest.fixture(scope="module")
 def em_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return prepare_em(tmp_path_factory.mktemp("hints") / "em")
+    return prepare_synthetic_em(tmp_path_factory.mktemp("hints") / "em")
 
 
 def interrupt_at(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .tiny_em import TINY, make_experiment, prepare_em, trainer_in_process
+from .helpers.experiments import TINY, make_experiment, prepare_synthetic_em, trainer_in_process
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A FIXED (Q6.0 / Q0.4 pow2) run of 1 epoch at base_channels 4, in experiment folder ``exp``."""
     root = tmp_path_factory.mktemp("lock")
-    data = prepare_em(root / "em")
+    data = prepare_synthetic_em(root / "em")
     folder = make_experiment(root)
     with pytest.MonkeyPatch.context() as patch:
         assert trainer_in_process(patch, folder, ["-f", "config.yaml", *TINY, "-o", f"dataset_path={data}",
@@ -56,7 +56,7 @@ def test_a_command_that_changes_the_model_is_refused(
 
 def test_an_experiment_yaml_for_another_model_is_refused(
         trained: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    other = make_experiment(trained["root"], "bnn_exp", source="bnn")
+    other = make_experiment(trained["root"], experiment="bnn", name="bnn_exp")
     assert infer(monkeypatch, trained, other, "-o", f"trained_model={trained['run'] / 'best.pt'}") == 2
     err = capsys.readouterr().err
     assert "'quantization' is 'bnn' (set by " + str(other / "config.yaml") in err and "'fixed'" in err
@@ -95,7 +95,7 @@ def test_visualize_takes_the_model_from_the_checkpoint(
 
 
 def test_retrain_records_its_source_checkpoint(trained: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    folder = make_experiment(trained["root"], "retrain_exp", source="bnn")
+    folder = make_experiment(trained["root"], experiment="bnn", name="retrain_exp")
     source = trained["run"] / "best.pt"
     assert trainer_in_process(monkeypatch, folder, [
         "-f", "config.yaml", *TINY, "-o", f"dataset_path={trained['data']}", "-o", "num_epochs=1",

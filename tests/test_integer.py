@@ -16,65 +16,11 @@ from unet.errors import UserError
 from unet.integer import IntegerUNet, code_format, code_mismatches
 from unet.integer.compare import reference_codes, unit_mismatches
 from unet.integer.kernels import conv3x3_codes, conv_bound, maxpool2_codes, upsample2_codes, weight_limbs
-from unet.model import UNet, quant_specs
+from unet.model import UNet
 
-SIZE = 32
-CL = torch.channels_last
-
+from .helpers.integer_cases import CL, EXACT_CASES, VALIDATION, trained
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
-
-
-def blobs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Noisy images of bright discs and their masks, (n, 1, SIZE, SIZE)."""
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
-    masks = torch.zeros(n, 1, SIZE, SIZE)
-    for k in range(n):
-        for _ in range(3):
-            cy, cx = torch.randint(0, SIZE, (2,), generator=g).tolist()
-            r = int(torch.randint(3, SIZE // 4, (1,), generator=g))
-            masks[k, 0] = torch.maximum(masks[k, 0], (((yy - cy) ** 2 + (xx - cx) ** 2) < r * r).float())
-    images = masks * 0.6 + 0.2 + 0.1 * torch.randn(n, 1, SIZE, SIZE, generator=g)
-    return images.contiguous(memory_format=CL), masks
-
-
-_MODELS: dict[tuple, UNet] = {}
-
-
-def trained(mode: str, act=(6, 0), weight=(0, 4), rounding="nearest", overflow="wrap", activation="relu") -> UNet:
-    """A tiny model of the given quantization, trained 8 steps (cached per configuration)."""
-    key = (mode, act, weight, rounding, overflow, activation)
-    if key not in _MODELS:
-        torch.manual_seed(0)
-        wq, aq = quant_specs(mode, act[0], act[1], weight[0], weight[1], rounding, overflow)
-        model = UNet(4, wq, aq, activation=activation).to(memory_format=CL)
-        x, y = blobs(8, 1)
-        opt = torch.optim.Adam(model.parameters(), 1e-2)
-        for _ in range(8):
-            loss = F.binary_cross_entropy(model(x).clamp(1e-6, 1 - 1e-6), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        _MODELS[key] = model.eval()
-    return _MODELS[key]
-
-
-VALIDATION = blobs(4, 2)[0]
-
-EXACT_CASES = {
-    "Q8.0/Q0.8": dict(mode="FIXED", act=(8, 0), weight=(0, 8)),
-    "Q8.0/Q0.8 saturate": dict(mode="FIXED", act=(8, 0), weight=(0, 8), overflow="saturate"),
-    "Q6.0/Q0.4": dict(mode="FIXED"),
-    "Q6.0/Q0.4 saturate": dict(mode="FIXED", overflow="saturate"),
-    "Q4.0/Q0.2": dict(mode="FIXED", act=(4, 0), weight=(0, 2)),
-    "Q4.0/Q0.2 saturate": dict(mode="FIXED", act=(4, 0), weight=(0, 2), overflow="saturate"),
-    "pow2 Q6.0/Q0.4": dict(mode="FIXED", rounding="pow2"),
-    "Q8.0/Q0.8 ternarytanh": dict(mode="FIXED", act=(8, 0), weight=(0, 8), activation="ternarytanh"),
-    "Q6.0/Q0.4 tanh": dict(mode="FIXED", activation="tanh"),
-    "BNN": dict(mode="BNN"),
-    "INT8": dict(mode="INT", act=(8, 0), weight=(8, 0)),
-}
 
 
 def assert_same_outputs(model: UNet, engine: IntegerUNet, x: torch.Tensor) -> None:

@@ -17,7 +17,7 @@ from unet.integer import IntegerUNet
 from unet.integer.fast import Int8Conv, limb_count, split_limbs
 from unet.integer.kernels import conv3x3_codes, maxpool2_codes, upsample2_codes
 
-from .test_integer import CL, EXACT_CASES, VALIDATION, trained
+from .helpers.integer_cases import CL, EXACT_CASES, VALIDATION, trained
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from quantizer import ActivationQuantizer, QuantConv2d, QuantSpec
+from quantizer import reference as R
 from unet.model import TOPOLOGY, TernaryTanh, UNet, quant_specs, stage_channels, walk
 
 
@@ -76,12 +77,21 @@ def test_mode_specs() -> None:
 
 
 def test_ternarytanh_values_and_beta_is_saved_in_the_state_dict() -> None:
-    act = TernaryTanh(3.0)
-    x = torch.tensor([-2.0, 0.0, 2.0, 0.5])
-    b = 3.0
-    expected = 0.5 * torch.tanh(b * (2 * x - 1)) + 0.5 * torch.tanh(b * (2 * x + 1))
-    assert torch.allclose(act(x), expected)
-    assert act(torch.tensor([0.0])).item() == pytest.approx(0.0, abs=1e-6)
+    # y = 0.5 tanh(b (2x - 1)) + 0.5 tanh(b (2x + 1)), worked out by hand (tanh from a table):
+    # b = 3: x = 0.5 -> 0.5 tanh(0) + 0.5 tanh(6) = 0.5 * 0.99998771 = 0.49999386
+    #        x = 1   -> 0.5 tanh(3) + 0.5 tanh(9) = 0.5 * (0.99505475 + 0.99999997) = 0.99752736
+    #        x = 2   -> 0.5 tanh(9) + 0.5 tanh(15) = 0.99999998; x = 0 -> 0.5 tanh(-3) + 0.5 tanh(3) = 0
+    #        x = 0.25 -> 0.5 tanh(-1.5) + 0.5 tanh(4.5) = 0.5 * (-0.90514825 + 0.99975321) = 0.04730248
+    # b = 8: x = 0.25 -> 0.5 tanh(-4) + 0.5 tanh(12) = 0.5 * (-0.99932930 + 1.0) = 0.00033535
+    x = torch.tensor([-2.0, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 2.0])
+    b3 = [-0.99999998, -0.99752736, -0.49999386, -0.04730248, 0.0, 0.04730248, 0.49999386, 0.99752736, 0.99999998]
+    assert TernaryTanh(3.0)(x).tolist() == pytest.approx(b3, abs=1e-7)
+    assert TernaryTanh(8.0)(torch.tensor([0.25])).item() == pytest.approx(0.00033535, abs=1e-7)
+    assert TernaryTanh(3.0)(torch.tensor([0.0])).item() == 0.0
+    grid = torch.linspace(-1.5, 1.5, 61)
+    for b in (3.0, 5.5, 8.0):
+        expected = [R.ternary_tanh(v, b) for v in grid.tolist()]
+        assert TernaryTanh(b)(grid).tolist() == pytest.approx(expected, abs=1e-6)
     model = UNet(4, activation="ternarytanh")
     model.set_beta(5.5)
     assert model.beta() == 5.5

@@ -20,7 +20,7 @@ from unet.predict import cli as predict_cli
 from unet.prep.em import choose_intensity, synthetic_em_stack, to_uint8
 
 from .conftest import REPO, run_command
-from .tiny_em import trainer_in_process
+from .helpers.experiments import trainer_in_process
 
 TINY = ["-o", "base_channels=4", "-o", "num_epochs=1", "-o", "crop_size=[64,64]", "-o", "batch_size=4",
         "-o", "val_batch_size=4", "-o", "overlay_every=1000"]

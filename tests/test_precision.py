@@ -10,8 +10,7 @@ import torch
 from quantizer import ActivationQuantizer, QuantConv2d, QuantSpec
 from unet.precision import autocast
 
-from .test_reliability import pair_folder
-from .test_trainers import make_experiment, read_metrics, train_in_process
+from .helpers.experiments import make_experiment, pair_folder, read_metrics, train_in_process
 
 CPU = torch.device("cpu")
 SPECS = [QuantSpec("fixed", 8, 8, "nearest", "saturate"), QuantSpec("fixed", 6, 0, "pow2"),

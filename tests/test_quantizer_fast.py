@@ -11,9 +11,13 @@ import torch
 
 from quantizer import binary, fixed_point, int_minmax
 from quantizer import functional as F
+from quantizer import reference as R
 from unet.model import UNet, quant_specs
 
+from .helpers.equality import equal_values
+
 # --- the SPEC §3 formulas, written literally (the code before the speed rewrite) ---------------
+# Torch forms of the rules of quantizer.reference, for every dtype; checked against it below.
 
 
 def ref_wrap(x, i, f):
@@ -40,11 +44,6 @@ def ref_int(x, b):
     return torch.floor((x - lo) / (hi - lo) * 2.0**b) - 2.0 ** (b - 1)
 
 
-def same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Equal element by element, NaN matching NaN (0.0 == -0.0 as everywhere in the tests)."""
-    return a.dtype == b.dtype and a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())
-
-
 def probe(dtype=torch.float32) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     parts = [torch.randn(3000, generator=g) * s for s in (1e-3, 0.3, 1.0, 3.0, 40.0, 300.0, 1e6)]
@@ -64,6 +63,20 @@ def in_range(bound: float) -> torch.Tensor:
 FORMATS = [(i, f) for i in (0, 1, 3, 6, 8) for f in (0, 1, 2, 4, 8)]
 
 
+@pytest.mark.parametrize(("i", "f"), [(0, 2), (3, 3), (6, 0), (8, 8), (0, 0)])
+def test_the_torch_formulas_here_are_the_reference_rules(i, f):
+    """The float32 probe (specials, ties, every scale) through ref_* and through the plain-Python
+    rules of quantizer.reference: the same values (pow2 away from its ties 2^(k + 1/2))."""
+    x = probe()
+    for ref, rule in ((ref_wrap, R.fixed_point_nearest_wrap), (ref_saturate, R.fixed_point_nearest_saturate),
+                      (ref_pow2, R.fixed_point_pow2)):
+        values = x.tolist()
+        if rule is R.fixed_point_pow2:
+            values = [v for v in values if not R.pow2_near_tie(v)]
+        expected = torch.tensor([rule(v, i, f) for v in values], dtype=torch.float32)
+        assert equal_values(ref(torch.tensor(values, dtype=torch.float32), i, f), expected), rule.__name__
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
 @pytest.mark.parametrize(("i", "f"), FORMATS)
 def test_fixed_rules_equal_the_literal_formulas(dtype, i, f):
@@ -71,10 +84,10 @@ def test_fixed_rules_equal_the_literal_formulas(dtype, i, f):
     for rule, ref in ((F.fixed_point_nearest_wrap, ref_wrap), (F.fixed_point_nearest_saturate, ref_saturate),
                       (F.fixed_point_pow2, ref_pow2)):
         expected = ref(x, i, f)
-        assert same(rule(x, i, f), expected), rule.__name__
+        assert equal_values(rule(x, i, f), expected), rule.__name__
         y = x.clone()
         out = rule(y, i, f, inplace=True)
-        assert out.data_ptr() == y.data_ptr() and same(out, expected), rule.__name__
+        assert out.data_ptr() == y.data_ptr() and equal_values(out, expected), rule.__name__
 
 
 @pytest.mark.parametrize(("i", "f"), [(i, f) for i in (0, 1, 3, 8) for f in (1, 2, 4, 8)])
@@ -82,8 +95,8 @@ def test_wrap_fast_path_inside_the_integer_range(i, f):
     """Without any clamped integer part the rule is computed as round(x 2^f) / 2^f."""
     x = in_range(2.0**i)
     assert F._inside_integer_range(x, 2.0**i, i + f)
-    assert same(F.fixed_point_nearest_wrap(x, i, f), ref_wrap(x, i, f))
-    assert same(F.fixed_point_nearest_wrap(x.clone(), i, f, inplace=True), ref_wrap(x, i, f))
+    assert equal_values(F.fixed_point_nearest_wrap(x, i, f), ref_wrap(x, i, f))
+    assert equal_values(F.fixed_point_nearest_wrap(x.clone(), i, f, inplace=True), ref_wrap(x, i, f))
 
 
 def test_wrap_fast_path_is_not_taken_outside_the_range_or_with_nan():
@@ -99,9 +112,9 @@ def test_wrap_fast_path_is_not_taken_outside_the_range_or_with_nan():
 def test_int_equals_the_literal_formula(bits, dtype):
     x = probe(dtype)
     x = x[torch.isfinite(x) & (x.abs() < 1e30)]
-    assert same(F.int_minmax_forward(x, bits), ref_int(x, bits))
-    assert same(F.int_minmax_forward(x.clone(), bits, inplace=True), ref_int(x, bits))
-    assert same(F.int_minmax_forward(torch.full((3,), 2.5), bits, inplace=True), torch.zeros(3))
+    assert equal_values(F.int_minmax_forward(x, bits), ref_int(x, bits))
+    assert equal_values(F.int_minmax_forward(x.clone(), bits, inplace=True), ref_int(x, bits))
+    assert equal_values(F.int_minmax_forward(torch.full((3,), 2.5), bits, inplace=True), torch.zeros(3))
 
 
 def test_inplace_keeps_channels_last_layout():

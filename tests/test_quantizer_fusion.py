@@ -10,8 +10,8 @@ from torch import nn
 from quantizer import FLOAT, QuantSpec, fusion, native
 from unet.model import UNet, quant_specs
 
-from .test_quantizer_native import SPECS
-from .test_quantizer_speed_exact import same
+from .helpers.equality import bit_equal
+from .helpers.quantizer_cases import SPECS
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason=f"kernels not built: {native.status()}")
 
@@ -54,7 +54,7 @@ def test_fused_relu_batchnorm_quantizer_equals_the_modules_in_turn(spec: QuantSp
                 got = fusion.relu_batchnorm_quantize(x, relu, bn, spec)
             assert got is not None
             expected = reference(x, relu, bn, spec)
-            assert same(got, expected), (spec, x.shape, relu)
+            assert bit_equal(got, expected), (spec, x.shape, relu)
             assert got.stride() == x.stride()
 
 
@@ -79,7 +79,7 @@ def test_unet_eval_forward_is_bit_equal_to_the_pytorch_rules(mode: str) -> None:
             fused = model(xl)
             with native.enabled(False):
                 plain = model(xl)
-        assert same(fused, plain), layout
+        assert bit_equal(fused, plain), layout
 
 
 def test_fusion_steps_aside_for_gradients_training_mode_and_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -124,8 +124,8 @@ def test_cached_batchnorm_affine_follows_changed_statistics() -> None:
         got = fusion.relu_batchnorm_quantize(x, True, bn, spec)
         bn.load_state_dict(batchnorm(16, 7).state_dict())
         again = fusion.relu_batchnorm_quantize(x, True, bn, spec)
-    assert same(got, reference(x, True, bn_copy_before_load(bn, 0), spec))
-    assert same(again, reference(x, True, bn, spec))
+    assert bit_equal(got, reference(x, True, bn_copy_before_load(bn, 0), spec))
+    assert bit_equal(again, reference(x, True, bn, spec))
 
 
 def bn_copy_before_load(_: nn.BatchNorm2d, seed: int) -> nn.BatchNorm2d:

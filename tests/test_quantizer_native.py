@@ -22,11 +22,11 @@ import torch
 from quantizer import QuantSpec, native
 from quantizer import functional as F
 
-from .test_quantizer_speed_exact import MODE_OVERRIDES, em_data, same, samples, train_metrics  # noqa: F401
+from .helpers.commands import REPO
+from .helpers.equality import bit_equal
+from .helpers.quantizer_cases import MODE_OVERRIDES, SPECS, samples, train_metrics
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason=f"kernels not built: {native.status()}")
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def both(fn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,21 +50,13 @@ def inputs(seed: int) -> list[torch.Tensor]:
     return out
 
 
-SPECS = [QuantSpec("fixed", 6, 0, "pow2"), QuantSpec("fixed", 0, 4, "pow2"),
-         QuantSpec("fixed", 2, 3, "pow2", pow2_min_exponent=-3),
-         QuantSpec("fixed", 1, 0, "pow2", pow2_min_exponent=0), QuantSpec("fixed", 8, 8, "pow2", pow2_min_exponent=-20),
-         QuantSpec("fixed", 6, 0), QuantSpec("fixed", 0, 4), QuantSpec("fixed", 2, 2), QuantSpec("fixed", 3, 3),
-         QuantSpec("fixed", 0, 0), QuantSpec("fixed", 8, 8), QuantSpec("fixed", 6, 4, overflow="saturate"),
-         QuantSpec("fixed", 0, 3, overflow="saturate"), QuantSpec("int", 8), QuantSpec("int", 4), QuantSpec("int", 1),
-         QuantSpec("int", 24), QuantSpec("binary")]
-
 
 @pytest.mark.parametrize("spec", SPECS, ids=str)
 @pytest.mark.parametrize("inplace", [False, True])
 def test_every_rule_is_bit_equal_with_and_without_the_kernels(spec: QuantSpec, inplace: bool) -> None:
     for x in inputs(3):
         fused, reference = both(lambda t: spec(t, inplace), x)
-        assert same(fused, reference), (spec, x.shape, x.flatten()[:4])
+        assert bit_equal(fused, reference), (spec, x.shape, x.flatten()[:4])
         assert fused.stride() == reference.stride()
 
 
@@ -93,7 +85,7 @@ def test_the_results_do_not_depend_on_the_number_of_threads() -> None:
     finally:
         torch.set_num_threads(before)
     for other in results[1:]:
-        assert all(same(a, b) for a, b in zip(results[0], other, strict=True))
+        assert all(bit_equal(a, b) for a, b in zip(results[0], other, strict=True))
 
 
 def every_float_of_binade(exponent: int) -> torch.Tensor:
@@ -159,7 +151,7 @@ def test_binary_gradient_mask_and_backward_match_the_pytorch_rules() -> None:
             g = torch.linspace(-3, 3, x.numel())
             q.backward(g)
             grads.append((q.detach(), leaf.grad))
-    assert same(grads[0][0], grads[1][0]) and same(grads[0][1], grads[1][1])
+    assert bit_equal(grads[0][0], grads[1][0]) and bit_equal(grads[0][1], grads[1][1])
 
 
 def test_an_in_place_kernel_write_still_stops_a_backward_that_needs_the_old_values() -> None:
@@ -181,18 +173,18 @@ def test_a_traced_quantizer_gives_the_same_values() -> None:
     traced = torch.jit.trace(Quant(), x)
     with native.enabled(False):
         expected = QuantSpec("fixed", 6, 0, "pow2")(x)
-    assert same(traced(x), expected) and same(traced(x * 3), Quant()(x * 3))
+    assert bit_equal(traced(x), expected) and bit_equal(traced(x * 3), Quant()(x * 3))
 
 
-def test_training_runs_are_identical_with_and_without_the_kernels(em_data: Path, tmp_path: Path, capsys) -> None:  # noqa: F811
+def test_training_runs_are_identical_with_and_without_the_kernels(small_em_data: Path, tmp_path: Path, capsys) -> None:
     for mode, overrides in MODE_OVERRIDES.items():
         if mode in ("normal", "ternary"):
             continue
         overrides = overrides + (["val_bn_mode=eval"] if mode in ("int", "bnn") else [])
         with native.enabled(True):
-            fused = train_metrics(em_data, tmp_path / f"{mode}-on", overrides)
+            fused = train_metrics(small_em_data, tmp_path / f"{mode}-on", overrides)
         with native.enabled(False):
-            reference = train_metrics(em_data, tmp_path / f"{mode}-off", overrides)
+            reference = train_metrics(small_em_data, tmp_path / f"{mode}-off", overrides)
         capsys.readouterr()
         assert len(fused) == 2 and fused == reference, mode
 

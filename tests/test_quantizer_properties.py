@@ -1,5 +1,6 @@
-"""Property tests (hypothesis) of the SPEC §3 quantizers: grids, ranges, symmetry, monotonicity,
-idempotence, finiteness, integer codes and the straight-through gradients."""
+"""Property tests (hypothesis) of the SPEC §3 quantizers: equality with the literal rules of
+:mod:`quantizer.reference` on any input, grids, ranges, symmetry, monotonicity, idempotence,
+finiteness, integer codes and the straight-through gradients."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from quantizer import QuantSpec, binary, fixed_point, int_minmax, ternary
 from quantizer import functional as Fn
+from quantizer import reference as R
 from quantizer.functional import pow2_limit, ternary_threshold_and_scale
 
 # per-test settings (not a global profile, so other test files keep theirs)
@@ -45,6 +47,54 @@ def on_grid(q: torch.Tensor, f: int) -> bool:
 def is_power_of_two(v: float) -> bool:
     mantissa, _ = math.frexp(v)
     return mantissa == 0.5
+
+
+# --- the code equals the literal rules (quantizer.reference) --------------------------------
+
+
+def assert_equals_reference(q: torch.Tensor, expected: list[float], x: torch.Tensor) -> None:
+    """``q`` (float32) equals the reference's values element by element (0.0 == -0.0; NaN
+    matching NaN)."""
+    got = q.tolist()
+    assert q.dtype == torch.float32 and len(got) == len(expected)
+    for g, e, v in zip(got, expected, x.tolist(), strict=True):
+        assert g == e or (math.isnan(g) and math.isnan(e)), (v, g, e)
+
+
+@FAST
+@given(tensors(finite), bits, bits)
+def test_wrap_equals_the_reference(x, i, f):
+    expected = [R.fixed_point_nearest_wrap(v, i, f) for v in x.tolist()]
+    assert_equals_reference(fixed_point(x, i, f, "nearest", "wrap"), expected, x)
+
+
+@FAST
+@given(tensors(finite), bits, bits)
+def test_saturate_equals_the_reference(x, i, f):
+    expected = [R.fixed_point_nearest_saturate(v, i, f) for v in x.tolist()]
+    assert_equals_reference(fixed_point(x, i, f, "nearest", "saturate"), expected, x)
+
+
+@FAST
+@given(tensors(finite), bits, bits, st.sampled_from([None, -8, -2, 0]))
+def test_pow2_equals_the_reference(x, i, f, min_exponent):
+    """Away from the ties 2^(k + 1/2), where float32 ``log2`` may round the exponent otherwise."""
+    x = x[torch.tensor([not R.pow2_near_tie(v) for v in x.tolist()], dtype=torch.bool)]
+    expected = [R.fixed_point_pow2(v, i, f, min_exponent) for v in x.tolist()]
+    assert_equals_reference(fixed_point(x, i, f, "pow2", pow2_min_exponent=min_exponent), expected, x)
+
+
+@FAST
+@given(tensors(st.integers(-1000, 1000).map(float)), st.integers(1, 8))
+def test_int_equals_the_reference(x, b):
+    """On integer values of moderate span, where float32 division cannot cross an integer."""
+    assert_equals_reference(int_minmax(x, b), R.int_minmax(x.tolist(), b), x)
+
+
+@FAST
+@given(tensors(finite))
+def test_binary_equals_the_reference(x):
+    assert_equals_reference(binary(x), [R.binary(v) for v in x.tolist()], x)
 
 
 # --- nearest / saturate -----------------------------------------------------------------------
@@ -194,6 +244,21 @@ def test_ternary_at_most_three_values_per_channel(w):
         # sign is kept where the entry survives
         nz = q[c] != 0
         assert torch.equal(q[c][nz].sign(), w[c][nz].sign())
+
+
+@FAST
+@given(weights)
+def test_ternary_equals_the_reference(w):
+    """Except for entries within a float32 rounding of the threshold (the code compares with
+    ``delta_c`` rounded to float32)."""
+    q = ternary(w).flatten(1)
+    delta, _ = ternary_threshold_and_scale(w)
+    expected = R.ternary(w.flatten(1).tolist())
+    for c, row in enumerate(w.flatten(1).tolist()):
+        d = delta[c].item()
+        for k, v in enumerate(row):
+            if abs(abs(v) - d) > 1e-6 * d:
+                assert q[c, k].item() == torch.tensor(expected[c][k]).item(), (row, k)
 
 
 # --- no NaN / inf for any finite input -------------------------------------------------------

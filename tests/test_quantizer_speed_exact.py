@@ -1,12 +1,12 @@
 """The speed rewrites of issue 16 change no value: each rewritten rule equals the code it
 replaced (kept here as the reference), special values included, and a short training run per
-mode through the real trainer writes the same metrics.csv with the old and the new code."""
+mode through the real trainer writes the same metrics.csv with the old and the new code. (The
+rewritten Hausdorff distance is checked against scikit-image with the other metrics.)"""
 
 from __future__ import annotations
 
 import csv
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,13 +21,11 @@ from quantizer import functional as F
 from quantizer import modules as quant_modules
 from unet import metrics as unet_metrics
 from unet import runtime
-from unet.config import load_config
-from unet.engine import run
-from unet.prep.em import prepare_em, synthetic_em_stack
-from unet.recipes import png_pair_recipe
 
-REPO = Path(__file__).resolve().parents[1]
-EM_BASE = REPO / "EM_BASE" / "config.yaml"
+from .helpers.equality import bit_equal
+from .helpers.experiments import make_experiment
+from .helpers.metrics import hausdorff_by_scikit_image
+from .helpers.quantizer_cases import MODE_OVERRIDES, samples, train_metrics
 
 # --- the code before the rewrite ----------------------------------------------------------
 
@@ -72,17 +70,6 @@ def old_fixed_point_pow2(x, i_bits, f_bits, inplace=False, min_exponent=None):
     return torch.copysign(p, x, out=x) if inplace else p.copysign_(x)
 
 
-def old_hausdorff(pred: np.ndarray, gt: np.ndarray) -> float:
-    from skimage.metrics import hausdorff_distance
-
-    has_pred, has_gt = pred.any(), gt.any()
-    if not has_pred and not has_gt:
-        return 0.0
-    if has_pred != has_gt:
-        return float(np.hypot(*pred.shape))
-    return float(hausdorff_distance(pred, gt))
-
-
 def uncached_quantized_weight(self: QuantConv2d) -> torch.Tensor:
     return self.weight_quant(self.weight)
 
@@ -93,34 +80,8 @@ def use_old_code(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(F, "_aminmax", torch.aminmax)
     monkeypatch.setattr(ste, "_BinarySTE", OldBinarySTE)
     monkeypatch.setattr(F, "fixed_point_pow2", old_fixed_point_pow2)
-    monkeypatch.setattr(unet_metrics, "_hausdorff", old_hausdorff)
+    monkeypatch.setattr(unet_metrics, "_hausdorff", hausdorff_by_scikit_image)
     monkeypatch.setattr(quant_modules.QuantConv2d, "quantized_weight", uncached_quantized_weight)
-
-
-def same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Bit-equal: same dtype and shape, equal values with equal signs of zero, NaN matching NaN."""
-    if a.dtype != b.dtype or a.shape != b.shape:
-        return False
-    equal = (a == b) & (torch.signbit(a) == torch.signbit(b))
-    return bool((equal | (a.isnan() & b.isnan())).all())
-
-
-SPECIAL = [0.0, -0.0, float("inf"), -float("inf"), 1.0, -1.0, 0.5, 2.5, 2.0**-126, 2.0**-149, -(2.0**-149),
-           3.0e38, -3.0e38, 1.4142135, 1.4142137, 0.70710677]
-
-
-def samples(seed: int, dtype=torch.float32) -> list[torch.Tensor]:
-    """Tensors of every scale, with special values, some 4-D in channels_last (the model's layout)."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for scale in (1e-42, 1e-30, 1e-3, 1.0, 7.0, 1e4, 1e30, 3e38):
-        x = torch.randn(2, 5, 6, 7, generator=g) * scale
-        out += [x.to(dtype), x.to(dtype).contiguous(memory_format=torch.channels_last)]
-        out.append(torch.cat([x.flatten(), torch.tensor(SPECIAL)]).to(dtype))
-    out.append(torch.full((3, 4), 2.5, dtype=dtype))  # constant
-    out.append(torch.tensor([1.0, float("nan"), -2.0], dtype=dtype))
-    out.append(torch.randn(4, 3, 5, 5, generator=g).to(dtype)[:, :, ::2])  # not dense
-    return out
 
 
 # --- INT min-max: flat reduction, one division ------------------------------------------------
@@ -130,11 +91,11 @@ def samples(seed: int, dtype=torch.float32) -> list[torch.Tensor]:
 @pytest.mark.parametrize("bits", [0, 1, 2, 4, 8, 16, 24, 31, 100, 127, 200])
 def test_int_minmax_is_bit_equal_to_the_old_rule(bits: int, dtype: torch.dtype) -> None:
     for x in samples(bits, dtype):
-        assert same(F.int_minmax_forward(x, bits), old_int_minmax_forward(x, bits)), (bits, x.flatten()[:4])
+        assert bit_equal(F.int_minmax_forward(x, bits), old_int_minmax_forward(x, bits)), (bits, x.flatten()[:4])
         a, b = x.clone(), x.clone()
         F.int_minmax_forward(a, bits, inplace=True)
         old_int_minmax_forward(b, bits, inplace=True)
-        assert same(a, b)
+        assert bit_equal(a, b)
 
 
 def test_int_minmax_random_spans_match_the_old_rule() -> None:
@@ -144,7 +105,7 @@ def test_int_minmax_random_spans_match_the_old_rule() -> None:
         offset = float(torch.randn(1, generator=g)) * scale * float(torch.rand(1, generator=g) * 100)
         x = torch.randn(int(torch.randint(2, 400, (1,), generator=g)), generator=g) * scale + offset
         for bits in (1, 4, 8, 16):
-            assert same(F.int_minmax_forward(x, bits), old_int_minmax_forward(x, bits)), (scale, offset, bits)
+            assert bit_equal(F.int_minmax_forward(x, bits), old_int_minmax_forward(x, bits)), (scale, offset, bits)
 
 
 def test_flat_reduction_sees_every_element_in_every_layout() -> None:
@@ -164,7 +125,7 @@ def test_fixed_wrap_uses_the_flat_reduction_without_changing_values(
     new = [F.fixed_point_nearest_wrap(x, i_bits, f_bits) for x in samples(5)]
     monkeypatch.setattr(F, "_aminmax", torch.aminmax)
     old = [F.fixed_point_nearest_wrap(x, i_bits, f_bits) for x in samples(5)]
-    assert all(same(a, b) for a, b in zip(new, old, strict=True))
+    assert all(bit_equal(a, b) for a, b in zip(new, old, strict=True))
 
 
 # --- BNN: no gradient mask when no gradient is asked for -------------------------------------
@@ -180,9 +141,9 @@ def test_binary_values_and_gradients_match_the_old_function() -> None:
             out = fn(leaf * 1.0, inplace)
             (out * torch.arange(out.numel())).sum().backward()
             grads.append((out.detach(), leaf.grad))
-        assert same(grads[0][0], grads[1][0]) and same(grads[0][1], grads[1][1])
+        assert bit_equal(grads[0][0], grads[1][0]) and bit_equal(grads[0][1], grads[1][1])
     with torch.no_grad():
-        assert same(binary(x.clone(), True), OldBinarySTE.apply(x.clone(), True))
+        assert bit_equal(binary(x.clone(), True), OldBinarySTE.apply(x.clone(), True))
 
 
 # --- pow2: the bit rule that log2/round/exp2 computes ------------------------------------------
@@ -236,7 +197,7 @@ def test_pow2_rounding_of_special_values_and_subnormals() -> None:
 def test_fixed_pow2_matches_the_literal_formula() -> None:
     for x in samples(7):
         ref = torch.exp2(torch.round(torch.log2(x.abs()))).clamp_max(F.pow2_limit(6, 0)).copysign(x)
-        assert same(F.fixed_point_pow2(x, 6, 0), ref)
+        assert bit_equal(F.fixed_point_pow2(x, 6, 0), ref)
 
 
 @pytest.mark.parametrize("i_bits,f_bits", [(6, 0), (1, 0), (0, 1), (0, 4), (0, 0), (2, 3), (8, 8)])
@@ -246,47 +207,12 @@ def test_pow2_floor_clamp_and_exponent_flush_are_bit_equal_to_the_old_rule(
     for x in samples(11) + [torch.tensor([2.0**-8, 2.0**-8.5, 2.0**-8.4999, 2.0**-8.5001, 2.0**-9, -(2.0**-8.5),
                                           2.0**-126, 2.0**-126.5, 2.0**-127, 2.0**126, 2.0**126.5, 2.0**3.5,
                                           2.0**5.4999, 2.0**5.5, 2.0**5.5001, 2.0**-0.5, 0.75, 1.0, 31.0, 32.0])]:
-        assert same(F.fixed_point_pow2(x, i_bits, f_bits, False, min_exponent),
+        assert bit_equal(F.fixed_point_pow2(x, i_bits, f_bits, False, min_exponent),
                     old_fixed_point_pow2(x, i_bits, f_bits, False, min_exponent)), (x.flatten()[:4], min_exponent)
         a, b = x.clone(), x.clone()
         F.fixed_point_pow2(a, i_bits, f_bits, True, min_exponent)
         old_fixed_point_pow2(b, i_bits, f_bits, True, min_exponent)
-        assert same(a, b)
-
-
-# --- Hausdorff from distance transforms --------------------------------------------------------
-
-
-def random_masks(seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Pairs of boolean masks: random densities and shapes, blobs, single pixels, full masks,
-    thin lines, one mask inside a hole of the other."""
-    rng = np.random.default_rng(seed)
-    pairs = []
-    for _ in range(60):
-        shape = tuple(int(v) for v in rng.integers(1, 40, size=2))
-        density = rng.choice([0.001, 0.02, 0.3, 0.7, 0.99])
-        pairs.append((rng.random(shape) < density, rng.random(shape) < density * rng.random()))
-    full, dot = np.ones((9, 13), bool), np.zeros((9, 13), bool)
-    dot[8, 0] = True
-    ring = np.ones((21, 21), bool)
-    ring[5:16, 5:16] = False
-    centre = np.zeros((21, 21), bool)
-    centre[10, 10] = True
-    column, row = np.zeros((30, 7), bool), np.zeros((30, 7), bool)
-    column[:, 3] = True
-    row[15, :] = True
-    pairs += [(full, dot), (dot, full), (ring, centre), (centre, ring), (column, row), (dot, dot)]
-    return pairs
-
-
-def test_hausdorff_equals_scikit_image_on_random_masks() -> None:
-    for pred, gt in random_masks(0):
-        assert unet_metrics._hausdorff(pred, gt) == old_hausdorff(pred, gt), (pred.shape, pred.sum(), gt.sum())
-    ring = np.ones((21, 21), bool)
-    ring[5:16, 5:16] = False
-    square = np.ones((21, 21), bool)
-    # attained at the square's centre, inside the ring's hole: not at a boundary pixel of the square
-    assert unet_metrics._hausdorff(square, ring) == old_hausdorff(square, ring) == 6.0
+        assert bit_equal(a, b)
 
 
 # --- quantized weights cached in evaluation mode -----------------------------------------------
@@ -300,17 +226,17 @@ def test_eval_weight_cache_equals_a_fresh_quantization_and_follows_every_change(
     fresh = lambda: spec(conv.weight.detach().clone())  # noqa: E731
     with torch.no_grad():
         first = conv.quantized_weight()
-        assert conv.quantized_weight() is first and same(first, fresh())  # reused, and the same values
+        assert conv.quantized_weight() is first and bit_equal(first, fresh())  # reused, and the same values
         conv.weight.mul_(-3.0)  # any in-place change: a new quantization
-        assert same(conv.quantized_weight(), fresh()) and not same(conv.quantized_weight(), first)
+        assert bit_equal(conv.quantized_weight(), fresh()) and not bit_equal(conv.quantized_weight(), first)
         conv.load_state_dict({"weight": torch.randn(4, 3, 3, 3), "bias": torch.zeros(4)})
-        assert same(conv.quantized_weight(), fresh())
+        assert bit_equal(conv.quantized_weight(), fresh())
         conv.weight.data = torch.randn(4, 3, 3, 3)  # a replaced tensor
-        assert same(conv.quantized_weight(), fresh())
+        assert bit_equal(conv.quantized_weight(), fresh())
         conv.to(memory_format=torch.channels_last)
-        assert same(conv.quantized_weight(), fresh())
+        assert bit_equal(conv.quantized_weight(), fresh())
         conv.weight_quant = QuantSpec("fixed", 1, 2)
-        assert same(conv.quantized_weight(), QuantSpec("fixed", 1, 2)(conv.weight))
+        assert bit_equal(conv.quantized_weight(), QuantSpec("fixed", 1, 2)(conv.weight))
     conv.weight_quant = spec
     # gradients still reach the weight when they are asked for, in eval mode too
     conv(torch.randn(2, 3, 5, 5)).sum().backward()
@@ -321,7 +247,7 @@ def test_eval_weight_cache_equals_a_fresh_quantization_and_follows_every_change(
     torch.optim.SGD(conv.parameters(), lr=0.5).step()
     conv.eval()
     with torch.no_grad():
-        assert same(conv.quantized_weight(), fresh())
+        assert bit_equal(conv.quantized_weight(), fresh())
 
 
 def test_eval_forward_with_the_cache_equals_the_uncached_forward(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -336,7 +262,7 @@ def test_eval_forward_with_the_cache_equals_the_uncached_forward(monkeypatch: py
             with monkeypatch.context() as patch:
                 patch.setattr(QuantConv2d, "quantized_weight", uncached_quantized_weight)
                 plain = model(x)
-        assert same(cached[0], plain) and same(cached[1], plain), mode
+        assert bit_equal(cached[0], plain) and bit_equal(cached[1], plain), mode
 
 
 # --- the allocator setting ---------------------------------------------------------------------
@@ -354,59 +280,24 @@ def test_tune_allocator_applies_once_and_respects_the_switch(monkeypatch: pytest
 
 # --- a short training run per mode: same metrics.csv with the old and the new code -----------
 
-MODE_OVERRIDES = {
-    "normal": ["quantization=Normal"],
-    "fixed_nearest": ["quantization=FIXED", "activation_i_width=2", "activation_f_width=2",
-                      "weight_i_width=0", "weight_f_width=4", "fixed_rounding=nearest"],
-    "fixed_pow2": ["quantization=FIXED", "activation_i_width=6", "weight_f_width=4", "fixed_rounding=pow2"],
-    "int": ["quantization=INT", "activation_i_width=8", "weight_i_width=8"],
-    "bnn": ["quantization=BNN"],
-    "ternary": ["quantization=Ternary"],
-}
-
-
-@pytest.fixture(scope="module")
-def em_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    volume, labels = synthetic_em_stack(n_slices=6, size=64, seed=0)
-    root = tmp_path_factory.mktemp("em") / "em"
-    prepare_em(volume, labels, root, val_slices=[4, 5], resize=32, crop=32)
-    return root
-
-
-def train_metrics(data: Path, out: Path, overrides: list[str]) -> list[dict[str, str]]:
-    recipe = png_pair_recipe("EM", EM_BASE, "prepare", isbi_metrics=True)
-    cfg = load_config(EM_BASE, EM_BASE, overrides=overrides + [
-        f"dataset_path={data}", "crop_size=[32, 32]", "base_channels=4", "num_epochs=2", "batch_size=2",
-        "val_batch_size=2", f"log_output_dir={out}", "experiment_name=run", "lr=0.01"])
-    assert run(cfg, recipe, script="test") == 0
-    with open(out / "run" / "metrics.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    for row in rows:
-        del row["seconds"]  # wall-clock time, the one column allowed to differ
-    return rows
-
-
 @pytest.mark.parametrize("mode", list(MODE_OVERRIDES))
 def test_training_run_metrics_are_identical_to_the_old_code(
-        mode: str, em_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+        mode: str, small_em_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     overrides = MODE_OVERRIDES[mode] + (["val_bn_mode=eval"] if mode in ("int", "bnn") else [])
-    new = train_metrics(em_data, tmp_path / "new", overrides)
+    new = train_metrics(small_em_data, tmp_path / "new", overrides)
     with monkeypatch.context() as patch:
         use_old_code(patch)
-        old = train_metrics(em_data, tmp_path / "old", overrides)
+        old = train_metrics(small_em_data, tmp_path / "old", overrides)
     capsys.readouterr()
     assert len(new) == 2 and new == old
 
 
-def test_allocator_setting_leaves_a_trained_run_unchanged(em_data: Path, tmp_path: Path) -> None:
+def test_allocator_setting_leaves_a_trained_run_unchanged(small_em_data: Path, tmp_path: Path) -> None:
     """The real EM trainer, FIXED pow2, with and without ``tune_allocator`` (two processes)."""
     runs = []
     for switch in ("1", "0"):
-        folder = tmp_path / f"alloc{switch}"
-        folder.mkdir()
-        shutil.copy(REPO / "em" / "a6.0_w0.4" / "config.yaml", folder / "config.yaml")
-        (folder / "em_unet.py").symlink_to(REPO / "EM_BASE" / "em_unet.py")
-        args = ["-o", f"dataset_path={em_data}", "-o", "crop_size=[32, 32]", "-o", "base_channels=4", "-o",
+        folder = make_experiment(tmp_path, name=f"alloc{switch}")
+        args = ["-o", f"dataset_path={small_em_data}", "-o", "crop_size=[32, 32]", "-o", "base_channels=4", "-o",
                 "num_epochs=2", "-o", "batch_size=2", "-o", "val_batch_size=2", "-o", "lr=0.01"]
         env = {**os.environ, runtime.ENV_SWITCH: switch}
         result = subprocess.run([sys.executable, "em_unet.py", "-f", "config.yaml", "-t", "UNET", *args],

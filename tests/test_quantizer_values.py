@@ -1,6 +1,7 @@
 """Exact values of every quantizer of SPEC §3: the worked-example table, the listed quirks and
 hand-computed examples. All inputs are float32 and every expected value is exactly
-representable, so comparisons are exact (``torch.equal``)."""
+representable, so comparisons are exact (``torch.equal``). The same expected values hold for the
+literal rules of :mod:`quantizer.reference` (the oracle of the property tests), checked beside."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from quantizer import binary, fixed_point, int_minmax, ternary
+from quantizer import reference as R
 from quantizer.functional import pow2_limit, ternary_threshold_and_scale
 
 
@@ -19,6 +21,17 @@ def assert_exact(got: torch.Tensor, expected) -> None:
     expected = t(expected)
     assert got.dtype == torch.float32
     assert torch.equal(got, expected), f"got {got.tolist()}, expected {expected.tolist()}"
+
+
+def f32(values) -> list[float]:
+    """``values`` rounded to float32, as Python floats (the inputs the reference is given)."""
+    return t(values).tolist()
+
+
+def reference_exact(rule, xs, expected, *args) -> None:
+    """The reference ``rule(x, *args)`` of each float32 ``x`` equals ``expected`` exactly."""
+    got = [rule(x, *args) for x in f32(xs)]
+    assert got == f32(expected), f"reference {rule.__name__}: got {got}, expected {expected}"
 
 
 # --- the worked-example table of SPEC §3 ----------------------------------------------------
@@ -54,11 +67,13 @@ POW2_CASES = [
 @pytest.mark.parametrize(("x", "i", "f", "expected"), WRAP_CASES)
 def test_table_nearest_wrap(x, i, f, expected):
     assert_exact(fixed_point(t([x]), i, f, "nearest", "wrap"), [expected])
+    reference_exact(R.fixed_point_nearest_wrap, [x], [expected], i, f)
 
 
 @pytest.mark.parametrize(("x", "i", "f", "expected"), POW2_CASES)
 def test_table_pow2(x, i, f, expected):
     assert_exact(fixed_point(t([x]), i, f, "pow2"), [expected])
+    reference_exact(R.fixed_point_pow2, [x], [expected], i, f)
 
 
 @pytest.mark.parametrize(("i", "f"), WRAP_FORMATS)
@@ -85,6 +100,7 @@ def test_pow2_ignores_overflow_argument():
 
 def test_wrap_q3_3_fraction_survives_above_range():
     assert_exact(fixed_point(t([15.99, 16.5, -15.99, -16.5]), 3, 3), [8.0, 7.5, -8.0, -7.5])
+    reference_exact(R.fixed_point_nearest_wrap, [15.99, 16.5, -15.99, -16.5], [8.0, 7.5, -8.0, -7.5], 3, 3)
 
 
 def test_wrap_q0_2_levels():
@@ -95,6 +111,7 @@ def test_wrap_q0_2_levels():
 
 def test_wrap_q0_2_wraps_modulo_one():
     assert_exact(fixed_point(t([1.3, -1.3, 2.3, 7.5]), 0, 2), [0.25, -0.25, 0.25, 0.5])
+    reference_exact(R.fixed_point_nearest_wrap, [1.3, -1.3, 2.3, 7.5], [0.25, -0.25, 0.25, 0.5], 0, 2)
 
 
 def test_wrap_fraction_rounds_up_to_one():
@@ -104,15 +121,18 @@ def test_wrap_fraction_rounds_up_to_one():
 def test_wrap_largest_magnitude_is_two_to_the_i():
     """|q| reaches 2^i (not 2^i - 2^-f): 2^i - 1 plus a fraction rounded up to 1."""
     assert_exact(fixed_point(t([7.99, -7.99, 1e6]), 3, 2), [8.0, -8.0, 7.0])
+    reference_exact(R.fixed_point_nearest_wrap, [7.99, -7.99, 1e6], [8.0, -8.0, 7.0], 3, 2)
 
 
 def test_wrap_f0_truncates_toward_zero():
     assert_exact(fixed_point(t([0.99, -0.99, 1.99, -2.5]), 4, 0), [0.0, 0.0, 1.0, -2.0])
+    reference_exact(R.fixed_point_nearest_wrap, [0.99, -0.99, 1.99, -2.5], [0.0, 0.0, 1.0, -2.0], 4, 0)
 
 
 def test_wrap_round_half_to_even_in_fraction():
     # fractions 0.125 * 4 = 0.5 -> 0, 0.375 * 4 = 1.5 -> 2, 0.625 * 4 = 2.5 -> 2
     assert_exact(fixed_point(t([0.125, 0.375, 1.625]), 2, 2), [0.0, 0.5, 1.5])
+    reference_exact(R.fixed_point_nearest_wrap, [0.125, 0.375, 1.625], [0.0, 0.5, 1.5], 2, 2)
 
 
 # --- nearest/saturate, by hand ----------------------------------------------------------------
@@ -132,6 +152,7 @@ SATURATE_CASES = [
 )
 def test_saturate_by_hand(i, f, xs, expected):
     assert_exact(fixed_point(t(xs), i, f, "nearest", "saturate"), expected)
+    reference_exact(R.fixed_point_nearest_saturate, xs, expected, i, f)
 
 
 @pytest.mark.parametrize(("i", "f"), [(0, 2), (3, 3), (4, 0), (2, 5)])
@@ -167,17 +188,21 @@ def test_wrap_is_not_monotone_but_saturate_is():
     ],
 )
 def test_pow2_limit(i, f, m):
-    assert pow2_limit(i, f) == m
+    assert pow2_limit(i, f) == m == R.pow2_limit(i, f)
     assert_exact(fixed_point(t([1e6, -1e6]), i, f, "pow2"), [m, -m])
+    reference_exact(R.fixed_point_pow2, [1e6, -1e6], [m, -m], i, f)
 
 
 def test_pow2_zero_stays_zero_and_small_values_stay_small():
     x = t([0.0, 2.0**-20, -(2.0**-20), 0.001])
     assert_exact(fixed_point(x, 0, 2, "pow2"), [0.0, 2.0**-20, -(2.0**-20), 2.0**-10])
+    reference_exact(R.fixed_point_pow2, x.tolist(), [0.0, 2.0**-20, -(2.0**-20), 2.0**-10], 0, 2)
+    reference_exact(R.fixed_point_pow2, x.tolist(), [0.0, 0.0, 0.0, 0.0], 0, 2, -8)  # the project's bound
 
 
 def test_pow2_q0_4_clamps_to_m():
     assert_exact(fixed_point(t([0.9, 0.7, -0.9]), 0, 4, "pow2"), [0.9375, 0.5, -0.9375])
+    reference_exact(R.fixed_point_pow2, [0.9, 0.7, -0.9], [0.9375, 0.5, -0.9375], 0, 4)
 
 
 def test_pow2_i0_f0_gives_zeros():
@@ -189,11 +214,13 @@ def test_pow2_i0_f0_gives_zeros():
 
 def test_int_spec_example_b4():
     assert_exact(int_minmax(t([-1.0, 0.0, 0.5, 1.0]), 4), [-8, 0, 4, 8])
+    assert R.int_minmax([-1.0, 0.0, 0.5, 1.0], 4) == [-8, 0, 4, 8]
 
 
 def test_int_b2_on_a_power_of_two_span():
     # n = x / 4, floor(4 n) - 2
     assert_exact(int_minmax(t([0.0, 1.0, 2.0, 3.0, 4.0]), 2), [-2, -1, 0, 1, 2])
+    assert R.int_minmax([0.0, 1.0, 2.0, 3.0, 4.0], 2) == [-2, -1, 0, 1, 2]
 
 
 def test_int_is_per_tensor():
@@ -206,6 +233,7 @@ def test_int_is_per_tensor():
 def test_int_constant_tensor_gives_zeros(value):
     q = int_minmax(torch.full((3, 4), value), 4)
     assert_exact(q, [[0.0] * 4] * 3)
+    assert R.int_minmax([value] * 12, 4) == [0.0] * 12
 
 
 @pytest.mark.parametrize(
@@ -227,6 +255,7 @@ def test_int_no_nan_for_extreme_finite_range(xs):
     q = int_minmax(t(xs), 4)
     assert torch.isfinite(q).all(), q
     assert_exact(q, [-8, 8])
+    assert R.int_minmax(f32(xs), 4) == [-8, 8]
 
 
 # --- BNN ------------------------------------------------------------------------------------------
@@ -237,6 +266,7 @@ def test_binary_sign_values():
     differences); NaN gives +1 too (torch.sign(NaN) = 0)."""
     x = t([-2.0, -1.0, -0.5, -1e-30, 0.0, -0.0, 1e-30, 0.5, 1.0, 2.0, float("nan")])
     assert_exact(binary(x), [-1, -1, -1, -1, 1, 1, 1, 1, 1, 1, 1])
+    assert [R.binary(v) for v in x.tolist()] == [-1, -1, -1, -1, 1, 1, 1, 1, 1, 1, 1]
     assert_exact(binary(x.clone(), inplace=True), [-1, -1, -1, -1, 1, 1, 1, 1, 1, 1, 1])
 
 
@@ -260,6 +290,8 @@ def test_ternary_threshold_and_scale_by_hand():
 def test_ternary_two_channel_weight_by_hand():
     q = ternary(_two_channel_weight())
     assert_exact(q, [[[[0.75, -0.75], [0.0, 0.0]]], [[[0.0, 0.375], [-0.375, 0.375]]]])
+    expected = [[0.75, -0.75, 0.0, 0.0], [0.0, 0.375, -0.375, 0.375]]
+    assert R.ternary(_two_channel_weight().flatten(1).tolist()) == expected
 
 
 def test_ternary_all_zero_filter_gives_zeros():
@@ -297,3 +329,16 @@ def test_ternary_large_weights_do_not_overflow_the_threshold():
     """
     q = ternary(t([[3e38, 3e38, 0.0, 0.0]]))
     assert_exact(q, [[3e38, 3e38, 0.0, 0.0]])
+    assert R.ternary(t([[3e38, 3e38, 0.0, 0.0]]).tolist()) == t([[3e38, 3e38, 0.0, 0.0]]).tolist()
+
+
+# --- ternarytanh (the reference; the model's activation is tested against it in test_model.py) ---
+
+
+def test_reference_ternary_tanh_and_its_schedule_by_hand():
+    # b = 3: x = 0.5 -> 0.5 tanh(0) + 0.5 tanh(6) = 0.49999386; x = 1 -> 0.5 (tanh 3 + tanh 9) = 0.99752736
+    assert R.ternary_tanh(0.5, 3.0) == pytest.approx(0.49999386, abs=1e-8)
+    assert R.ternary_tanh(1.0, 3.0) == pytest.approx(0.99752736, abs=1e-8)
+    assert R.ternary_tanh(0.0, 3.0) == 0.0 and R.ternary_tanh(-1.0, 3.0) == -R.ternary_tanh(1.0, 3.0)
+    assert [R.ternary_tanh_beta(e, 11) for e in (1, 6, 11)] == [3.0, 5.5, 8.0]
+    assert R.ternary_tanh_beta(1, 1) == 3.0

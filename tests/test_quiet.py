@@ -20,7 +20,7 @@ from tqdm import tqdm
 from unet.progress import ENV_VAR, bar_disable
 
 from .conftest import REPO
-from .tiny_em import TINY, make_experiment, prepare_em
+from .helpers.experiments import TINY, make_experiment, prepare_synthetic_em
 
 BAR_MARKS = re.compile(r"\r|\x1b\[|%\|")
 
@@ -86,7 +86,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     root = tmp_path_factory.mktemp("quiet")
     env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
     env.update(PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
-    return {"folder": make_experiment(root), "data": prepare_em(root / "em"), "env": env}
+    return {"folder": make_experiment(root), "data": prepare_synthetic_em(root / "em"), "env": env}
 
 
 def train_args(setup: dict[str, object], name: str, *extra: str) -> list[str]:

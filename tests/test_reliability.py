@@ -18,37 +18,17 @@ import torch
 from unet.prep.pngpairs import write_pair
 
 from .conftest import REPO, run_command
-from .test_trainers import make_experiment, read_metrics, train
+from .helpers.experiments import (
+    HANG_GUARD_S,
+    assert_one_line_error,
+    em_args,
+    make_experiment,
+    pair_folder,
+    read_metrics,
+    train,
+)
 
 pytestmark = pytest.mark.slow
-
-
-def pair_folder(root: Path, n_train: int = 6, n_val: int = 2, size: int = 32, seed: int = 0) -> Path:
-    """A PNG-pair dataset (the EM/NIH trainers' format) with a square to segment."""
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("val", n_val)):
-        for i in range(n):
-            mask = np.zeros((size, size), bool)
-            y, x = rng.integers(4, size - 12, 2)
-            mask[y : y + 8, x : x + 8] = True
-            image = (mask * 120 + rng.normal(60, 20, (size, size))).clip(0, 255).astype(np.uint8)
-            write_pair(root, split, f"s{i:02d}", image, mask)
-    return root
-
-
-def em_args(data: Path, *extra: str) -> list[str]:
-    return ["-o", f"dataset_path={data}", "-o", "crop_size=[32,32]", "-o", "base_channels=2",
-            "-o", "batch_size=2", "-o", "val_batch_size=2", "-o", "num_epochs=1", *extra]
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip() and "%|" not in line]  # no bars
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    assert lines[0].startswith("error: ")
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def metrics_without_time(path: Path) -> list[dict[str, str]]:
@@ -62,11 +42,6 @@ def start(folder: Path, *args: str) -> subprocess.Popen:
     trainer = next(folder.glob("*_unet.py")).name
     return subprocess.Popen([sys.executable, trainer, "-f", "config.yaml", "-t", "UNET", *args], cwd=folder,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-#: Only a hung process gets this far: no assertion here measures speed (a loaded machine may be
-#: slow by any factor; benchmarks/ hold the speed targets).
-HANG_GUARD_S = 1800
 
 
 def wait_for_epochs(run: Path, process: subprocess.Popen, epochs: int) -> None:

@@ -15,6 +15,7 @@ from unet.results import model_memory, write_results
 from unet.sweep import last_error_line
 
 from .conftest import REPO, run_command
+from .helpers.experiments import make_experiment
 
 SLOW = pytest.mark.slow
 FULL_PRECISION_PARAMS = 4_837_249
@@ -23,15 +24,6 @@ FULL_PRECISION_PARAMS = 4_837_249
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
-
-
-def make_experiment(root: Path, experiment: str, name: str | None = None) -> Path:
-    """A copy of a real em/ experiment config beside a link to the real EM trainer."""
-    folder = root / (name or experiment)
-    folder.mkdir(parents=True)
-    shutil.copy(REPO / "em" / experiment / "config.yaml", folder / "config.yaml")
-    (folder / "em_unet.py").symlink_to(REPO / "EM_BASE" / "em_unet.py")
-    return folder
 
 
 # --- memory arithmetic (fast) --------------------------------------------------------------
@@ -142,7 +134,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> dict:
     assert result.returncode == 0, result.stderr
     root = tmp / "em"
     for experiment in ("full_precision", "a6.0_w0.4", "bnn"):
-        make_experiment(root, experiment)
+        make_experiment(root, "em", experiment, name=experiment)
     overrides = ["-o", "base_channels=2", "-o", "num_epochs=2", "-o", f"dataset_path={data}", "-o",
                  "crop_size=[48,48]", "-o", "batch_size=4", "-o", "val_batch_size=4", "-o", "lr_scheduler=cosine",
                  "-o", "lr=0.005"]
@@ -250,7 +242,7 @@ def test_unfinished_run_shown_with_its_progress(swept: dict, tmp_path: Path) -> 
 @SLOW
 def test_force_reruns_and_a_failure_does_not_stop_the_sweep(swept: dict) -> None:
     root = swept["root"]
-    broken = make_experiment(root, "full_precision", "broken")
+    broken = make_experiment(root, "em", "full_precision", name="broken")
     (broken / "config.yaml").write_text("UNET:\n  quantization: Normal\n  lr: -1\n")
     try:
         result = run_command(["-m", "unet.sweep", str(root), "--only", "broken", "full_precision", "--force",

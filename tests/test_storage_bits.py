@@ -20,6 +20,8 @@ from quantizer import functional as F
 from unet.memory import weight_memory_bits
 from unet.model import UNet, quant_specs
 
+from .helpers.models import random_batch, trained_unet
+
 FIXED_WIDTHS = [(8, 0, 0, 8), (6, 0, 0, 4), (4, 0, 0, 2), (8, 8, 8, 8)]  # activations i.f / weights i.f
 VARIANTS = [("nearest", "wrap"), ("nearest", "saturate"), ("pow2", "wrap")]
 MODES = [
@@ -46,16 +48,8 @@ def trained_model(mode: tuple) -> tuple[UNet, list[torch.Tensor], list[QuantSpec
     """A base_channels 4 U-Net after 3 Adam steps on random 16x16 data, and the inputs and
     specs of its activation quantizers on one more batch."""
     quantization, ai, af, wi, wf, rounding, overflow = mode
-    torch.manual_seed(0)
-    model = UNet(4, *quant_specs(quantization, ai, af, wi, wf, rounding, overflow))
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
-    for _ in range(3):
-        x = torch.rand(2, 1, 16, 16)
-        y = (torch.rand(2, 1, 16, 16) > 0.5).float()
-        loss = torch.nn.functional.binary_cross_entropy(model(x).clamp(1e-6, 1 - 1e-6), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    model = trained_unet(quant_specs(quantization, ai, af, wi, wf, rounding, overflow), random_batch, steps=3, lr=0.05,
+                         seed=0)
     inputs: list[torch.Tensor] = []
     specs: list[QuantSpec] = []
 

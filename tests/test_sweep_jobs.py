@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -22,17 +21,7 @@ from unet.launchers import (
 )
 
 from .conftest import REPO, run_command
-from .test_reliability import pair_folder
-
-
-def make_experiment(root: Path, name: str, config: str | None = None) -> Path:
-    folder = root / name
-    folder.mkdir(parents=True)
-    shutil.copy(REPO / "em" / "a6.0_w0.4" / "config.yaml", folder / "config.yaml")
-    if config is not None:
-        (folder / "config.yaml").write_text(config)
-    (folder / "em_unet.py").symlink_to(REPO / "EM_BASE" / "em_unet.py")
-    return folder
+from .helpers.experiments import make_experiment, pair_folder
 
 
 def tiny(data: Path) -> list[str]:
@@ -96,7 +85,7 @@ def test_a_job_with_several_gpus_runs_the_trainer_under_torchrun() -> None:
     (["--launcher", "slurm", "--no-wait", "--results"], "--results needs finished runs"),
 ])
 def test_sweep_option_mistakes_are_one_line_errors(tmp_path: Path, args: list[str], fragment: str) -> None:
-    make_experiment(tmp_path / "em", "a")
+    make_experiment(tmp_path / "em", name="a")
     result = run_command(["-m", "unet.sweep", str(tmp_path / "em"), *args], cwd=REPO)
     lines = [s for s in result.stderr.strip().splitlines() if s.strip()]
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
@@ -146,7 +135,7 @@ def test_the_sweep_reads_the_outcome_from_the_run_folder_whatever_the_launcher(t
     from unet.sweep import Status, sweep
 
     for name in ("good", "broken", "lost"):
-        make_experiment(tmp_path / "em", name)
+        make_experiment(tmp_path / "em", name=name)
     launcher = FakeLauncher()
     outcomes = {o.experiment.name: o for o in sweep([tmp_path / "em"], launcher=launcher)}
     assert sorted(launcher.started) == ["em/broken", "em/good", "em/lost"]
@@ -161,7 +150,7 @@ def test_the_sweep_reads_the_outcome_from_the_run_folder_whatever_the_launcher(t
 def test_a_detached_launcher_need_not_be_waited_for(tmp_path: Path) -> None:
     from unet.sweep import Status, sweep
 
-    make_experiment(tmp_path / "em", "good")
+    make_experiment(tmp_path / "em", name="good")
     (outcome,) = sweep([tmp_path / "em"], launcher=FakeLauncher(detached=True, capacity=None), wait_for_jobs=False)
     assert outcome.status == Status.SUBMITTED and outcome.message == "slot"
 
@@ -174,7 +163,7 @@ def test_jobs_run_experiments_at_once_each_on_its_share_of_the_threads(tmp_path:
     data = pair_folder(tmp_path / "data", n_train=4, n_val=2)
     root = tmp_path / "em"
     for name in ("first", "second"):
-        make_experiment(root, name)
+        make_experiment(root, name=name)
     result = run_command(["-m", "unet.sweep", str(root), "--jobs", "2", *tiny(data)], cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     threads = local_slots(2, gpus=[])[0].env["OMP_NUM_THREADS"]
@@ -192,8 +181,8 @@ def test_jobs_run_experiments_at_once_each_on_its_share_of_the_threads(tmp_path:
 def test_slurm_path_with_submitit_local_executor_reports_a_failed_job_like_a_local_run(tmp_path: Path) -> None:
     data = pair_folder(tmp_path / "data", n_train=4, n_val=2)
     root = tmp_path / "em"
-    make_experiment(root, "good")
-    bad = make_experiment(root, "bad")
+    make_experiment(root, name="good")
+    bad = make_experiment(root, name="bad")
     bad.joinpath("config.yaml").write_text(bad.joinpath("config.yaml").read_text() + "  lr: -1\n")
     logs = tmp_path / "logs"
     result = run_command(["-m", "unet.sweep", str(root), "--launcher", "local-submitit", "--slurm-logs", str(logs),

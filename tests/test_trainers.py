@@ -8,20 +8,15 @@ experiment folder; one real subprocess per trainer keeps the command line itself
 
 from __future__ import annotations
 
-import csv
 import json
-import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from unet import cli
-from unet.experiments import load_recipe
-
 from .conftest import REPO, run_command
+from .helpers.experiments import make_experiment, read_metrics, train, train_in_process
 
 pytestmark = pytest.mark.slow
 
@@ -50,44 +45,6 @@ def data_overrides(dataset: str, data: dict[str, Path]) -> list[str]:
     crop = {"em": "[48,48]", "gm": "[64,64]", "nih": "[112,176]"}[dataset]
     return ["-o", f"dataset_path={data[dataset]}", "-o", f"crop_size={crop}", "-o", "batch_size=4",
             "-o", "val_batch_size=4"]
-
-
-def make_experiment(tmp: Path, dataset: str, experiment: str, name: str = "exp") -> Path:
-    """A copy of a real experiment folder with a link to the real trainer."""
-    folder = tmp / name
-    folder.mkdir(parents=True)
-    shutil.copy(REPO / dataset / experiment / "config.yaml", folder / "config.yaml")
-    trainer = f"{dataset}_unet.py"
-    (folder / trainer).symlink_to(REPO / f"{dataset.upper()}_BASE" / trainer)
-    return folder
-
-
-def train(folder: Path, *args: str):
-    trainer = next(folder.glob("*_unet.py")).name
-    return run_command([trainer, "-f", "config.yaml", "-t", "UNET", *args], cwd=folder)
-
-
-def train_in_process(monkeypatch: pytest.MonkeyPatch, folder: Path, *args: str) -> int:
-    """What ``python <trainer> -f config.yaml -t UNET *args`` does from ``folder``, in this
-    process: the trainer's own RECIPE (imported from the script its link points to) through
-    :func:`unet.cli.main`; returns the exit status (output goes to the captured streams)."""
-    trainer = next(folder.glob("*_unet.py"))
-    recipe = load_recipe(trainer)
-    monkeypatch.chdir(folder)
-    monkeypatch.setattr(sys, "argv", [trainer.name])
-    threads = torch.get_num_threads()
-    # These tiny models gain nothing from a second thread; on a busy machine it only spins
-    # waiting for the first (measured: 10x the CPU time of one thread).
-    torch.set_num_threads(1)
-    try:
-        return cli.main(recipe, ["-f", "config.yaml", "-t", "UNET", *args])
-    finally:
-        torch.set_num_threads(threads)
-
-
-def read_metrics(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 def test_em_run_folder_is_complete(tmp_path: Path, data: dict[str, Path]) -> None:

@@ -10,9 +10,11 @@ import torch
 
 from unet.losses import bce_dice_loss, bce_dice_original_loss, dice_loss, soft_dice
 from unet.memory import BITS_PER_MIB, weight_memory_bits
-from unet.metrics import slice_metrics, summarize
+from unet.metrics import _hausdorff, slice_metrics, summarize
 from unet.model import UNet, quant_specs
 from unet.schedules import make_lr_scheduler, multistep_milestones, ternary_beta
+
+from .helpers.metrics import hausdorff_by_scikit_image
 
 
 def test_soft_dice_and_losses() -> None:
@@ -51,6 +53,41 @@ def test_hausdorff_is_geometric_not_row_based() -> None:
     prob = np.zeros((20, 20))
     prob[5, 5] = prob[8, 9] = 1.0  # an extra point 5 pixels away (3-4-5 triangle)
     assert slice_metrics(prob, truth, 0.5)["hausdorff"] == pytest.approx(5.0)
+
+
+# --- Hausdorff from distance transforms equals scikit-image's --------------------------------------------------------
+
+
+def random_masks(seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Pairs of boolean masks: random densities and shapes, blobs, single pixels, full masks,
+    thin lines, one mask inside a hole of the other."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for _ in range(60):
+        shape = tuple(int(v) for v in rng.integers(1, 40, size=2))
+        density = rng.choice([0.001, 0.02, 0.3, 0.7, 0.99])
+        pairs.append((rng.random(shape) < density, rng.random(shape) < density * rng.random()))
+    full, dot = np.ones((9, 13), bool), np.zeros((9, 13), bool)
+    dot[8, 0] = True
+    ring = np.ones((21, 21), bool)
+    ring[5:16, 5:16] = False
+    centre = np.zeros((21, 21), bool)
+    centre[10, 10] = True
+    column, row = np.zeros((30, 7), bool), np.zeros((30, 7), bool)
+    column[:, 3] = True
+    row[15, :] = True
+    pairs += [(full, dot), (dot, full), (ring, centre), (centre, ring), (column, row), (dot, dot)]
+    return pairs
+
+
+def test_hausdorff_equals_scikit_image_on_random_masks() -> None:
+    for pred, gt in random_masks(0):
+        assert _hausdorff(pred, gt) == hausdorff_by_scikit_image(pred, gt), (pred.shape, pred.sum(), gt.sum())
+    ring = np.ones((21, 21), bool)
+    ring[5:16, 5:16] = False
+    square = np.ones((21, 21), bool)
+    # attained at the square's centre, inside the ring's hole: not at a boundary pixel of the square
+    assert _hausdorff(square, ring) == hausdorff_by_scikit_image(square, ring) == 6.0
 
 
 def test_empty_slices() -> None:

@@ -126,7 +126,7 @@ def test_an_untampered_checkpoint_passes_and_predicts(state, tmp_path: Path, cap
 
 def test_trainer_inference_refuses_nan_weights_through_the_same_check(state, tmp_path: Path, capsys,
                                                                     monkeypatch) -> None:
-    from ..tiny_em import make_experiment, trainer_in_process
+    from ..helpers.experiments import make_experiment, trainer_in_process
 
     bad, named = _tamper(state, "nan_weight")
     checkpoint = write_checkpoint(tmp_path / "tampered.pt", bad)

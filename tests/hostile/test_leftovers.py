@@ -11,8 +11,7 @@ import pytest
 from unet.export.__main__ import main as export_main
 from unet.predict.cli import main as predict_main
 
-from ..test_reliability import em_args, pair_folder
-from ..tiny_em import make_experiment, trainer_in_process
+from ..helpers.experiments import em_args, make_experiment, pair_folder, trainer_in_process
 from .helpers import png, tiny_state, write_checkpoint
 
 #: What a killed atomic write leaves (16 MB in the issue; a few bytes do here).
@@ -34,7 +33,7 @@ def test_resume_removes_the_stale_temporaries_of_its_run_folder(tmp_path: Path, 
     from unet import engine
 
     data = pair_folder(tmp_path / "data", n_train=4, n_val=2)
-    folder = make_experiment(tmp_path, "exp")
+    folder = make_experiment(tmp_path)
     args = ["-f", "config.yaml", "-t", "UNET", "-o", "overlay_every=100", *em_args(data, "-o", "num_epochs=2")]
     real = engine._write_csv
 

@@ -20,8 +20,7 @@ from unet.lock import lock_path
 from unet.predict.cli import main as predict_main
 
 from ..conftest import REPO
-from ..test_reliability import em_args, pair_folder
-from ..tiny_em import make_experiment, trainer_in_process
+from ..helpers.experiments import em_args, make_experiment, pair_folder, trainer_in_process
 from .helpers import error_line, script_main, tiny_state, write_checkpoint
 
 
@@ -85,7 +84,7 @@ def test_second_predict_into_one_output_dir_is_refused_and_a_killed_ones_lock_is
 
 def test_second_training_in_one_run_folder_is_refused(tmp_path: Path, capsys, monkeypatch) -> None:
     data = pair_folder(tmp_path / "data", n_train=4, n_val=2)
-    folder = make_experiment(tmp_path, "exp")
+    folder = make_experiment(tmp_path)
     command = ["em_unet.py", "-f", "config.yaml", "-t", "UNET", "--no-progress", *em_args(data)]
     lock = lock_path(folder / "runs" / "exp")
     first = start_and_freeze(command, folder, lock)

@@ -17,7 +17,7 @@ import pytest
 
 from unet.predict.cli import main as predict_main
 
-from ..tiny_em import make_experiment, trainer_in_process
+from ..helpers.experiments import make_experiment, trainer_in_process
 from .helpers import digest, error_line, script_main, tiny_state, write_checkpoint
 
 HEADROOM = 3 * 2**29  # 1.5 GiB

@@ -26,8 +26,7 @@ from unet.predict.cli import main as predict_main
 from unet.results.cli import main as results_main
 
 from ..conftest import REPO
-from ..test_reliability import em_args, pair_folder
-from ..tiny_em import make_experiment, trainer_in_process
+from ..helpers.experiments import em_args, make_experiment, pair_folder, trainer_in_process
 from .helpers import digest, error_line, png, script_main, tiny_state, write_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -54,7 +53,7 @@ def small_fs(folder: Path, size: str = "1m", read_only: bool = False) -> Iterato
 
 
 def experiment(tmp_path: Path) -> Path:
-    return make_experiment(tmp_path, "exp")
+    return make_experiment(tmp_path)
 
 
 # --- output folders that cannot be written: refused before any work ----------------------------
@@ -343,8 +342,8 @@ def test_sweep_reports_a_non_utf8_experiment_and_runs_the_others(tmp_path: Path)
 
     data = pair_folder(tmp_path / "data", n_train=4, n_val=2)
     root = tmp_path / "em"
-    good = make_experiment(root, "good")
-    bad = make_experiment(root, "bad")
+    good = make_experiment(root, name="good")
+    bad = make_experiment(root, name="bad")
     (bad / "config.yaml").write_bytes(b"UNET:\n  lr: 0.001  # caf\xe9\n")
     overrides = [a for pair in zip(em_args(data)[::2], em_args(data)[1::2], strict=True) for a in pair]
     result = run_module(["-m", "unet.sweep", str(root), "--no-progress", *overrides], cwd=tmp_path, timeout=300)
@@ -355,8 +354,8 @@ def test_sweep_reports_a_non_utf8_experiment_and_runs_the_others(tmp_path: Path)
 
 
 def test_results_reports_a_non_utf8_experiment_config_and_shows_the_others(tmp_path: Path, capsys) -> None:
-    good = make_experiment(tmp_path / "em", "good")
-    bad = make_experiment(tmp_path / "em", "bad")
+    good = make_experiment(tmp_path / "em", name="good")
+    bad = make_experiment(tmp_path / "em", name="bad")
     (bad / "config.yaml").write_bytes(b"UNET:\n  lr: 0.001  # caf\xe9\n")
     status = results_main([str(tmp_path / "em"), "--no-overlays", "--no-weights"])
     captured = capsys.readouterr()

@@ -14,6 +14,7 @@ from unet.predict.cli import main as predict_main
 from unet.results.cli import main as results_main
 
 from ..conftest import REPO
+from ..helpers.experiments import make_experiment
 from .helpers import digest, error_line, png, run_module, script_main, tiny_state, write_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -110,9 +111,7 @@ def test_export_keeps_a_users_file_named_like_its_record(checkpoint, tmp_path: P
 
 def test_results_keeps_a_users_results_md(tmp_path: Path, capsys) -> None:
     experiments = tmp_path / "em"
-    (experiments / "a6.0_w0.4").mkdir(parents=True)
-    shutil.copy(REPO / "em" / "a6.0_w0.4" / "config.yaml", experiments / "a6.0_w0.4")
-    (experiments / "a6.0_w0.4" / "em_unet.py").symlink_to(REPO / "EM_BASE" / "em_unet.py")
+    make_experiment(experiments, name="a6.0_w0.4")
     out = tmp_path / "report"
     out.mkdir()
     (out / "results.md").write_text("# my thesis chapter\n")
