@@ -18,7 +18,7 @@ Run from the repository root::
 Targets (printed with whether they hold): ``random_affine`` at most 5 ms and
 ``elastic_deform`` at most 10 ms of CPU time per 200 x 200 call. CPU time is the judged
 figure because a busy machine stretches wall-clock time; both are printed. These targets
-used to be wall-clock assertions in ``tests/test_augment.py`` (loose bounds 25 / 50 ms); a
+used to be wall-clock assertions in ``tests/data/test_augment.py`` (loose bounds 25 / 50 ms); a
 test asserts behaviour, the speed lives here.
 """
 

@@ -17,7 +17,7 @@ Run from the repository root (``--root`` measures another checkout, ``--json`` w
     python benchmarks/import_graph.py
     python benchmarks/import_graph.py --root /tmp/old-checkout --json before.json
 
-``tests/test_layout.py`` asserts the rules with the same functions.
+``tests/docs/test_layout.py`` asserts the rules with the same functions.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ command (into a temporary folder), trains the quick-start experiment from its fo
 docs' trainer command (``-o dataset_path=...`` and ``-o log_output_dir=...`` point at the
 temporary folder; neither changes what is trained), and for EM also evaluates the best model at a
 0.5 threshold. It prints the quick-start table rows (docs/usage.md) and writes
-``benchmarks/results/quickstarts.json``, which ``tests/test_readme_figures.py`` compares with the
+``benchmarks/results/quickstarts.json``, which ``tests/docs/test_readme_figures.py`` compares with the
 README and docs/usage.md, so a change that moves a figure shows up in review.
 
 Runs are seeded and deterministic on the CPU: two runs give identical metrics. The times depend

@@ -225,7 +225,7 @@ def _round_pow2_(t: Tensor) -> Tensor:
     before ``round``, so mantissas within an ulp of ``e + 0.5`` become exact ties, which go to
     the even exponent. The switch point is ``(sqrt(2) - 1) 2^23 = 3474675.14`` ulps from ``2^e``
     only for ``e = 0``; it moves by up to 32 ulps with ``|e|`` and the parity of ``e``
-    (tests/test_quantizer_speed_exact.py checks this rule against every exponent). A bit
+    (tests/quantizer/test_rewrites_change_no_value.py checks this rule against every exponent). A bit
     rule bit-equal to this needs a per-exponent threshold, i.e. a gather (97 ms for 12.8 M
     values against 20 ms for ``log2``/``round``/``exp2``, one thread); a constant threshold
     (two in-place integer passes, 4 ms) differs on up to 32 mantissas per binade. So the float

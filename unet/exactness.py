@@ -10,7 +10,7 @@ activation codes, the codes that differ per quantized layer together with the pa
 that float rounding does not explain (see :class:`EngineComparison`).
 
 ``benchmarks/exactness.py`` measures every mode on models trained through the real trainer;
-``tests/test_exactness.py`` asserts what holds.
+``tests/model/test_exactness.py`` asserts what holds.
 """
 
 from __future__ import annotations

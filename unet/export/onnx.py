@@ -26,7 +26,7 @@ Floating point: onnxruntime's convolution sums in another order than PyTorch's. 
 is exact in float32 (quantized weights and activations of few bits) the two agree; where it is
 not (the float first block, Q8.8, Ternary) values before a quantizer can differ in the last bit,
 a value within that distance of a rounding boundary lands on the neighbouring code, and the
-flip propagates. :func:`compare_forward` counts such flips per quantizer; tests/test_exactness.py
+flip propagates. :func:`compare_forward` counts such flips per quantizer; tests/model/test_exactness.py
 and benchmarks/exactness.py measure them on trained models.
 """
 
@@ -303,7 +303,7 @@ def _batchnorm(g: Graph, x: str, bn: nn.BatchNorm2d) -> str:
     in float64 (exact product, one rounding to float64, then to float32; differs from one
     rounding only when the float64 sum lands exactly halfway between two float32 values).
     onnxruntime's own ``BatchNormalization`` differs from PyTorch's in the last bit on about a
-    third of the values (tests/test_export_onnx.py), enough to move a code that lies within one
+    third of the values (tests/export/test_onnx.py), enough to move a code that lies within one
     ulp of a rounding boundary; it is the fallback where no form matches, and what a graph made
     with ``Graph(exact_batchnorm=False)`` (the QONNX export) holds."""
     if bn.running_mean is None or bn.running_var is None:
