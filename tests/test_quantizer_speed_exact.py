@@ -22,9 +22,9 @@ from quantizer import modules as quant_modules
 from unet import metrics as unet_metrics
 from unet import runtime
 from unet.config import load_config
-from unet.engine import run
 from unet.prep.em import prepare_em, synthetic_em_stack
 from unet.recipes import png_pair_recipe
+from unet.train import run
 
 REPO = Path(__file__).resolve().parents[1]
 EM_BASE = REPO / "EM_BASE" / "config.yaml"

@@ -103,7 +103,7 @@ def adversarial_inputs(images: Tensor, seed: int = 0) -> dict[str, Tensor]:
 
 
 def trainer_layout(model: UNet) -> UNet:
-    """``model`` on the CPU, in eval mode, laid out channels_last as :func:`unet.engine.build_model`
+    """``model`` on the CPU, in eval mode, laid out channels_last as :func:`unet.model.build_model`
     builds it (in place; returned for chaining)."""
     return model.to("cpu").to(memory_format=torch.channels_last).eval()
 

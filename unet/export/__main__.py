@@ -28,6 +28,7 @@ from ..batchnorm import deployment_warning, needs_deployment_warning
 from ..checkpoint import load_checkpoint, load_model_state
 from ..config import Config
 from ..errors import DataError, UserError
+from ..exitcodes import ExitCode
 from ..fileio import atomic_write_text, check_writable_dir, remove_stale_temporaries, removed_note
 from ..interrupts import EXIT_INTERRUPTED, terminate_as_interrupt
 from ..lock import folder_lock
@@ -69,7 +70,7 @@ def checkpoint_path(source: Path) -> Path:
 
 def model_from_checkpoint(path: Path) -> tuple[Any, dict[str, Any], list[str]]:
     """Load ``path`` (via :func:`unet.checkpoint.load_checkpoint`), build the U-Net its saved
-    config describes with :func:`unet.engine.build_model` and load the weights.
+    config describes with :func:`unet.model.build_model` and load the weights.
 
     Returns the model (CPU), the checkpoint state and notes for the user. A checkpoint from
     before ``pow2_min_exponent`` gets the default bound (a note says so)."""
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             record = export(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USER_ERROR
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the output is written whole or not at all
         print("interrupted; nothing was exported (no output is ever half-written)", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -258,7 +258,7 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, Any], int]:
 def read_packed(path: str | os.PathLike[str]) -> UNet:
     """Rebuild the U-Net stored by :func:`write_packed`, on the CPU, in train mode (as
     constructed; call ``.eval()`` for inference), laid out ``channels_last`` as the trainer
-    builds it (:func:`unet.engine.build_model`).
+    builds it (:func:`unet.model.build_model`).
 
     The layout is part of the model's arithmetic: oneDNN's channels_last convolution adds the
     bias once to the finished sum, the contiguous one adds it into the running sum, so the two

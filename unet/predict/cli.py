@@ -33,6 +33,7 @@ from unet.checkpoint import load_checkpoint, load_model_state
 from unet.config import Config, read_yaml_section
 from unet.data.transforms import normalize
 from unet.errors import ConfigError, DataError, UserError
+from unet.exitcodes import ExitCode
 from unet.fileio import atomic_write_text, check_writable_dir, remove_stale_temporaries, removed_note
 from unet.input_transform import RECORD_VERSION, canonical_dataset_name, input_transform_record
 from unet.lock import folder_lock
@@ -43,9 +44,9 @@ from . import io
 from .cases import INTENSITY_OPTIONS, Case, Roi, prepare_case
 from .sliding import Forward, mirror_tta, sliding_window_stream
 
-EXIT_UNSUPPORTED = 1
-EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
+EXIT_UNSUPPORTED = ExitCode.PARTIAL
+EXIT_USER_ERROR = ExitCode.USER_ERROR
+EXIT_INTERRUPTED = ExitCode.INTERRUPTED
 ENGINES = ("float", "integer", "onnx")
 PROBABILITY_FOLDER = "probabilities"
 
@@ -179,7 +180,7 @@ def checkpoint_record(state: dict[str, Any], cfg: Config, dataset: str, path: Pa
 
 def load_predictor(model_path: Path) -> Predictor:
     """Load the checkpoint through :func:`unet.checkpoint.load_checkpoint` and build its model
-    with :func:`unet.engine.build_model` from the stored config."""
+    with :func:`unet.model.build_model` from the stored config."""
     from unet.model import build_stored_model
 
     path = resolve_checkpoint(model_path)
