@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from .. import distributed
 from ..checkpoint import load_checkpoint
@@ -104,19 +105,7 @@ def _run_locked(cfg: Config, recipe: Recipe, script: str, new_run: bool, overwri
             locks.append(FolderLock(run_dir, "run folder"))
             locks[-1].acquire()
         cfg["experiment_name"] = run_dir.name  # its config.yaml and checkpoints name the folder it is in
-    resume_state = None
-    if mode == "resume":
-        if not (run_dir / "last.pt").is_file():
-            raise UserError(f"nothing to resume: {run_dir / 'last.pt'} does not exist")
-        resume_state = load_checkpoint(run_dir / "last.pt", cfg.allow_unsafe_checkpoint)
-        saved = resume_state.get("config", {})
-        changed = [k for k, v in cfg.to_plain().items() if k not in RESUME_FREE_KEYS and saved.get(k, v) != v]
-        if changed:
-            raise UserError(f"cannot resume {run_dir}: the config differs from the interrupted run in "
-                            f"{', '.join(changed)}; restore those keys (the run's config.yaml has them)")
-        if (run_dir / "summary.json").is_file():
-            raise UserError(f"run {run_dir} already finished; nothing to resume. "
-                            + finished_alternatives(run_dir, cfg, recipe, invocation))
+    resume_state = resumable_state(run_dir, cfg, recipe, invocation) if mode == "resume" else None
     if world.is_main and run_dir.is_dir():  # the lock makes the folder ours: a killed write's leftovers go
         removed = remove_stale_temporaries(run_dir, recursive=True)
         if removed:
@@ -153,15 +142,7 @@ def _run_locked(cfg: Config, recipe: Recipe, script: str, new_run: bool, overwri
         session = Run(cfg, recipe, run_dir, script, run_id, best_copy if world.is_main else None, world, stop)
         session.invocation = invocation
         session.preloaded = preloaded
-        if mode == "inference":
-            return session.inference(checkpoint)
-        if mode == "visualize":
-            return session.visualize(checkpoint)
-        if mode == "retrain":
-            return session.retrain(checkpoint)
-        if mode == "resume":
-            return session.resume(resume_state)
-        return session.normal()
+        return _dispatch(session, mode, checkpoint, resume_state)
     except UserError:
         discard_failed_start()  # a failed start leaves no run folder behind
         raise
@@ -185,6 +166,37 @@ def _run_locked(cfg: Config, recipe: Recipe, script: str, new_run: bool, overwri
                 signal.signal(signum, handler)
 
 
+def resumable_state(run_dir: Path, cfg: Config, recipe: Recipe, invocation: Invocation | None) -> dict[str, Any]:
+    """The last.pt of the interrupted run in ``run_dir`` that ``cfg`` resumes; UserError when there is
+    none, when the config differs from the run's in a key other than :data:`RESUME_FREE_KEYS`, or
+    when the run already finished."""
+    if not (run_dir / "last.pt").is_file():
+        raise UserError(f"nothing to resume: {run_dir / 'last.pt'} does not exist")
+    resume_state = load_checkpoint(run_dir / "last.pt", cfg.allow_unsafe_checkpoint)
+    saved = resume_state.get("config", {})
+    changed = [k for k, v in cfg.to_plain().items() if k not in RESUME_FREE_KEYS and saved.get(k, v) != v]
+    if changed:
+        raise UserError(f"cannot resume {run_dir}: the config differs from the interrupted run in "
+                        f"{', '.join(changed)}; restore those keys (the run's config.yaml has them)")
+    if (run_dir / "summary.json").is_file():
+        raise UserError(f"run {run_dir} already finished; nothing to resume. "
+                        + finished_alternatives(run_dir, cfg, recipe, invocation))
+    return resume_state
+
+
+def _dispatch(session: Run, mode: str, checkpoint: Path, resume_state: dict[str, Any] | None) -> int:
+    """Carry out ``mode`` in ``session``; the exit status."""
+    if mode == "inference":
+        return session.inference(checkpoint)
+    if mode == "visualize":
+        return session.visualize(checkpoint)
+    if mode == "retrain":
+        return session.retrain(checkpoint)
+    if mode == "resume":
+        return session.resume(resume_state)
+    return session.normal()
+
+
 def _continue_hint(run_dir: Path, session: Run | None) -> str:
     """How to go on after a stop: resume from last.pt when there is one, else start again."""
     if not (run_dir / "last.pt").is_file():
@@ -193,7 +205,8 @@ def _continue_hint(run_dir: Path, session: Run | None) -> str:
     return f"; last.pt holds the last completed epoch: fix that and continue with: {command}"
 
 
-def _raise_on_sigterm(signum, frame) -> None:  # noqa: ARG001
+def _raise_on_sigterm(signum: int, frame: object) -> None:  # noqa: ARG001
+    """SIGTERM stops a run as Ctrl-C does."""
     raise KeyboardInterrupt
 
 
@@ -213,4 +226,4 @@ def threading_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-__all__ = ["RESUME_FREE_KEYS", "WRITE_ERRNOS", "run"]
+__all__ = ["RESUME_FREE_KEYS", "WRITE_ERRNOS", "resumable_state", "run"]
