@@ -70,7 +70,7 @@ def checkpoint_path(source: Path) -> Path:
 
 def model_from_checkpoint(path: Path) -> tuple[Any, dict[str, Any], list[str]]:
     """Load ``path`` (via :func:`unet.checkpoint.load_checkpoint`), build the U-Net its saved
-    config describes with :func:`unet.model.build_model` and load the weights.
+    config describes with :func:`unet.engine.build_model` and load the weights.
 
     Returns the model (CPU), the checkpoint state and notes for the user. A checkpoint from
     before ``pow2_min_exponent`` gets the default bound (a note says so)."""

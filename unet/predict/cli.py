@@ -180,7 +180,7 @@ def checkpoint_record(state: dict[str, Any], cfg: Config, dataset: str, path: Pa
 
 def load_predictor(model_path: Path) -> Predictor:
     """Load the checkpoint through :func:`unet.checkpoint.load_checkpoint` and build its model
-    with :func:`unet.model.build_model` from the stored config."""
+    with :func:`unet.engine.build_model` from the stored config."""
     from unet.model import build_stored_model
 
     path = resolve_checkpoint(model_path)
