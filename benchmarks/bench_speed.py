@@ -6,7 +6,7 @@ modes' repetitions interleaved (round-robin, every other round reversed, so back
 on a shared machine hits every mode alike), it measures
 
 * the training step (forward, loss, backward, Adam) of the EM recipe's U-Net on a fixed batch;
-* one whole epoch through the real trainer: ``unet.engine.run`` in-process with
+* one whole epoch through the real trainer: ``unet.train.run`` in-process with
   ``num_epochs: 1`` on a small synthetic EM set written by the real preparation code
   (setup, training, validation with every metric, overlay figure, checkpoints);
 * the forward pass in evaluation mode under ``torch.no_grad`` (what validation with
@@ -52,10 +52,11 @@ if str(REPO) not in sys.path:
 
 from quantizer import native  # noqa: E402
 from unet.config import Config, load_config  # noqa: E402
-from unet.engine import build_model, run  # noqa: E402
 from unet.losses import get_loss  # noqa: E402
+from unet.model import build_model  # noqa: E402
 from unet.recipes import png_pair_recipe  # noqa: E402
 from unet.runtime import tune_allocator  # noqa: E402
+from unet.train import run  # noqa: E402
 
 EM_BASE = REPO / "EM_BASE" / "config.yaml"
 TARGET = 1.05
@@ -135,7 +136,7 @@ def make_em_data(root: Path, args: argparse.Namespace) -> Path:
 
 
 def epoch_run(key: str, data: Path, out: Path, tag: str, args: argparse.Namespace) -> Timer:
-    """One ``num_epochs: 1`` run of the EM trainer through ``unet.engine.run``, output silenced."""
+    """One ``num_epochs: 1`` run of the EM trainer through ``unet.train.run``, output silenced."""
     recipe = png_pair_recipe("EM", EM_BASE, "benchmarks/bench_speed.py makes its own data", isbi_metrics=True)
     cfg = em_config(MODES[key][1] + [
         f"dataset_path={data}", f"crop_size=[{args.epoch_size}, {args.epoch_size}]",

@@ -45,9 +45,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from unet.config import Config, load_config  # noqa: E402
-from unet.engine import make_loader  # noqa: E402
 from unet.losses import get_loss  # noqa: E402
 from unet.model import build_model  # noqa: E402
+from unet.train.loaders import make_loader  # noqa: E402
 
 EM_BASE = REPO / "EM_BASE" / "config.yaml"
 GM_BASE = REPO / "GM_BASE" / "config.yaml"

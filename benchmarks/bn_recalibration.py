@@ -55,8 +55,9 @@ def augmented_eval_dice(folder: Path, trainer: str, run_dir: Path, overrides: li
     from unet.batchnorm import recalibrate_batchnorm
     from unet.checkpoint import load_checkpoint
     from unet.config import load_config
-    from unet.engine import build_model, evaluate
     from unet.experiments import load_recipe
+    from unet.model import build_model
+    from unet.train import evaluate
 
     recipe = load_recipe(folder / trainer)
     cfg = load_config(recipe.base_config, folder / "config.yaml", "UNET",

@@ -40,7 +40,6 @@ ROOMS = {
     "unet.recipes": "train",
     "unet.recipe": "train",
     "unet.train": "train",
-    "unet.engine": "train",
     "unet.cli": "train",
     "unet.batchnorm": "train",
     "unet.distributed": "train",

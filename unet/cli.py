@@ -8,13 +8,14 @@ from pathlib import Path
 
 from .config import load_config
 from .distributed import env_world
-from .engine import run
 from .errors import MissingDataError, UserError
+from .exitcodes import ExitCode
 from .interrupts import EXIT_INTERRUPTED, Interrupted
 from .invocation import Invocation, prepare_hint, python_word, trainer_script
 from .progress import switch_off
 from .recipe import Recipe
 from .runtime import tune_allocator
+from .train import run
 
 
 def build_parser(recipe: Recipe, prog: str) -> argparse.ArgumentParser:
@@ -72,11 +73,11 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> int:
             hint = prepare_hint(recipe.prepare_command, repo, cfg.dataset_path if cfg is not None else None,
                                 repo / "data" / recipe.name.lower())
             print(f"error: {exc}; prepare it with: {hint}", file=sys.stderr)
-        return 2
+        return ExitCode.USER_ERROR
     except UserError as exc:
         if env_world().is_main:
             print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USER_ERROR
     except Interrupted as exc:
         if env_world().is_main:
             print(str(exc), file=sys.stderr)

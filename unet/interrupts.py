@@ -7,8 +7,10 @@ import signal
 import sys
 from types import TracebackType
 
+from .exitcodes import ExitCode
+
 #: The exit status of an interrupted command (128 + SIGINT), as the shell reports it.
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = ExitCode.INTERRUPTED
 
 
 class Interrupted(Exception):

@@ -61,8 +61,8 @@ def train_metrics(data: Path, out: Path, overrides: list[str]) -> list[dict[str,
     ``data`` with ``overrides``, logging under ``out``; the rows of its metrics.csv without the
     wall-clock column."""
     from unet.config import load_config
-    from unet.engine import run
     from unet.recipes import png_pair_recipe
+    from unet.train import run
 
     recipe = png_pair_recipe("EM", EM_BASE, "prepare", isbi_metrics=True)
     cfg = load_config(EM_BASE, EM_BASE, overrides=overrides + [

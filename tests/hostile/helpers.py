@@ -28,7 +28,7 @@ TINY = ["base_channels=4", "crop_size=[16,16]", "val_batch_size=2", "batch_size=
 def tiny_state(dataset: str = "EM") -> dict[str, Any]:
     """A checkpoint state exactly as the trainer writes its best.pt (untrained weights)."""
     from unet.config import GM_KEYS
-    from unet.engine import build_model
+    from unet.model import build_model
 
     base = REPO / f"{dataset}_BASE" / "config.yaml"
     cfg = load_config(base, base, overrides=TINY, extra_keys=GM_KEYS if dataset == "GM" else ())

@@ -30,20 +30,20 @@ def leave(folder: Path, *names: str) -> list[Path]:
 
 
 def test_resume_removes_the_stale_temporaries_of_its_run_folder(tmp_path: Path, capsys, monkeypatch) -> None:
-    from unet import engine
+    from unet.train import trainer
 
     data = pair_folder(tmp_path / "data", n_train=4, n_val=2)
     folder = make_experiment(tmp_path)
     args = ["-f", "config.yaml", "-t", "UNET", "-o", "overlay_every=100", *em_args(data, "-o", "num_epochs=2")]
-    real = engine._write_csv
+    real = trainer.write_csv
 
     def killed_after_epoch_1(path: Path, rows: list) -> None:
         real(path, rows)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine, "_write_csv", killed_after_epoch_1)
+    monkeypatch.setattr(trainer, "write_csv", killed_after_epoch_1)
     assert trainer_in_process(monkeypatch, folder, args) == 130
-    monkeypatch.setattr(engine, "_write_csv", real)
+    monkeypatch.setattr(trainer, "write_csv", real)
     run = folder / "runs" / "exp"
     stale = leave(run, ".last.pt.ab12cd34.tmp", ".metrics.csv.zz_99xyq.tmp")
     stale += leave(run / "overlays", ".epoch_002.png.k3j4h5g6.tmp")

@@ -248,13 +248,13 @@ def test_a_device_as_input_is_one_line(models, tmp_path: Path, capsys, device: s
 
 def test_full_disk_while_saving_a_checkpoint_keeps_the_previous_ones_and_says_how_to_resume(
         tmp_path: Path, capsys, monkeypatch) -> None:
-    from unet import engine
+    from unet.train import trainer
 
     data = pair_folder(tmp_path / "data", n_train=4, n_val=2)
     folder = experiment(tmp_path)
     runs = small_fs(tmp_path / "runs", size="3m")
     with runs:
-        real = engine._write_csv
+        real = trainer.write_csv
 
         def fill_after_epoch_1(path: Path, rows: list) -> None:
             real(path, rows)
@@ -264,7 +264,7 @@ def test_full_disk_while_saving_a_checkpoint_keeps_the_previous_ones_and_says_ho
                         handle.write(b"\0" * 65536)
                         handle.flush()
 
-        monkeypatch.setattr(engine, "_write_csv", fill_after_epoch_1)
+        monkeypatch.setattr(trainer, "write_csv", fill_after_epoch_1)
         args = ["-f", "config.yaml", "-t", "UNET", "-o", f"log_output_dir={tmp_path / 'runs'}", "-o",
                 "overlay_every=100", *em_args(data, "-o", "num_epochs=3")]
         status = trainer_in_process(monkeypatch, folder, args)
@@ -275,7 +275,7 @@ def test_full_disk_while_saving_a_checkpoint_keeps_the_previous_ones_and_says_ho
         assert load_checkpoint(run / "last.pt")["epoch"] == 1  # the previous checkpoint, whole
         assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
         (tmp_path / "runs" / "filler").unlink()
-        monkeypatch.setattr(engine, "_write_csv", real)
+        monkeypatch.setattr(trainer, "write_csv", real)
         assert trainer_in_process(monkeypatch, folder, [*args, "-o", "operation_mode=resume"]) == 0
         assert (run / "summary.json").is_file()
 

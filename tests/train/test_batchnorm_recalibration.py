@@ -296,16 +296,16 @@ def test_the_policy_decides_which_epochs_recompute(lagging, monkeypatch: pytest.
     """With a learning rate below float32's resolution of the weights the Dice cannot improve
     after epoch 1, so only epoch 1 writes a best.pt: ``best`` recomputes for it and for the last
     epoch's last.pt, ``true`` for every epoch."""
-    import unet.engine
+    from unet.train import validation
 
     epochs: list[int] = []
-    real = unet.engine.recalibrate_batchnorm
+    real = validation.recalibrate_batchnorm
 
     def counting(*args, **kwargs):
         epochs.append(int(kwargs["desc"].split()[1]))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(unet.engine, "recalibrate_batchnorm", counting)
+    monkeypatch.setattr(validation, "recalibrate_batchnorm", counting)
     folder = make_experiment(tmp_path, experiment="quickstart")
     args = ["-f", "config.yaml", "-t", "UNET", "-o", f"dataset_path={lagging['data']}", *LAGGING,
             "-o", "num_epochs=3", "-o", "lr=1e-12", "-o", f"bn_recalibration={policy}"]

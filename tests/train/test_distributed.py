@@ -23,9 +23,11 @@ import torch
 
 from unet import distributed
 from unet.config import load_config
-from unet.engine import build_model, seed_everything, set_validation_mode, validation_batches
 from unet.experiments import load_recipe
 from unet.losses import get_loss
+from unet.model import build_model
+from unet.train.evaluation import set_validation_mode, validation_batches
+from unet.train.reproducibility import seed_everything
 
 from ..helpers.experiments import HANG_GUARD_S, make_experiment, pair_folder, read_metrics, train_in_process
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from unet.engine import Run
 from unet.invocation import Invocation, prepare_hint
+from unet.train import Run
 
 from ..conftest import REPO
 from ..helpers.experiments import TINY, make_experiment, prepare_synthetic_em, run_printed, trainer_in_process

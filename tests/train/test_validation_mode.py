@@ -11,7 +11,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 from unet.config import load_config
-from unet.engine import build_model, evaluate
+from unet.model import build_model
+from unet.train.evaluation import evaluate
 
 from ..conftest import REPO
 

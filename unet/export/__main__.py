@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError, UserError
+from ..exitcodes import ExitCode
 from ..fileio import atomic_write_text, check_writable_dir, remove_stale_temporaries, removed_note
 from ..interrupts import EXIT_INTERRUPTED, terminate_as_interrupt
 from ..lock import folder_lock
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             record = export(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USER_ERROR
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the output is written whole or not at all
         print("interrupted; nothing was exported (no output is ever half-written)", file=sys.stderr)
         return EXIT_INTERRUPTED

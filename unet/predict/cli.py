@@ -33,6 +33,7 @@ from unet.config import Config, read_yaml_section
 from unet.configs import DATASETS, packaged_config
 from unet.data.transforms import normalize
 from unet.errors import ConfigError, DataError, UserError
+from unet.exitcodes import ExitCode
 from unet.fileio import atomic_write_text, check_writable_dir, remove_stale_temporaries, removed_note
 from unet.input_transform import RECORD_VERSION, canonical_dataset_name, input_transform_record
 from unet.lock import folder_lock
@@ -44,9 +45,9 @@ from .. import imageio
 from .cases import INTENSITY_OPTIONS, Case, Roi, prepare_case
 from .sliding import Forward, mirror_tta, sliding_window_stream
 
-EXIT_UNSUPPORTED = 1
-EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
+EXIT_UNSUPPORTED = ExitCode.PARTIAL
+EXIT_USER_ERROR = ExitCode.USER_ERROR
+EXIT_INTERRUPTED = ExitCode.INTERRUPTED
 ENGINES = ("float", "integer", "onnx")
 PROBABILITY_FOLDER = "probabilities"
 

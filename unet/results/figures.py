@@ -365,7 +365,7 @@ def overlay_samples(result: Result) -> tuple[list[tuple[str, np.ndarray, np.ndar
     the same data), Dice per sample name and the re-evaluated mean Dice."""
     import torch
 
-    from ..engine import evaluate
+    from ..train.evaluation import evaluate
 
     model, _ = _load_best_model(result)
     val_set = result.experiment.recipe.build_val(result.cfg)
