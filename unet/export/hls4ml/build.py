@@ -53,7 +53,6 @@ class UnitTables:
 
 def check_supported(engine: IntegerUNet) -> None:
     """UserError naming why the model has no exact hls4ml rendering."""
-    spec = engine.model.act_quant
     if engine.mode == "ternary":
         raise UserError("Ternary models keep float activations (TWN): they have no integer model to put in hls4ml; "
                         "export them with --format onnx")
@@ -61,14 +60,8 @@ def check_supported(engine: IntegerUNet) -> None:
         raise UserError("INT (min-max) activations take their range from each whole batch at run time, so no fixed "
                         "threshold table exists; hls4ml needs a calibrated static range, which this project does not "
                         "train")
-    if engine.mode == "bnn":
-        raise UserError("BNN models are not rendered for hls4ml yet: their sign codes need an XNOR-popcount "
-                        "convolution; use --format qonnx for FINN")
-    if spec.kind == "fixed" and spec.overflow == "wrap":
-        raise UserError(f"FIXED wrap activations ({spec}) are not rendered for hls4ml: hls4ml has no DOWN/wrap "
-                        "quantizer; the integer engine's threshold tables do express wrap (a per-channel code "
-                        "table after the comparators), so it could be done with this exporter's MultiThreshold "
-                        "layer once its tables are proven to cover every accumulator; train with saturate")
+    # FIXED wrap needs no refusal: the threshold table's per-channel codes express the wrapped
+    # (non-monotone) quantizer exactly, as in the integer engine; hls4ml's own quantizers cannot.
 
 
 def unit_tables(engine: IntegerUNet) -> list[UnitTables]:
@@ -82,8 +75,9 @@ def unit_tables(engine: IntegerUNet) -> list[UnitTables]:
             unit = engine.units[name]
             req = unit.requant
             if not req.static or req.thresholds() is None:
-                raise UserError(f"layer {name}: {req.fmt.spec} needs more thresholds over its whole accumulator range "
-                                "than the engine tabulates statically; hls4ml needs a fixed table")
+                raise UserError(f"layer {name}: {req.fmt.spec} activations need more thresholds over the layer's whole "
+                                "accumulator range than a fixed table holds (the engine builds it per input range); "
+                                "hls4ml needs a fixed table: use fewer activation bits (e.g. Q6.0)")
             orientation, thresholds, codes = (t.numpy() for t in req.thresholds())
             out.append(UnitTables(name, unit.weights.numpy(), int(unit.static_bound), int(unit.max_input_code),
                                   orientation.astype(np.int64), thresholds.astype(np.int64), codes.astype(np.int64)))
@@ -136,8 +130,9 @@ def layer_list(engine: IntegerUNet, input_hw: tuple[int, int]) -> tuple[list[dic
              "result": ap_int(t.acc_bound)})
         thr, codes, _ = _padded_thresholds(t)
         return add({"name": name.replace(".", "_"), "class_name": "MultiThreshold", "inputs": [conv], "n_chan": o,
-                    "n_thresholds": thr.shape[1], "acc_bits": signed_bits(t.acc_bound + 1), "orientation_data": t.orientation, "thresholds_data": thr.ravel(),
-                    "codes_data": codes.ravel()}, {"result": ap_int(max_code)})
+                    "n_thresholds": thr.shape[1], "acc_bits": signed_bits(t.acc_bound + 1),
+                    "orientation_data": t.orientation, "thresholds_data": thr.ravel(), "codes_data": codes.ravel()},
+                   {"result": ap_int(max_code)})
 
     def block(x: str, name: str, hh: int, ww: int) -> str:
         return unit(unit(x, f"{name}.0", hh, ww), f"{name}.1", hh, ww)

@@ -6,10 +6,10 @@ import os
 import time
 from pathlib import Path
 
-#: g++ optimisation of the C simulation library. hls4ml's default -O3 takes many minutes on the
+#: g++ optimisation of the C simulation library. hls4ml's default -O3 (and -O1) take many minutes on the
 #: U-Net's unrolled templates; the arithmetic (ap_int) is exact at any level.
 CFLAGS_ENV = "UNET_HLS_CFLAGS"
-DEFAULT_CFLAGS = "-O1 -fPIC"
+DEFAULT_CFLAGS = "-O0 -fPIC"
 
 
 def write_project(hls_model) -> Path:
