@@ -68,8 +68,8 @@ def test_hardware_figures_are_written(exported) -> None:
     assert "vitis_hls" in (out / "hardware.md").read_text()
 
 
-def test_a_broken_table_is_reported_per_layer(exported, tmp_path) -> None:
-    """The check is not vacuous: a corrupted HLS model fails with per-layer counts."""
+def test_differences_are_reported_per_layer() -> None:
+    """A failed comparison names the differing count of each layer."""
     from unet.export.hls4ml.check import CheckFailed, check_or_raise
 
     with pytest.raises(CheckFailed, match="dec1.1: 5"):
@@ -99,3 +99,25 @@ def test_fit_crops_the_centre_and_pads_evenly() -> None:
     assert padded.shape == (6, 5) and padded[1:4, 1:4].sum() == image[:3, :3].sum()
     assert padded.sum() == image[:3, :3].sum()
     assert adversarial_inputs((8, 8)).shape == (4, 1, 8, 8) and torch.isfinite(adversarial_inputs((8, 8))).all()
+
+
+def test_check_catches_a_table_that_differs(tmp_path) -> None:
+    """The comparison is not vacuous: an 8x8 project equals its engine at every unit, and after one
+    code of the engine's last table changes, exactly that layer is reported."""
+    from unet.export.hls4ml.build import build_hls_model
+    from unet.export.hls4ml.check import compare
+    from unet.export.hls4ml.compile import compile_project, write_project
+
+    engine = IntegerUNet.from_model(trained("saturate_q6.0_q0.4"))
+    hls_model = build_hls_model(engine, (8, 8), tmp_path / "prj")
+    hls_model.config.trace_output = True
+    write_project(hls_model)
+    compile_project(hls_model)
+    x = torch.cat([torch.randn(2, 1, 8, 8), adversarial_inputs((8, 8))])
+    result = compare(hls_model, engine, x, layers=True)
+    assert not any(result["differing"].values()) and result["mask_differing"] == 0
+    lo, hi, thresholds, codes = engine.units["dec1.1"].requant.table
+    engine.units["dec1.1"].requant.table = (lo, hi, thresholds, codes + 1)
+    result = compare(hls_model, engine, x, layers=True)
+    assert result["differing"]["dec1.1"] > 0
+    assert not any(v for k, v in result["differing"].items() if k != "dec1.1")

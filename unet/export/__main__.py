@@ -6,7 +6,9 @@ describes and writes it:
 * ``packed`` (default): :mod:`unet.export.packed`, quantized weights bit-packed at their
   storage width (``--float16`` stores the float layers in half precision);
 * ``qonnx`` / ``onnx``: ``unet.export.qonnx.export_qonnx`` / ``unet.export.onnx.export_onnx``
-  ``(model, path, input_hw, metadata)`` on the model in eval mode.
+  ``(model, path, input_hw, metadata)`` on the model in eval mode;
+* ``hls4ml``: a project folder (:mod:`unet.export.hls4ml`, docs/hardware.md); ``--check IMAGES``
+  compiles it and compares its C simulation with the integer engine.
 
 Prints the file size beside the float checkpoint's and records both in ``OUT.json``.
 User errors print one ``error: ...`` line and exit with status 2.
