@@ -23,8 +23,13 @@ def export_project(args: argparse.Namespace, checkpoint: Path, out: Path) -> dic
     from .. import __main__ as cli
     from . import DEFAULT_PART, export_hls4ml
 
+    from .build import IO_TYPES
+
     if args.float16:
         raise UserError("--float16 applies to --format packed only")
+    if args.io_type not in IO_TYPES:
+        raise UserError(f"--io-type {args.io_type} is not supported by this exporter's custom layers (they are "
+                        f"written for {', '.join(IO_TYPES)})")
     if out.exists():
         if not out.is_dir() or not (out / "export.json").is_file():
             raise UserError(f"{out} exists and is not an hls4ml project written by this export; choose another -o")
