@@ -22,7 +22,6 @@ def export_project(args: argparse.Namespace, checkpoint: Path, out: Path) -> dic
     from ...fileio import atomic_write_text
     from .. import __main__ as cli
     from . import DEFAULT_PART, export_hls4ml
-
     from .build import IO_TYPES
 
     if args.float16:
