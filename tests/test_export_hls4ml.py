@@ -121,3 +121,38 @@ def test_check_catches_a_table_that_differs(tmp_path) -> None:
     result = compare(hls_model, engine, x, layers=True)
     assert result["differing"]["dec1.1"] > 0
     assert not any(v for k, v in result["differing"].items() if k != "dec1.1")
+
+
+def _wrap_q33() -> torch.nn.Module:
+    """FIXED nearest wrap Q3.3 activations (the non-monotone quantizer) after 4 Adam steps on blobs."""
+    from quantizer import QuantSpec
+    from unet.model import UNet
+
+    from .test_export_onnx import blobs
+
+    torch.manual_seed(1)
+    model = UNet(4, QuantSpec("fixed", 0, 4, "nearest", "wrap"), QuantSpec("fixed", 3, 3, "nearest", "wrap"))
+    x, y = blobs(8, 32, 0)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(4):
+        opt.zero_grad()
+        torch.nn.functional.binary_cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize("mode", ["wrap_q6.0_q0.4", "wrap_q3.3", "bnn"])
+def test_wrap_and_bnn_are_exact_at_8x8(mode: str, tmp_path) -> None:
+    """Modes hls4ml's own quantizers cannot express go through the threshold tables exactly."""
+    from unet.export.hls4ml.build import build_hls_model
+    from unet.export.hls4ml.check import compare
+    from unet.export.hls4ml.compile import compile_project, write_project
+
+    engine = IntegerUNet.from_model(_wrap_q33() if mode == "wrap_q3.3" else trained(mode))
+    hls_model = build_hls_model(engine, (8, 8), tmp_path / "prj")
+    hls_model.config.trace_output = True
+    write_project(hls_model)
+    compile_project(hls_model)
+    x = torch.cat([3 * torch.randn(3, 1, 8, 8), adversarial_inputs((8, 8))])
+    result = compare(hls_model, engine, x, layers=True)
+    assert not any(result["differing"].values()) and result["mask_differing"] == 0
