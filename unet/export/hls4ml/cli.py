@@ -23,6 +23,7 @@ def export_project(args: argparse.Namespace, checkpoint: Path, out: Path) -> dic
     from .. import __main__ as cli
     from . import DEFAULT_PART, export_hls4ml
     from .build import IO_TYPES
+    from .check import CheckFailed
 
     if args.float16:
         raise UserError("--float16 applies to --format packed only")
@@ -37,8 +38,6 @@ def export_project(args: argparse.Namespace, checkpoint: Path, out: Path) -> dic
     if out.resolve() == checkpoint.resolve().parent or checkpoint.resolve().is_relative_to(out.resolve()):
         raise UserError(f"output {out} holds the checkpoint being exported; choose another -o")
     with folder_lock(out.parent / (out.name + ".json"), "output folder"):
-        if out.exists():
-            shutil.rmtree(out)
         model, state, notes = cli.model_from_checkpoint(checkpoint)
         for note in notes:
             print(note)
@@ -46,12 +45,33 @@ def export_project(args: argparse.Namespace, checkpoint: Path, out: Path) -> dic
         if not size or len(size) != 2:
             raise UserError("give --input-size H W (the checkpoint's config has no crop_size)")
         metadata = {"config": state["config"], "source": {"checkpoint": str(checkpoint), "epoch": state.get("epoch")}}
-        summary = export_hls4ml(model.eval(), out, (int(size[0]), int(size[1])), metadata, args.io_type,
-                                args.part or DEFAULT_PART, args.check, args.layers)
+        # written beside and moved into place whole: an interrupted export leaves no half project
+        partial = out.parent / f".{out.name}.partial"
+        if partial.exists():
+            shutil.rmtree(partial)
+        failed: CheckFailed | None = None
+        try:
+            summary = export_hls4ml(model.eval(), partial, (int(size[0]), int(size[1])), metadata, args.io_type,
+                                    args.part or DEFAULT_PART, args.check, args.layers)
+        except CheckFailed as exc:  # the project is complete; its C simulation differs
+            failed = exc
+            summary = json.loads((partial / "export.json").read_text(encoding="utf-8"))
+            summary.pop("metadata", None)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        if out.exists():
+            shutil.rmtree(out)
+        partial.rename(out)
+        config = out / "hls4ml_config.yml"  # hls4ml records the folder it wrote to
+        if config.is_file():
+            config.write_text(config.read_text(encoding="utf-8").replace(str(partial), str(out)), encoding="utf-8")
         record = {"format": "hls4ml", "file": str(out), "checkpoint": str(checkpoint),
                   "checkpoint_bytes": checkpoint.stat().st_size, "file_bytes": _folder_bytes(out), **summary}
         record["ratio_to_checkpoint"] = record["checkpoint_bytes"] / record["file_bytes"]
         atomic_write_text(cli.sidecar(out), json.dumps(record, indent=2, default=str) + "\n")
+    if failed is not None:
+        raise failed
     if "check" in summary:
         c = summary["check"]
         print(f"C simulation equals the integer engine: {c['codes']:,} codes of {c['images']} images "
