@@ -140,9 +140,16 @@ class TrainedModel:
     @property
     def deployment_warning(self) -> str | None:
         """The warning for a checkpoint whose BatchNorm running statistics were not recomputed
-        while its run validated with batch statistics (:func:`unet.batchnorm.deployment_warning`),
+        while its run validated with batch statistics (:func:`unet.checkpoint.deployment_warning`),
         else None."""
         return deployment_warning(self.path, self.state) if needs_deployment_warning(self.state) else None
+
+    @property
+    def messages(self) -> list[str]:
+        """What a command deploying this model prints first: the loading notes, then the
+        deployment warning when there is one."""
+        warning = self.deployment_warning
+        return [*self.notes, *([warning] if warning is not None else [])]
 
 
 __all__ = ["ConfigRule", "TrainedModel", "checkpoint_dataset", "checkpoint_file", "stored_config"]

@@ -11,10 +11,6 @@ from pathlib import Path
 
 from ..conftest import REPO
 
-#: Pages linked from the docs that are written on other branches of the same change; each is
-#: tolerated only while it does not exist (delete an entry once its page is merged).
-WRITTEN_ELSEWHERE = {"docs/engines.md", "docs/hardware.md"}
-
 FENCE = re.compile(r"```.*?```", re.DOTALL)
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 HEADING = re.compile(r"^#{1,6} (.+)$", re.MULTILINE)
@@ -51,8 +47,7 @@ def test_every_relative_link_resolves() -> None:
             resolved = (page.parent / path).resolve() if path else page
             where = f"{page.relative_to(REPO)}: {target}"
             if not resolved.exists():
-                if str(resolved.relative_to(REPO)) not in WRITTEN_ELSEWHERE:
-                    broken.append(f"{where} (no such file)")
+                broken.append(f"{where} (no such file)")
             elif fragment and resolved.suffix == ".md" and fragment not in anchors(resolved):
                 broken.append(f"{where} (no such heading)")
     assert not broken, "broken links:\n" + "\n".join(broken)

@@ -6,7 +6,9 @@ describes and writes it:
 * ``packed`` (default): :mod:`unet.export.packed`, quantized weights bit-packed at their
   storage width (``--float16`` stores the float layers in half precision);
 * ``qonnx`` / ``onnx``: ``unet.export.qonnx.export_qonnx`` / ``unet.export.onnx.export_onnx``
-  ``(model, path, input_hw, metadata)`` on the model in eval mode.
+  ``(model, path, input_hw, metadata)`` on the model in eval mode;
+* ``hls4ml``: a project folder (:mod:`unet.export.hls4ml`, docs/hardware.md); ``--check IMAGES``
+  compiles it and compares its C simulation with the integer engine.
 
 Prints the file size beside the float checkpoint's and records both in ``OUT.json``.
 User errors print one ``error: ...`` line and exit with status 2.
@@ -31,7 +33,7 @@ from ..runtime import tune_allocator
 from ..trained import TrainedModel
 from .packed import read_header, write_packed
 
-FORMATS = {"packed": ".uqp", "qonnx": ".qonnx.onnx", "onnx": ".onnx"}
+FORMATS = {"packed": ".uqp", "qonnx": ".qonnx.onnx", "onnx": ".onnx", "hls4ml": "_hls4ml"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                         help="qonnx/onnx: input height and width (default: the config's crop_size)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.add_argument("--io-type", default="io_parallel", help="hls4ml: io type (io_parallel)")
+    parser.add_argument("--part", default=None, help="hls4ml: FPGA part for synthesis (default xcu250-figd2104-2L-e)")
+    parser.add_argument("--check", type=Path, default=None, metavar="IMAGES",
+                        help="hls4ml: compile (g++), run the C simulation on these images and compare every code "
+                             "with the integer engine; non-zero exit when any differs")
+    parser.add_argument("--layers", action="store_true", help="hls4ml --check: compare every unit, not only the last")
     return parser
 
 
@@ -69,10 +77,7 @@ def model_from_checkpoint(path: Path) -> tuple[Any, dict[str, Any], list[str]]:
     state and notes for the user. A checkpoint from before ``pow2_min_exponent`` gets the
     default bound (a note says so)."""
     trained = TrainedModel.load(path)
-    notes = list(trained.notes)
-    if trained.deployment_warning is not None:
-        notes.append(trained.deployment_warning)
-    return trained.model, trained.state, notes
+    return trained.model, trained.state, trained.messages
 
 
 def sidecar(out: Path) -> Path:
@@ -124,6 +129,10 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     """Run the export ``args`` describe; return the record written to ``OUT.json``."""
     checkpoint = checkpoint_path(args.source)
     out = args.out if args.out is not None else default_out(checkpoint, args.format)
+    if args.format == "hls4ml":  # a project folder, not a file
+        from .hls4ml.cli import export_project
+
+        return export_project(args, checkpoint, out)
     check_outputs(checkpoint, out, args.overwrite)
     with folder_lock(out, "output file"):  # one export per output at a time
         removed = remove_stale_temporaries(out.parent, {out.name, sidecar(out).name})

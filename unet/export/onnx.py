@@ -352,13 +352,17 @@ def _unit(g: Graph, x: str, unit: ConvUnit, weight: WeightRender, act: ActRender
 
 
 def _pool(g: Graph, x: str) -> str:
-    return g.op("MaxPool", [x], "pool", kernel_shape=[2, 2], strides=[2, 2])
+    # explicit pads (ONNX's default, all 0): qonnx's channels-last conversion requires the attribute
+    return g.op("MaxPool", [x], "pool", kernel_shape=[2, 2], strides=[2, 2], pads=[0, 0, 0, 0])
 
 
 def _up_cat(g: Graph, x: str, skip: str) -> str:
-    # bilinear x2, align_corners=False: half-pixel source coordinates, edges clamped
+    # bilinear x2, align_corners=False: half-pixel source coordinates, edges clamped. The roi
+    # (used only by tf_crop_and_resize) is the whole tensor rather than the empty input name:
+    # qonnx's channels-last conversion and hls4ml's ONNX reader need a shape for every input.
+    roi = g.const(np.array([0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]), "roi")
     up = g.op(
-        "Resize", [x, "", g.const(np.array([1.0, 1.0, 2.0, 2.0]), "scales")], "up",
+        "Resize", [x, roi, g.const(np.array([1.0, 1.0, 2.0, 2.0]), "scales")], "up",
         mode="linear", coordinate_transformation_mode="half_pixel",
     )
     return g.op("Concat", [up, skip], "cat", axis=1)
