@@ -21,8 +21,8 @@ import torch
 from quantizer import ActivationQuantizer, QuantConv2d
 from unet.checkpoint import load_checkpoint, load_model_state
 from unet.config import load_config
+from unet.experiments import load_recipe
 from unet.model import build_model
-from unet.sweep import load_recipe
 from unet.train import evaluate
 
 REPO = Path(__file__).resolve().parent.parent

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from unet.errors import ConfigError, UserError
+from unet.exitcodes import ExitCode
 from unet.fileio import PAIRS, SYNTHETIC_SOURCE, atomic_directory, check_output_dir
 from unet.lock import folder_lock
 from unet.prep.em import (
@@ -258,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             info = run(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USER_ERROR
     for warning in info.get("warnings") or []:
         print(warning, file=sys.stderr)
     print(summary(info, args.out.resolve()))

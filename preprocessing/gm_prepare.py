@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from unet.errors import UserError
+from unet.exitcodes import ExitCode
 from unet.lock import folder_lock
 from unet.prep.gm import SITE_PROFILES, inspect_release, write_synthetic_release
 
@@ -80,11 +81,11 @@ def main(argv: list[str] | None = None) -> int:
                 "it needs training subjects 01-08 and validation subjects 09-10"
             )
             print(f"error: the GM release {args.release} is unusable: {reason}", file=sys.stderr)
-            return 2
+            return ExitCode.USER_ERROR
         return 0
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USER_ERROR
 
 
 if __name__ == "__main__":

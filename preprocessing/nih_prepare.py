@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from unet.errors import UserError
+from unet.exitcodes import ExitCode
 from unet.fileio import PAIRS, check_output_dir
 from unet.lock import folder_lock
 from unet.prep.nih import DEFAULT_SIZE, DEFAULT_WINDOW, prepare_nih, write_synthetic_nih
@@ -114,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = _prepare(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USER_ERROR
     for name, reason in report.skipped:
         print(f"warning: skipped {name}: {reason}", file=sys.stderr)
     for note in report.warnings:

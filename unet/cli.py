@@ -95,5 +95,5 @@ def train(dataset: str, trainer_file: str | Path, argv: list[str] | None = None)
 
     if dataset not in RECIPES:
         print(f"error: no recipe for dataset {dataset!r} (known: {', '.join(RECIPES)})", file=sys.stderr)
-        return 2
+        return ExitCode.USER_ERROR
     return main(recipe_for_trainer(trainer_file, dataset), argv)

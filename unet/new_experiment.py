@@ -25,6 +25,7 @@ import yaml
 
 from .config import load_config, parse_override
 from .errors import ConfigError, UserError
+from .exitcodes import ExitCode
 from .experiments import absolute_overrides, is_experiment_folder, load_recipe
 
 #: Config keys holding paths (resolved against the folder of the config that sets them).
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         made = make_experiment(args.source, args.dest, args.dataset_path, args.override)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USER_ERROR
     set_keys = ", ".join(f"{k}: {v}" for k, v in made["values"].items())
     print(f"made {args.dest}/: config.yaml from {args.source}/config.yaml"
           + (f" ({set_keys})" if set_keys else f" (dataset_path: {made['dataset_path']})")

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from .config import Mode
 from .errors import UserError
+from .exitcodes import ExitCode
 from .experiments import (
     Experiment,
     absolute_overrides,
@@ -50,9 +51,9 @@ from .progress import bar_disable, progress_off, switch_off
 #: How a sweep names the old run folder it moves aside with ``--force``.
 OLD_SUFFIX = ".old-"
 #: Exit status when at least one experiment failed.
-EXIT_FAILED = 1
+EXIT_FAILED = ExitCode.PARTIAL
 #: Exit status of a sweep stopped by Ctrl-C (128 + SIGINT).
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = ExitCode.INTERRUPTED
 #: A trainer's epoch line, read only for the serial sweep's progress bar (the outcome comes from the run folder).
 _EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) .*?dice ([\d.]+|nan)")
 
@@ -449,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
                          not args.no_wait)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USER_ERROR
     except KeyboardInterrupt:
         print("sweep interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -26,3 +26,15 @@ def test_each_entry_point_is_importable_and_answers_help(name: str, capsys: pyte
         target(["--help"])
     assert stopped.value.code == 0
     assert "usage:" in capsys.readouterr().out
+
+
+def test_the_exit_status_table_in_the_docs_is_the_enum() -> None:
+    import re
+
+    from unet.exitcodes import ExitCode
+
+    text = (REPO / "docs" / "troubleshooting.md").read_text(encoding="utf-8")
+    section = text.split("## Exit statuses", 1)[1]
+    rows = re.findall(r"^\| (\d+) \| ([A-Z_]+) \|", section, flags=re.MULTILINE)
+    assert rows == [(str(int(code)), code.name) for code in ExitCode]
+    assert int(ExitCode.INTERRUPTED) == 130 and int(ExitCode.USER_ERROR) == 2

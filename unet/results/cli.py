@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..exitcodes import ExitCode
 from ..fileio import atomic_write_text, check_writable_dir
 from .figures import plot_dice_vs_bits, plot_dice_vs_memory, plot_overlays, plot_training_curves, write_weight_grids
 from .runs import collect_results
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                                 weights=not args.no_weights, overwrite=args.overwrite)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USER_ERROR
     for group, results in written["groups"].items():
         print(f"\n{group}:\n{compact_table(results)}")
         if runs_note(results):
