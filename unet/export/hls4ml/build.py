@@ -20,8 +20,11 @@ from typing import Any
 import numpy as np
 
 from ...errors import UserError
-from ...integer.engine import BLOCKS, UP_GAIN, IntegerUNet
+from ...integer.engine import UP_GAIN, IntegerUNet
+from ...model import TOPOLOGY, Stage, walk
 
+#: A tensor of the hls4ml graph while the wiring is walked: layer name, height, width, channels.
+Tensor4 = tuple[str, int, int, int]
 INPUT_NAME = "enc1_codes"
 IO_TYPES = ("io_parallel",)
 
@@ -69,18 +72,18 @@ def unit_tables(engine: IntegerUNet) -> list[UnitTables]:
     when a table is not built over the whole accumulator range (it would then depend on inputs)."""
     check_supported(engine)
     out = []
-    for block in BLOCKS[1:]:
-        for i in range(2):
-            name = f"{block}.{i}"
-            unit = engine.units[name]
-            req = unit.requant
-            if not req.static or req.thresholds() is None:
-                raise UserError(f"layer {name}: {req.fmt.spec} activations need more thresholds over the layer's whole "
-                                "accumulator range than a fixed table holds (the engine builds it per input range); "
-                                "hls4ml needs a fixed table: use fewer activation bits (e.g. Q6.0)")
-            orientation, thresholds, codes = (t.numpy() for t in req.thresholds())
-            out.append(UnitTables(name, unit.weights.numpy(), int(unit.static_bound), int(unit.max_input_code),
-                                  orientation.astype(np.int64), thresholds.astype(np.int64), codes.astype(np.int64)))
+    for name, stage, _ in engine.model.units():
+        if stage.float_weights:
+            continue
+        unit = engine.units[name]
+        req = unit.requant
+        if not req.static or req.thresholds() is None:
+            raise UserError(f"layer {name}: {req.fmt.spec} activations need more thresholds over the layer's whole "
+                            "accumulator range than a fixed table holds (the engine builds it per input range); "
+                            "hls4ml needs a fixed table: use fewer activation bits (e.g. Q6.0)")
+        orientation, thresholds, codes = (t.numpy() for t in req.thresholds())
+        out.append(UnitTables(name, unit.weights.numpy(), int(unit.static_bound), int(unit.max_input_code),
+                              orientation.astype(np.int64), thresholds.astype(np.int64), codes.astype(np.int64)))
     return out
 
 
@@ -101,7 +104,7 @@ def layer_list(engine: IntegerUNet, input_hw: tuple[int, int]) -> tuple[list[dic
     h, w = input_hw
     tables = {t.name: t for t in unit_tables(engine)}
     max_code = engine.fmt.max_code
-    c1 = engine.model.enc1[1][0].out_channels
+    c1 = engine.model.block(TOPOLOGY[0])[1].conv.out_channels
     layers: list[dict[str, Any]] = [{"name": INPUT_NAME, "class_name": "InputLayer", "input_shape": [h, w, c1]}]
     precision: dict[str, dict] = {INPUT_NAME: {"Precision": {"result": ap_int(max_code)}}}
 
@@ -111,7 +114,7 @@ def layer_list(engine: IntegerUNet, input_hw: tuple[int, int]) -> tuple[list[dic
         precision[layer["name"]] = {"Precision": prec, "Trace": True}
         return layer["name"]
 
-    def pool(x: str, name: str, hh: int, ww: int, c: int) -> str:
+    def maxpool(x: str, name: str, hh: int, ww: int, c: int) -> str:
         return add({"name": name, "class_name": "MaxPooling2D", "inputs": [x], "in_height": hh, "in_width": ww,
                     "out_height": hh // 2, "out_width": ww // 2, "n_filt": c, "pool_height": 2, "pool_width": 2,
                     "stride_height": 2, "stride_width": 2, "pad_top": 0, "pad_bottom": 0, "pad_left": 0,
@@ -134,23 +137,28 @@ def layer_list(engine: IntegerUNet, input_hw: tuple[int, int]) -> tuple[list[dic
                     "orientation_data": t.orientation, "thresholds_data": thr.ravel(), "codes_data": codes.ravel()},
                    {"result": ap_int(max_code)})
 
-    def block(x: str, name: str, hh: int, ww: int) -> str:
-        return unit(unit(x, f"{name}.0", hh, ww), f"{name}.1", hh, ww)
+    def block(stage: Stage, x: Tensor4) -> Tensor4:
+        if stage.float_weights:  # the first block runs on the host: its codes are the project's input
+            return x
+        name, hh, ww, _ = x
+        y = unit(unit(name, f"{stage.name}.0", hh, ww), f"{stage.name}.1", hh, ww)
+        return y, hh, ww, tables[f"{stage.name}.1"].weights.shape[0]
 
-    s1 = INPUT_NAME
-    s2 = block(pool(s1, "pool1", h, w, c1), "enc2", h // 2, w // 2)
-    c2 = tables["enc2.1"].weights.shape[0]
-    s3 = block(pool(s2, "pool2", h // 2, w // 2, c2), "enc3", h // 4, w // 4)
-    c3 = tables["enc3.1"].weights.shape[0]
-    y = block(pool(s3, "pool3", h // 4, w // 4, c3), "bottom", h // 8, w // 8)
-    skips = {"dec3": (s3, 8, c3), "dec2": (s2, 4, c2), "dec1": (s1, 2, c1)}
-    cy = tables["bottom.1"].weights.shape[0]
-    for name, (skip, div, cs) in skips.items():
-        hh, ww = h // div, w // div
-        up = add({"name": f"{name}_upcat", "class_name": "UpConcat", "inputs": [y, skip], "in_height": hh,
-                  "in_width": ww, "n_chan_up": cy, "n_chan_skip": cs}, {"result": ap_int(max_code * UP_GAIN)})
-        y = block(up, name, 2 * hh, 2 * ww)
-        cy = tables[f"{name}.1"].weights.shape[0]
+    def pool(x: Tensor4) -> Tensor4:
+        name, hh, ww, c = x
+        pools.append(name)
+        return maxpool(name, f"pool{len(pools)}", hh, ww, c), hh // 2, ww // 2, c
+
+    def up_cat(x: Tensor4, skip: Tensor4) -> Tensor4:
+        name, hh, ww, c = x
+        ups.append(layer := f"upcat{len(ups) + 1}")
+        up = add({"name": layer, "class_name": "UpConcat", "inputs": [name, skip[0]], "in_height": hh,
+                  "in_width": ww, "n_chan_up": c, "n_chan_skip": skip[3]}, {"result": ap_int(max_code * UP_GAIN)})
+        return up, 2 * hh, 2 * ww, c + skip[3]
+
+    pools: list[str] = []
+    ups: list[str] = []
+    walk((INPUT_NAME, h, w, c1), block, pool, up_cat)
     return layers, precision
 
 

@@ -13,10 +13,21 @@ from typing import Any
 import numpy as np
 
 from ...integer.engine import UP_GAIN, IntegerUNet
+from ...model import Stage, walk
 from .build import signed_bits, unit_tables
 
-#: Relative size of each unit's input image (the U-Net's resolution levels, 1 = full).
-LEVEL = {"enc2": 2, "enc3": 4, "bottom": 8, "dec3": 4, "dec2": 2, "dec1": 1}
+
+def resolution_levels() -> dict[str, int]:
+    """Stage name -> how many times smaller its images are than the input per axis (1 = full
+    resolution), from the U-Net's wiring: each pooling doubles it, each upsampling halves it."""
+    levels: dict[str, int] = {}
+
+    def block(stage: Stage, factor: int) -> int:
+        levels[stage.name] = factor
+        return factor
+
+    walk(1, block, lambda factor: 2 * factor, lambda factor, skip: factor // 2)
+    return levels
 
 
 def hardware_figures(engine: IntegerUNet, input_hw: tuple[int, int]) -> dict[str, Any]:
@@ -28,13 +39,15 @@ def hardware_figures(engine: IntegerUNet, input_hw: tuple[int, int]) -> dict[str
     out_bits = signed_bits(engine.fmt.max_code)
     layers = []
     m = engine.model
-    for name, conv in (("enc1.0", m.enc1[0][0]), ("enc1.1", m.enc1[1][0])):
-        layers.append(_float_layer(name, conv, 1, h * w))
+    levels = resolution_levels()
+    for name, stage, unit in m.units():
+        if stage.float_weights:
+            layers.append(_float_layer(name, unit.conv, levels[stage.name], h * w))
     for t in unit_tables(engine):
         o, c = t.weights.shape[:2]
         wbits = signed_bits(int(np.abs(t.weights).max()))
         macs = c * 9 * o
-        div = LEVEL[t.name.split(".")[0]]
+        div = levels[t.name.split(".")[0]]
         layers.append({
             "layer": t.name, "arithmetic": "integer", "in_channels": c, "out_channels": o,
             "weight_bits": wbits, "input_bits": signed_bits(t.max_input_code), "output_bits": out_bits,
