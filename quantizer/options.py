@@ -9,8 +9,9 @@ from __future__ import annotations
 from enum import Enum
 
 
-class _Option(str, Enum):
-    """A string option: prints and formats as its value."""
+class StringOption(str, Enum):
+    """A string option: prints and formats as its value (the base of every string enum of the
+    project: these three, the trainer's modes, the sweep's statuses)."""
 
     def __str__(self) -> str:
         return self.value
@@ -21,7 +22,7 @@ class _Option(str, Enum):
         return tuple(member.value for member in cls)
 
 
-class Kind(_Option):
+class Kind(StringOption):
     """What a :class:`quantizer.modules.QuantSpec` quantizes to."""
 
     FLOAT = "float"  # identity
@@ -31,18 +32,18 @@ class Kind(_Option):
     TERNARY = "ternary"  # TWN, weights only
 
 
-class Rounding(_Option):
+class Rounding(StringOption):
     """How FIXED rounds: to the 2^-f grid, or to powers of two (the original EM code)."""
 
     NEAREST = "nearest"
     POW2 = "pow2"
 
 
-class Overflow(_Option):
+class Overflow(StringOption):
     """What FIXED nearest rounding does past its range: the original wrap-around, or clamp."""
 
     WRAP = "wrap"
     SATURATE = "saturate"
 
 
-__all__ = ["Kind", "Overflow", "Rounding"]
+__all__ = ["Kind", "Overflow", "Rounding", "StringOption"]

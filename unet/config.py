@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,14 @@ import yaml
 
 from quantizer.functional import OVERFLOWS, ROUNDINGS
 from quantizer.modules import POW2_MIN_EXPONENT_RANGE
+from quantizer.options import StringOption
 
 from .errors import ConfigError, short_repr
 
 QUANTIZATIONS = ("normal", "fixed", "int", "bnn", "ternary")
 
 
-class Mode(str, Enum):
+class Mode(StringOption):
     """The trainer's ``operation_mode`` (a ``str``: equal to its value, so YAML and checkpoints keep plain strings)."""
 
     NORMAL = "normal"
@@ -35,11 +35,8 @@ class Mode(str, Enum):
     VISUALIZE = "visualize"
     RESUME = "resume"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-MODES = tuple(mode.value for mode in Mode)
+MODES = Mode.values()
 PRECISIONS = ("32", "bf16", "16-mixed")
 
 Check = Callable[[Any], str | None]

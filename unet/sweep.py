@@ -29,10 +29,11 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from quantizer.options import StringOption
 
 from .config import Mode
 from .errors import UserError
@@ -58,7 +59,7 @@ EXIT_INTERRUPTED = ExitCode.INTERRUPTED
 _EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) .*?dice ([\d.]+|nan)")
 
 
-class Status(str, Enum):
+class Status(StringOption):
     """What happened to one experiment in a sweep (a ``str``: compares equal to its value)."""
 
     FINISHED = "finished"
@@ -66,9 +67,6 @@ class Status(str, Enum):
     FAILED = "failed"
     INTERRUPTED = "interrupted"
     SUBMITTED = "submitted"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass

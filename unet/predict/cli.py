@@ -39,7 +39,7 @@ from unet.input_transform import RECORD_VERSION, canonical_dataset_name, input_t
 from unet.lock import folder_lock
 from unet.progress import bar_disable, switch_off
 from unet.runtime import tune_allocator
-from unet.trained import TrainedModel
+from unet.trained import TrainedModel, checkpoint_file
 
 from .. import imageio
 from .cases import INTENSITY_OPTIONS, Case, Roi, prepare_case
@@ -120,13 +120,9 @@ class Predictor:
 
 
 def resolve_checkpoint(path: Path) -> Path:
-    """A run folder -> its ``best.pt``; a file -> itself. DataError when neither exists."""
-    if path.is_dir():
-        best = path / "best.pt"
-        if not best.is_file():
-            raise DataError(f"run folder {path} has no best.pt; give a run folder that finished an epoch "
-                            "or a checkpoint file")
-        return best
+    """A run folder -> its ``best.pt``; a file -> itself (:func:`unet.trained.checkpoint_file`).
+    DataError when neither exists."""
+    path = checkpoint_file(path)
     if not path.exists():
         raise DataError(f"model {path} does not exist; give a run folder or a checkpoint (.pt)")
     return path
