@@ -113,7 +113,7 @@ def test_pow2_rendering_rounds_where_torch_log2_rounds() -> None:
 def test_batchnorm_rendering_equals_pytorch_bit_for_bit() -> None:
     """onnxruntime's BatchNormalization differs from PyTorch's CPU kernel in the last bit on
     many values; the export computes x alpha + beta as that kernel does (issue 21)."""
-    from unet.export.onnx import _batchnorm
+    from unet.export.onnx import batchnorm_nodes
 
     torch.manual_seed(0)
     c = 37
@@ -127,7 +127,7 @@ def test_batchnorm_rendering_equals_pytorch_bit_for_bit() -> None:
     with torch.no_grad():
         expected = torch.relu(x).contiguous(memory_format=torch.channels_last)
         expected = bn(expected).contiguous().numpy()
-    got = run_render(lambda g, name: _batchnorm(g, g.op("Relu", [name]), bn), x.contiguous().numpy())
+    got = run_render(lambda g, name: batchnorm_nodes(g, g.op("Relu", [name]), bn), x.contiguous().numpy())
     assert np.array_equal(got.view(np.int32), expected.view(np.int32))
 
 

@@ -62,7 +62,7 @@ class Graph:
     """A growing ONNX graph: nodes in topological order, initializers, unique names."""
 
     def __init__(self, exact_batchnorm: bool = True) -> None:
-        """``exact_batchnorm``: BatchNorm as PyTorch's kernel computes it (:func:`_batchnorm`);
+        """``exact_batchnorm``: BatchNorm as PyTorch's kernel computes it (:func:`batchnorm_nodes`);
         False: the standard ``BatchNormalization`` operator (what FINN-style tools map)."""
         self.exact_batchnorm = exact_batchnorm
         self.nodes: list[onnx.NodeProto] = []
@@ -297,7 +297,7 @@ def batchnorm_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor, bool] | None:
     return None
 
 
-def _batchnorm(g: Graph, x: str, bn: nn.BatchNorm2d) -> str:
+def batchnorm_nodes(g: Graph, x: str, bn: nn.BatchNorm2d) -> str:
     """BatchNorm in eval mode as PyTorch's CPU kernel computes it (:func:`batchnorm_affine`):
     ``x alpha + beta`` in float32 (two roundings) or, for a kernel that fuses the multiply-add,
     in float64 (exact product, one rounding to float64, then to float32; differs from one
@@ -348,7 +348,7 @@ def _unit(g: Graph, x: str, unit: ConvUnit, weight: WeightRender, act: ActRender
     """One :class:`~unet.model.ConvUnit` in eval mode: conv, activation, BatchNorm, activation
     quantizer (its Dropout is the identity in eval mode)."""
     y = _activation(g, _conv(g, x, unit.conv, weight), unit.act)
-    return act(g, _batchnorm(g, y, unit.bn), unit.quant.spec)
+    return act(g, batchnorm_nodes(g, y, unit.bn), unit.quant.spec)
 
 
 def _pool(g: Graph, x: str) -> str:

@@ -32,7 +32,7 @@ expects. What each mode becomes:
 
 BatchNorm stays the standard ``BatchNormalization`` operator (what FINN-style tools map), which
 onnxruntime computes with other roundings than PyTorch's kernel (the plain ONNX export renders
-PyTorch's arithmetic instead: :func:`unet.export.onnx._batchnorm`).
+PyTorch's arithmetic instead: :func:`unet.export.onnx.batchnorm_nodes`).
 
 Refused with :class:`~unet.errors.UserError`: FIXED pow2 (QONNX has no power-of-two /
 logarithmic quantizer; use ``--format onnx``, whose standard operators render it exactly, or
