@@ -1,0 +1,345 @@
+"""Integer ONNX export: the integer engine's arithmetic as standard ONNX operators (opset 13).
+
+``python -m unet.export RUN --format onnx-int`` writes a graph that onnxruntime runs to the very
+activation codes of :class:`unet.integer.IntegerUNet` (its threshold tables, its integer kernels):
+
+* **First block** (float weights) and its activation quantizer: the float graph of
+  :mod:`unet.export.onnx` (same emitters), then the codes ``trunc(q 2^k)`` (``Mul`` by the exact
+  power-of-two inverse scale, ``Cast`` to int32, which truncates).
+* **Quantized convolutions**: int32 codes split into signed 7-bit limbs (``Mod``/``Div`` by
+  128: low limbs in ``[0, 128)``, the top limb in ``[-128, 128)``, all int8), weights likewise;
+  one ``ConvInteger`` (int8 x int8 -> int32, zero padding through its ``pads``: the zero point
+  is 0) per (activation limb, weight limb) pair, combined as ``sum P_ij 128^(i+j)``: in int32
+  where the export proves that no sum can overflow (``sum_ij max|l_i| max_c sum|w_jc| 128^(i+j)
+  < 2^31`` bounds every partial sum in the graph's order), else in int64 (pow2's x16 upsampled
+  codes in the decoder's first units); a layer past 2^63 is refused.
+* **Requantization** (bias, activation, BatchNorm, quantizer): the static per-channel threshold
+  table of :class:`~unet.integer.thresholds.ThresholdRequantizer` as ``GreaterOrEqual`` of the
+  oriented accumulator (``Mul`` by -1 on channels with a negative BatchNorm gain) against the
+  thresholds (broadcast over a threshold axis, in chunks of :data:`THRESHOLD_CHUNK`), ``Where``
+  picking each passed threshold's code step, ``ReduceSum`` and the channel's lowest code:
+  ``code = v_0 + sum_{t_k <= o acc} (v_k - v_{k-1}) = v[#{k: t_k <= o acc}]``, exactly the
+  engine's ``searchsorted`` lookup (thresholds are sorted, so the passed ones are a prefix).
+* **Max pooling**: ``Max`` of the four stride-2 slices of the int32 codes; **bilinear x2**:
+  ``upsample2_codes`` per axis (``c[j-1] + 3 c[j]``, ``3 c[j] + c[j+1]``, edges repeated, by
+  ``Slice``/``Concat``/``Reshape``): codes at scale ``s / 16``, the skip multiplied by 16.
+* **Head**: float (``Cast`` of the last codes times the scale, the float ``Conv``, ``Sigmoid``).
+
+Only formats whose threshold tables are static can be written: INT (the range is each batch's
+min and max), Ternary (float activations) and wide formats whose tables the engine builds per
+batch (Q8.8, Q3.3 wrap, ...) are refused with the reason. The float parts sum in onnxruntime's
+order: the first block's codes can differ from PyTorch's where a value lies within float
+rounding of a quantizer step (:func:`first_block_flips` counts them; docs/engines.md), and the
+head's probabilities in the last bits; the integer part is exact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import Tensor
+
+from ..errors import UserError
+from ..integer import IntegerUNet
+from ..integer.engine import UP_GAIN, IntegerUnit
+from ..integer.fast import LIMB_BITS, limb_count, split_limbs
+from ..integer.thresholds import SENTINEL
+from ..model import Stage, UNet, walk
+from .onnx import (
+    INPUT,
+    OPSET,
+    OUTPUT,
+    Graph,
+    _conv,
+    _rename_output,
+    _unit,
+    check_input_hw,
+    cpu_session,
+    make_model,
+    model_metadata,
+    onnx_activation,
+    onnx_weight,
+    save_model,
+)
+
+#: Graph input of the codes variant (``start="codes"``): the first block's output codes.
+CODES_INPUT = "enc1_codes"
+#: Thresholds compared per broadcast (bounds the (B, C, chunk, H, W) intermediate).
+THRESHOLD_CHUNK = 16
+INT32_LIMIT = 2**31
+
+
+def _int_const(g: Graph, value: np.ndarray | int, dtype: type, hint: str = "k") -> str:
+    """An integer initializer of numpy ``dtype`` holding ``value``."""
+    name = g.name(hint)
+    g.initializers.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+    return name
+
+
+def _i32(g: Graph, value: np.ndarray | int, hint: str = "k") -> str:
+    return _int_const(g, value, np.int32, hint)
+
+
+def _i64(g: Graph, value: list[int] | int, hint: str = "k") -> str:
+    return _int_const(g, value, np.int64, hint)
+
+
+def _slice(g: Graph, x: str, axis: int, start: int, end: int, step: int = 1) -> str:
+    return g.op("Slice", [x, _i64(g, [start]), _i64(g, [end]), _i64(g, [axis]), _i64(g, [step])], "slice")
+
+
+# --- integer layers ------------------------------------------------------------------------------
+
+
+def _limb_bounds(max_abs: int, count: int) -> list[int]:
+    """Largest magnitude of each signed 7-bit limb of integers ``|a| <= max_abs`` (:func:`split_limbs`)."""
+    if count == 1:
+        return [max_abs]
+    top = -(-max_abs // 2 ** (LIMB_BITS * (count - 1)))  # |floor(a / 128^(n-1))| <= ceil(max_abs / 128^(n-1))
+    return [2**LIMB_BITS - 1] * (count - 1) + [top]
+
+
+def _activation_limbs(g: Graph, a: str, count: int) -> list[str]:
+    """Int8 limbs of int32 codes ``a``: ``Mod`` 128 (sign of the divisor: ``[0, 128)``) and the
+    exact division of the rest, the top limb the signed remainder."""
+    limbs = []
+    rest = a
+    for _ in range(count - 1):
+        low = g.op("Mod", [rest, _i32(g, 2**LIMB_BITS)], "limb", fmod=0)
+        limbs.append(g.op("Cast", [low], "limb8", to=TensorProto.INT8))
+        rest = g.op("Div", [g.op("Sub", [rest, low]), _i32(g, 2**LIMB_BITS)], "rest")
+    limbs.append(g.op("Cast", [rest], "limb8", to=TensorProto.INT8))
+    return limbs
+
+
+def integer_conv(g: Graph, a: str, unit: IntegerUnit) -> tuple[str, int]:
+    """Exact accumulator of the unit's 3x3 convolution (zero padding) of int32 codes ``a`` with
+    ``|a| <= unit.max_input_code``, and its ONNX element type: every ``ConvInteger`` sums in int32
+    (a limb product's sums stay below ``128 * 128 * 9 C``), and the limb results are combined in
+    int32 where ``sum_ij max|l_i| max_c sum|w_jc| 128^(i+j)`` (a bound of every partial sum in the
+    graph's order) is below 2^31, else in int64 (UserError past 2^63)."""
+    weights = unit.weights
+    act_count = limb_count(unit.max_input_code)
+    w_count = limb_count(int(weights.abs().max()) if weights.numel() else 0)
+    w_limbs = split_limbs(weights, w_count)
+    a_bounds = _limb_bounds(unit.max_input_code, act_count)
+    w_sums = [int(w.to(torch.int64).abs().sum(dim=(1, 2, 3)).max()) for w in w_limbs]
+    if 128 * 128 * 9 * int(weights.shape[1]) >= INT32_LIMIT:
+        raise UserError(f"layer {unit.name}: {weights.shape[1]} input channels are too many for int32 "
+                        "ConvInteger sums; use --format onnx or predict --engine integer")
+    total = sum(a_bounds[i] * w_sums[j] * 2 ** (LIMB_BITS * (i + j)) for i in range(act_count) for j in range(w_count))
+    if total >= 2**63:
+        raise UserError(f"layer {unit.name}: accumulators up to {total} do not fit int64; "
+                        "use --format onnx or predict --engine integer")
+    wide = total >= INT32_LIMIT
+    dtype, const = (TensorProto.INT64, _i64) if wide else (TensorProto.INT32, _i32)
+    x_limbs = _activation_limbs(g, a, act_count)
+    w_names = [_int_const(g, w.numpy(), np.int8, "weight8") for w in w_limbs]
+    acc = None
+    for i, x in enumerate(x_limbs):
+        for j, w in enumerate(w_names):
+            part = g.op("ConvInteger", [x, w], "convint", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+            if wide:
+                part = g.op("Cast", [part], to=dtype)
+            if i + j:
+                part = g.op("Mul", [part, const(g, 2 ** (LIMB_BITS * (i + j)))])
+            acc = part if acc is None else g.op("Add", [acc, part], "acc")
+    return acc, dtype
+
+
+def threshold_codes(g: Graph, acc: str, unit: IntegerUnit, dtype: int = TensorProto.INT32) -> str:
+    """Int32 output codes of accumulators ``acc`` (B, O, H, W; int32 or int64 ``dtype``) by the
+    unit's static threshold table (module docstring); UserError when the engine builds it per batch."""
+    req = unit.requant
+    if not req.static or req.thresholds() is None:
+        raise UserError(
+            f"layer {unit.name}: the {req.fmt.spec} quantizer has no static threshold table (too many levels "
+            "over the reachable accumulators; the engine builds it per batch), so no fixed graph holds it; "
+            "use --format onnx or predict --engine integer")
+    orientation, thresholds, values = req.thresholds()
+    if int(values.abs().max()) >= INT32_LIMIT:
+        raise UserError(f"layer {unit.name}: output codes do not fit int32")
+    wide = dtype == TensorProto.INT64
+    const, limit = (_i64, 2**63) if wide else (_i32, INT32_LIMIT)
+    if bool((orientation < 0).any()):
+        acc = g.op("Mul", [acc, const(g, orientation.numpy().reshape(-1, 1, 1), "orientation")], "oriented")
+    unused = thresholds == SENTINEL
+    t = thresholds.clamp(-(limit - 1), limit - 1)  # an unused slot (never passed, step 0) at the type's top
+    steps = torch.where(unused, 0, values[:, 1:] - values[:, :-1])
+    channels, count = t.shape
+    code0 = _i32(g, values[:, 0].numpy().reshape(-1, 1, 1), "code0")
+    if count == 0:
+        return g.op("Add", [g.op("Cast", [g.op("Mul", [acc, const(g, 0)])], to=TensorProto.INT32), code0], "codes")
+    out = code0
+    expanded = g.op("Unsqueeze", [acc, _i64(g, [2])], "acc5")  # (B, O, 1, H, W)
+    zero = _i32(g, 0)
+    for k0 in range(0, count, THRESHOLD_CHUNK):
+        k1 = min(count, k0 + THRESHOLD_CHUNK)
+        table = const(g, t[:, k0:k1].numpy().reshape(channels, k1 - k0, 1, 1), "thresholds")
+        step = _i32(g, steps[:, k0:k1].numpy().reshape(channels, k1 - k0, 1, 1), "steps")
+        passed = g.op("GreaterOrEqual", [expanded, table], "passed")
+        part = g.op("ReduceSum", [g.op("Where", [passed, step, zero]), _i64(g, [2])], "codesum", keepdims=0)
+        out = g.op("Add", [out, part], "codes")
+    return out
+
+
+def maxpool_codes(g: Graph, a: str) -> str:
+    """2x2 max pooling, stride 2, of int32 codes: ``Max`` of the four stride-2 slices."""
+    big = 2**62
+    parts = [_slice(g, _slice(g, a, 2, dy, big, 2), 3, dx, big, 2) for dy in (0, 1) for dx in (0, 1)]
+    return g.op("Max", parts, "pool")
+
+
+def _up2_axis(g: Graph, c: str, axis: int) -> str:
+    """``4 x`` bilinear x2 along ``axis`` (2 or 3) of int32 codes, as ``unet.integer.kernels``:
+    ``even = c[j-1] + 3 c[j]``, ``odd = 3 c[j] + c[j+1]``, the edge repeated."""
+    big = 2**62
+    three = g.op("Mul", [c, _i32(g, 3)])
+    prev = g.op("Concat", [_slice(g, c, axis, 0, 1), _slice(g, c, axis, 0, -1)], axis=axis)
+    nxt = g.op("Concat", [_slice(g, c, axis, 1, big), _slice(g, c, axis, -1, big)], axis=axis)
+    even = g.op("Unsqueeze", [g.op("Add", [prev, three]), _i64(g, [axis + 1])])
+    odd = g.op("Unsqueeze", [g.op("Add", [three, nxt]), _i64(g, [axis + 1])])
+    pairs = g.op("Concat", [even, odd], axis=axis + 1)
+    if axis == 3:
+        return g.op("Reshape", [pairs, _i64(g, [0, 0, 0, -1])], "up_w")
+    width = _slice(g, g.op("Shape", [c]), 0, 3, 4)
+    return g.op("Reshape", [pairs, g.op("Concat", [_i64(g, [0, 0, -1]), width], axis=0)], "up_h")
+
+
+def upsample_codes(g: Graph, a: str) -> str:
+    """Bilinear x2 (align_corners False) of int32 codes times 16 (``upsample2_codes``)."""
+    return _up2_axis(g, _up2_axis(g, a, 2), 3)
+
+
+# --- the model -----------------------------------------------------------------------------------
+
+
+def check_exportable(engine: IntegerUNet) -> None:
+    """UserError (one line, the reason) for a model whose integer engine no fixed integer graph holds."""
+    if engine.mode == "ternary":
+        raise UserError("Ternary models keep float activations (no activation codes): use --format onnx")
+    if engine.mode == "int":
+        raise UserError("INT (min-max) quantizers take each batch's range, so their thresholds change per batch "
+                        "and no fixed integer graph holds them: use --format onnx or predict --engine integer")
+    if engine.fmt.max_code * UP_GAIN >= INT32_LIMIT:
+        raise UserError(f"the activation codes of {engine.fmt.spec} (up to {engine.fmt.max_code}, x{UP_GAIN} "
+                        "upsampled) do not fit int32")
+
+
+def integer_onnx_model(
+    model: UNet, input_hw: tuple[int, int], metadata: dict | None = None, taps: bool = False,
+    start: str = "image", engine: IntegerUNet | None = None,
+) -> onnx.ModelProto:
+    """The integer ONNX ModelProto of ``model`` (module docstring); batch, H and W dynamic.
+
+    ``taps``: every unit's int32 codes as extra outputs ``codes:<unit>`` (``enc1.0`` ...
+    ``dec1.1``, as :meth:`IntegerUNet.forward_codes`). ``start="codes"``: the graph reads the
+    first block's output codes (int32 ``enc1_codes``, (B, C, H, W)) instead of the image, to check
+    the integer part on the engine's own first-block codes. ``engine``: an already built
+    ``IntegerUNet.from_model(model)``.
+    """
+    if start not in ("image", "codes"):
+        raise ValueError(f"start must be 'image' or 'codes', got {start!r}")
+    hw = check_input_hw(input_hw)
+    if not isinstance(model, UNet):
+        raise UserError(f"only the project's UNet can be exported, got {type(model).__name__}")
+    engine = engine or IntegerUNet.from_model(model)
+    check_exportable(engine)
+    fmt = engine.fmt
+    g = Graph()
+    tapped: list[str] = []
+
+    def tap(name: str, codes: str) -> None:
+        if taps:
+            tapped.append(g.op("Identity", [codes], f"codes:{name}"))
+
+    def block(stage: Stage, y: str) -> str:
+        if stage.float_weights:
+            if start == "codes":
+                return CODES_INPUT
+            for i, unit in enumerate(engine.model.block(stage)):
+                y = _unit(g, y, unit, onnx_weight, onnx_activation)
+                codes = g.op("Cast", [g.op("Mul", [y, g.const(1.0 / fmt.scale)])], "codes", to=TensorProto.INT32)
+                tap(f"{stage.name}.{i}", codes)
+            return codes
+        for i in range(len(engine.model.block(stage))):
+            unit = engine.units[f"{stage.name}.{i}"]
+            acc, dtype = integer_conv(g, y, unit)
+            y = threshold_codes(g, acc, unit, dtype)
+            tap(unit.name, y)
+        return y
+
+    def up_cat(y: str, skip: str) -> str:
+        return g.op("Concat", [upsample_codes(g, y), g.op("Mul", [skip, _i32(g, UP_GAIN)])], "cat", axis=1)
+
+    y = walk(INPUT, block, lambda y: maxpool_codes(g, y), up_cat)
+    values = g.op("Mul", [g.op("Cast", [y], to=TensorProto.FLOAT), g.const(fmt.scale)], "values")
+    out = g.op("Sigmoid", [_conv(g, values, engine.model.head, onnx_weight)], "sigmoid")
+    _rename_output(g, out)
+    props = model_metadata(model, hw, metadata or {}, "onnx-int")
+    opsets = [helper.make_opsetid("", OPSET)]
+    proto = make_model(g, OUTPUT, ["batch", 1, "height", "width"], props, opsets)
+    if start == "codes":
+        channels = engine.model.base_channels
+        proto.graph.input[0].CopyFrom(helper.make_tensor_value_info(
+            CODES_INPUT, TensorProto.INT32, ["batch", channels, "height", "width"]))
+    if taps:
+        proto.graph.output.extend(helper.make_tensor_value_info(t, TensorProto.INT32, [None] * 4) for t in tapped)
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def export_onnx_int(model: UNet, path: Path, input_hw: tuple[int, int], metadata: dict) -> None:
+    """Write ``model`` as an integer ONNX graph to ``path`` (module docstring); ``input_hw`` and
+    ``metadata`` as for :func:`unet.export.onnx.export_onnx`."""
+    save_model(integer_onnx_model(model, input_hw, metadata), Path(path))
+
+
+class IntegerOnnxForward:
+    """The model's integer ONNX graph run with onnxruntime on the CPU.
+
+    ``IntegerOnnxForward(model, input_hw)(x)`` maps a float (B, 1, H, W) tensor (H, W multiples
+    of 8) to probabilities like ``IntegerUNet.from_model(model)(x)``; :meth:`forward_codes` gives
+    every unit's codes (int64) when built with ``taps=True``.
+    """
+
+    def __init__(self, model: UNet, input_hw: tuple[int, int], threads: int | None = None,
+                 taps: bool = False, start: str = "image") -> None:
+        self.proto = integer_onnx_model(model, input_hw, taps=taps, start=start)
+        self.session = cpu_session(self.proto, threads)
+        self.start = start
+        self.names = [o.name for o in self.proto.graph.output]
+
+    def _run(self, x: Tensor) -> list[np.ndarray]:
+        if self.start == "codes":
+            return self.session.run(self.names, {CODES_INPUT: x.detach().to("cpu", torch.int32).contiguous().numpy()})
+        if x.dim() != 4 or x.shape[1] != 1:
+            raise ValueError(f"input must be (B, 1, H, W), got {tuple(x.shape)}")
+        if x.shape[-1] % 8 or x.shape[-2] % 8:
+            raise ValueError(f"input H and W must be divisible by 8, got {tuple(x.shape[-2:])}")
+        return self.session.run(self.names, {INPUT: x.detach().to("cpu", torch.float32).contiguous().numpy()})
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """Probabilities (B, 1, H, W), float32 (``x``: the image, or int codes with ``start="codes"``)."""
+        return torch.from_numpy(self._run(x)[0])
+
+    def forward_codes(self, x: Tensor) -> dict[str, Tensor]:
+        """Int64 codes of every unit, keyed ``enc1.0`` ... ``dec1.1`` (needs ``taps=True``)."""
+        results = self._run(x)
+        return {name.split(":", 1)[1].rsplit("_", 1)[0]: torch.from_numpy(r).to(torch.int64)
+                for name, r in zip(self.names, results, strict=True) if name.startswith("codes:")}
+
+
+@torch.no_grad()
+def first_block_flips(model: UNet, x: Tensor, threads: int | None = None) -> tuple[int, int]:
+    """``(codes that differ, codes)`` of the first block's output (``enc1.1``) between
+    onnxruntime's float graph and PyTorch's (the integer engine's) on images ``x``."""
+    engine = IntegerUNet.from_model(model)
+    expected = engine.forward_codes(x)
+    last = [k for k in expected if k.startswith("enc1.")][-1]
+    got = IntegerOnnxForward(model, tuple(x.shape[-2:]), threads, taps=True).forward_codes(x)
+    return int((got[last] != expected[last]).sum()), int(expected[last].numel())
