@@ -1,12 +1,14 @@
-"""``python -m unet.export RUN_or_CHECKPOINT [--format packed|qonnx|onnx] [-o OUT]``.
+"""``python -m unet.export RUN_or_CHECKPOINT [--format packed|qonnx|onnx|onnx-int] [-o OUT]``.
 
 Loads a run folder's ``best.pt`` (or the checkpoint given), rebuilds the model its config
 describes and writes it:
 
 * ``packed`` (default): :mod:`unet.export.packed`, quantized weights bit-packed at their
   storage width (``--float16`` stores the float layers in half precision);
-* ``qonnx`` / ``onnx``: ``unet.export.qonnx.export_qonnx`` / ``unet.export.onnx.export_onnx``
-  ``(model, path, input_hw, metadata)`` on the model in eval mode.
+* ``qonnx`` / ``onnx`` / ``onnx-int``: ``unet.export.qonnx.export_qonnx`` /
+  ``unet.export.onnx.export_onnx`` / ``unet.export.onnx_int.export_onnx_int``
+  ``(model, path, input_hw, metadata)`` on the model in eval mode (``onnx-int``: the integer
+  engine's graph, ConvInteger and threshold tables; FIXED and BNN models only).
 
 Prints the file size beside the float checkpoint's and records both in ``OUT.json``.
 User errors print one ``error: ...`` line and exit with status 2.
@@ -30,22 +32,24 @@ from ..runtime import tune_allocator
 from ..trained import TrainedModel
 from .packed import read_header, write_packed
 
-FORMATS = {"packed": ".uqp", "qonnx": ".qonnx.onnx", "onnx": ".onnx"}
+FORMATS = {"packed": ".uqp", "qonnx": ".qonnx.onnx", "onnx": ".onnx", "onnx-int": ".int.onnx"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's argument parser."""
     parser = argparse.ArgumentParser(
         prog="python -m unet.export",
-        description="Export a trained quantized U-Net: packed weights at their storage widths, QONNX or ONNX.")
+        description="Export a trained quantized U-Net: packed weights at their storage widths, QONNX, ONNX or "
+                    "integer ONNX (onnx-int: ConvInteger and integer thresholds, the integer engine's codes).")
     parser.add_argument("source", type=Path, help="a run folder (its best.pt is exported) or a checkpoint file")
     parser.add_argument("--format", choices=tuple(FORMATS), default="packed", help="output format (default packed)")
     parser.add_argument("-o", "--out", type=Path, default=None,
-                        help="output file (default: beside the checkpoint, <name>.uqp / .qonnx.onnx / .onnx)")
+                        help="output file (default: beside the checkpoint, <name>.uqp / .qonnx.onnx / .onnx / "
+                        ".int.onnx)")
     parser.add_argument("--float16", action="store_true",
                         help="packed: store the float layers (first block, head, biases, BatchNorm) as float16")
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                        help="qonnx/onnx: input height and width (default: the config's crop_size)")
+                        help="qonnx/onnx/onnx-int: input height and width (default: the config's crop_size)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     return parser
 
@@ -165,7 +169,9 @@ def _export_locked(args: argparse.Namespace, checkpoint: Path, out: Path) -> dic
 
 
 def _exporter(fmt: str):
-    """``export_qonnx`` / ``export_onnx`` from their module, imported only when asked for."""
+    """``export_qonnx`` / ``export_onnx`` / ``export_onnx_int`` from their module, imported only
+    when asked for."""
+    fmt = fmt.replace("-", "_")
     module_name = f"unet.export.{fmt}"
     try:
         module = importlib.import_module(module_name)
