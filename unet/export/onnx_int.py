@@ -6,13 +6,13 @@ activation codes of :class:`unet.integer.IntegerUNet` (its threshold tables, its
 * **First block** (float weights) and its activation quantizer: the float graph of
   :mod:`unet.export.onnx` (same emitters), then the codes ``trunc(q 2^k)`` (``Mul`` by the exact
   power-of-two inverse scale, ``Cast`` to int32, which truncates).
-* **Quantized convolutions**: int32 codes split into signed 7-bit limbs (``Mod``/``Div`` by
-  128: low limbs in ``[0, 128)``, the top limb in ``[-128, 128)``, all int8), weights likewise;
-  one ``ConvInteger`` (int8 x int8 -> int32, zero padding through its ``pads``: the zero point
-  is 0) per (activation limb, weight limb) pair, combined as ``sum P_ij 128^(i+j)``: in int32
-  where the export proves that no sum can overflow (``sum_ij max|l_i| max_c sum|w_jc| 128^(i+j)
-  < 2^31`` bounds every partial sum in the graph's order), else in int64 (pow2's x16 upsampled
-  codes in the decoder's first units); a layer past 2^63 is refused.
+* **Quantized convolutions** (:func:`integer_conv`): the int32 codes offset by the layer's code
+  bound ``M`` (non-negative), padded with ``M`` (``Pad``: a zero code), split into uint8 limbs
+  (``Mod``/``Div`` by 256); the weights into signed 7-bit limbs stored as uint8 with zero point
+  128 (onnxruntime's fast u8 x u8 ``ConvInteger``); one ``ConvInteger`` (int32 sums) per
+  (activation limb, weight limb) pair, combined as ``sum P_ij 256^i 128^j - M sum(w_o)``: in
+  int32 where the export proves that no partial sum can overflow, else in int64 (pow2's x16
+  upsampled codes in the decoder's first units); a layer past 2^63 is refused.
 * **Requantization** (bias, activation, BatchNorm, quantizer): the static per-channel threshold
   table of :class:`~unet.integer.thresholds.ThresholdRequantizer` as ``GreaterOrEqual`` of the
   oriented accumulator (``Mul`` by -1 on channels with a negative BatchNorm gain) against the
@@ -46,7 +46,7 @@ from torch import Tensor
 from ..errors import UserError
 from ..integer import IntegerUNet
 from ..integer.engine import UP_GAIN, IntegerUnit
-from ..integer.fast import LIMB_BITS, limb_count, split_limbs
+from ..integer.fast import limb_count, split_limbs
 from ..integer.thresholds import SENTINEL
 from ..model import Stage, UNet, walk
 from .onnx import (
@@ -95,60 +95,74 @@ def _slice(g: Graph, x: str, axis: int, start: int, end: int, step: int = 1) -> 
 # --- integer layers ------------------------------------------------------------------------------
 
 
-def _limb_bounds(max_abs: int, count: int) -> list[int]:
-    """Largest magnitude of each signed 7-bit limb of integers ``|a| <= max_abs`` (:func:`split_limbs`)."""
-    if count == 1:
-        return [max_abs]
-    top = -(-max_abs // 2 ** (LIMB_BITS * (count - 1)))  # |floor(a / 128^(n-1))| <= ceil(max_abs / 128^(n-1))
-    return [2**LIMB_BITS - 1] * (count - 1) + [top]
-
-
 def _activation_limbs(g: Graph, a: str, count: int) -> list[str]:
-    """Int8 limbs of int32 codes ``a``: ``Mod`` 128 (sign of the divisor: ``[0, 128)``) and the
-    exact division of the rest, the top limb the signed remainder."""
+    """Uint8 limbs of non-negative int32 codes ``a``: ``a = sum_i l_i 256^i``."""
     limbs = []
     rest = a
-    for _ in range(count - 1):
-        low = g.op("Mod", [rest, _i32(g, 2**LIMB_BITS)], "limb", fmod=0)
-        limbs.append(g.op("Cast", [low], "limb8", to=TensorProto.INT8))
-        rest = g.op("Div", [g.op("Sub", [rest, low]), _i32(g, 2**LIMB_BITS)], "rest")
-    limbs.append(g.op("Cast", [rest], "limb8", to=TensorProto.INT8))
+    for i in range(count):
+        low = rest if i == count - 1 else g.op("Mod", [rest, _i32(g, 256)], "limb", fmod=0)
+        limbs.append(g.op("Cast", [low], "limb8", to=TensorProto.UINT8))
+        if i < count - 1:
+            rest = g.op("Div", [rest, _i32(g, 256)], "rest")  # non-negative: truncation is floor
     return limbs
+
+
+def unsigned_limb_count(max_value: int) -> int:
+    """Number of 8-bit limbs that hold every integer in ``[0, max_value]``."""
+    count = 1
+    while max_value >= 256**count:
+        count += 1
+    return count
 
 
 def integer_conv(g: Graph, a: str, unit: IntegerUnit) -> tuple[str, int]:
     """Exact accumulator of the unit's 3x3 convolution (zero padding) of int32 codes ``a`` with
-    ``|a| <= unit.max_input_code``, and its ONNX element type: every ``ConvInteger`` sums in int32
-    (a limb product's sums stay below ``128 * 128 * 9 C``), and the limb results are combined in
-    int32 where ``sum_ij max|l_i| max_c sum|w_jc| 128^(i+j)`` (a bound of every partial sum in the
-    graph's order) is below 2^31, else in int64 (UserError past 2^63)."""
+    ``|a| <= M`` (``unit.max_input_code``), and its ONNX element type.
+
+    onnxruntime's fastest ``ConvInteger`` takes uint8 activations (zero point 0) and uint8 weights
+    with zero point 128, so the codes are offset to ``a + M`` in ``[0, 2M]``, padded with ``M`` (the
+    offset of a zero) and split into 8-bit limbs; the weights into signed 7-bit limbs (each in
+    ``[-128, 128)``, stored as ``w + 128``). Then ``conv(a + M, w) = conv(a, w) + M sum(w_o)`` at every
+    position (the padding holds ``M`` too), so the accumulator is ``sum_ij 256^i 128^j
+    ConvInteger(l_i, w_j) - M sum(w_o)``. Every ``ConvInteger`` sums in int32 (below
+    ``255 * 128 * 9 C``); the limb results are combined in int32 where ``sum_ij max l_i max_o
+    sum|w_jo| 256^i 128^j + M max_o |sum w_o|`` (a bound of every partial sum in the graph's order)
+    is below 2^31, else in int64 (UserError past 2^63).
+    """
     weights = unit.weights
-    act_count = limb_count(unit.max_input_code)
+    offset = unit.max_input_code
+    act_count = unsigned_limb_count(2 * offset)
     w_count = limb_count(int(weights.abs().max()) if weights.numel() else 0)
     w_limbs = split_limbs(weights, w_count)
-    a_bounds = _limb_bounds(unit.max_input_code, act_count)
+    top = 2 * offset // 256 ** (act_count - 1)
+    a_bounds = [255] * (act_count - 1) + [top] if act_count > 1 else [2 * offset]
     w_sums = [int(w.to(torch.int64).abs().sum(dim=(1, 2, 3)).max()) for w in w_limbs]
-    if 128 * 128 * 9 * int(weights.shape[1]) >= INT32_LIMIT:
+    totals = weights.sum(dim=(1, 2, 3))
+    if 255 * 128 * 9 * int(weights.shape[1]) >= INT32_LIMIT:
         raise UserError(f"layer {unit.name}: {weights.shape[1]} input channels are too many for int32 "
                         "ConvInteger sums; use --format onnx or predict --engine integer")
-    total = sum(a_bounds[i] * w_sums[j] * 2 ** (LIMB_BITS * (i + j)) for i in range(act_count) for j in range(w_count))
-    if total >= 2**63:
-        raise UserError(f"layer {unit.name}: accumulators up to {total} do not fit int64; "
+    bound = sum(a_bounds[i] * w_sums[j] * 256**i * 128**j for i in range(act_count) for j in range(w_count))
+    bound += offset * int(totals.abs().max())
+    if bound >= 2**63:
+        raise UserError(f"layer {unit.name}: accumulators up to {bound} do not fit int64; "
                         "use --format onnx or predict --engine integer")
-    wide = total >= INT32_LIMIT
+    wide = bound >= INT32_LIMIT
     dtype, const = (TensorProto.INT64, _i64) if wide else (TensorProto.INT32, _i32)
-    x_limbs = _activation_limbs(g, a, act_count)
-    w_names = [_int_const(g, w.numpy(), np.int8, "weight8") for w in w_limbs]
+    shifted = g.op("Add", [a, _i32(g, offset)], "shifted")
+    padded = g.op("Pad", [shifted, _i64(g, [0, 0, 1, 1, 0, 0, 1, 1]), _i32(g, offset)], "padded", mode="constant")
+    x_limbs = _activation_limbs(g, padded, act_count)
+    w_names = [_int_const(g, (w.to(torch.int16) + 128).numpy(), np.uint8, "weight8") for w in w_limbs]
+    w_zero = _int_const(g, 128, np.uint8, "weight_zero")
     acc = None
     for i, x in enumerate(x_limbs):
         for j, w in enumerate(w_names):
-            part = g.op("ConvInteger", [x, w], "convint", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+            part = g.op("ConvInteger", [x, w, "", w_zero], "convint", kernel_shape=[3, 3])
             if wide:
                 part = g.op("Cast", [part], to=dtype)
-            if i + j:
-                part = g.op("Mul", [part, const(g, 2 ** (LIMB_BITS * (i + j)))])
+            if i or j:
+                part = g.op("Mul", [part, const(g, 256**i * 128**j)])
             acc = part if acc is None else g.op("Add", [acc, part], "acc")
-    return acc, dtype
+    return g.op("Sub", [acc, const(g, (offset * totals).numpy().reshape(-1, 1, 1), "offset_sums")], "acc"), dtype
 
 
 def threshold_codes(g: Graph, acc: str, unit: IntegerUnit, dtype: int = TensorProto.INT32) -> str:
