@@ -14,12 +14,13 @@ activation codes of :class:`unet.integer.IntegerUNet` (its threshold tables, its
   int32 where the export proves that no partial sum can overflow, else in int64 (pow2's x16
   upsampled codes in the decoder's first units); a layer past 2^63 is refused.
 * **Requantization** (bias, activation, BatchNorm, quantizer): the static per-channel threshold
-  table of :class:`~unet.integer.thresholds.ThresholdRequantizer` as ``GreaterOrEqual`` of the
-  oriented accumulator (``Mul`` by -1 on channels with a negative BatchNorm gain) against the
-  thresholds (broadcast over a threshold axis, in chunks of :data:`THRESHOLD_CHUNK`), ``Where``
-  picking each passed threshold's code step, ``ReduceSum`` and the channel's lowest code:
-  ``code = v_0 + sum_{t_k <= o acc} (v_k - v_{k-1}) = v[#{k: t_k <= o acc}]``, exactly the
-  engine's ``searchsorted`` lookup (thresholds are sorted, so the passed ones are a prefix).
+  table of :class:`~unet.integer.thresholds.ThresholdRequantizer` applied to the oriented
+  accumulator (``Mul`` by -1 on channels with a negative BatchNorm gain): ``code = v[#{k: t_k <=
+  o acc}]``, the engine's ``searchsorted`` lookup. Long tables (Q6.0: 127 thresholds) by a
+  branchless binary search (``Gather`` of a threshold, ``GreaterOrEqual``, ``Where``; 7 rounds for
+  127), short ones (BNN) by one broadcast ``GreaterOrEqual`` against all thresholds, ``Where``
+  picking each passed threshold's code step and ``ReduceSum``: ``v_0 + sum_{t_k <= o acc}
+  (v_k - v_{k-1})`` (the thresholds are sorted, so the passed ones are a prefix).
 * **Max pooling**: ``Max`` of the four stride-2 slices of the int32 codes; **bilinear x2**:
   ``upsample2_codes`` per axis (``c[j-1] + 3 c[j]``, ``3 c[j] + c[j+1]``, edges repeated, by
   ``Slice``/``Concat``/``Reshape``): codes at scale ``s / 16``, the skip multiplied by 16.
@@ -68,8 +69,9 @@ from .onnx import (
 
 #: Graph input of the codes variant (``start="codes"``): the first block's output codes.
 CODES_INPUT = "enc1_codes"
-#: Thresholds compared per broadcast (bounds the (B, C, chunk, H, W) intermediate).
-THRESHOLD_CHUNK = 16
+#: Tables of at most this many thresholds per channel are applied by one broadcast comparison
+#: (a (B, C, K, H, W) intermediate); longer ones by a binary search (:func:`_search_codes`).
+SUM_LIMIT = 3
 INT32_LIMIT = 2**31
 
 
@@ -146,7 +148,7 @@ def integer_conv(g: Graph, a: str, unit: IntegerUnit) -> tuple[str, int]:
     if bound >= 2**63:
         raise UserError(f"layer {unit.name}: accumulators up to {bound} do not fit int64; "
                         "use --format onnx or predict --engine integer")
-    wide = bound >= INT32_LIMIT
+    wide = bound >= INT32_LIMIT - 1  # |acc| < 2^31 - 1: the never-passed threshold 2^31 - 1 stays above it
     dtype, const = (TensorProto.INT64, _i64) if wide else (TensorProto.INT32, _i32)
     shifted = g.op("Add", [a, _i32(g, offset)], "shifted")
     padded = g.op("Pad", [shifted, _i64(g, [0, 0, 1, 1, 0, 0, 1, 1]), _i32(g, offset)], "padded", mode="constant")
@@ -181,24 +183,52 @@ def threshold_codes(g: Graph, acc: str, unit: IntegerUnit, dtype: int = TensorPr
     const, limit = (_i64, 2**63) if wide else (_i32, INT32_LIMIT)
     if bool((orientation < 0).any()):
         acc = g.op("Mul", [acc, const(g, orientation.numpy().reshape(-1, 1, 1), "orientation")], "oriented")
+    channels, count = thresholds.shape
+    if count > SUM_LIMIT:
+        return _search_codes(g, acc, thresholds, values, wide)
     unused = thresholds == SENTINEL
     t = thresholds.clamp(-(limit - 1), limit - 1)  # an unused slot (never passed, step 0) at the type's top
     steps = torch.where(unused, 0, values[:, 1:] - values[:, :-1])
-    channels, count = t.shape
     code0 = _i32(g, values[:, 0].numpy().reshape(-1, 1, 1), "code0")
     if count == 0:
         return g.op("Add", [g.op("Cast", [g.op("Mul", [acc, const(g, 0)])], to=TensorProto.INT32), code0], "codes")
     out = code0
     expanded = g.op("Unsqueeze", [acc, _i64(g, [2])], "acc5")  # (B, O, 1, H, W)
     zero = _i32(g, 0)
-    for k0 in range(0, count, THRESHOLD_CHUNK):
-        k1 = min(count, k0 + THRESHOLD_CHUNK)
-        table = const(g, t[:, k0:k1].numpy().reshape(channels, k1 - k0, 1, 1), "thresholds")
-        step = _i32(g, steps[:, k0:k1].numpy().reshape(channels, k1 - k0, 1, 1), "steps")
-        passed = g.op("GreaterOrEqual", [expanded, table], "passed")
-        part = g.op("ReduceSum", [g.op("Where", [passed, step, zero]), _i64(g, [2])], "codesum", keepdims=0)
-        out = g.op("Add", [out, part], "codes")
-    return out
+    table = const(g, t.numpy().reshape(channels, count, 1, 1), "thresholds")
+    step = _i32(g, steps.numpy().reshape(channels, count, 1, 1), "steps")
+    passed = g.op("GreaterOrEqual", [expanded, table], "passed")
+    part = g.op("ReduceSum", [g.op("Where", [passed, step, zero]), _i64(g, [2])], "codesum", keepdims=0)
+    return g.op("Add", [out, part], "codes")
+
+
+def _search_codes(g: Graph, acc: str, thresholds: Tensor, values: Tensor, wide: bool) -> str:
+    """``values[o, #{k: t_ok <= acc}]`` by a branchless binary search over each channel's sorted
+    thresholds (padded to ``2^n - 1`` with never-passed slots): ``n`` rounds of ``Gather`` (flat
+    per-channel tables), ``GreaterOrEqual`` and ``Where``, then a ``Gather`` of the code."""
+    channels, count = thresholds.shape
+    rounds = count.bit_length()  # 2^rounds - 1 >= count
+    width = 2**rounds - 1
+    limit, dtype, const = (2**63, np.int64, _i64) if wide else (INT32_LIMIT, np.int32, _i32)
+    padded = torch.full((channels, width), limit - 1, dtype=torch.int64)
+    padded[:, :count] = thresholds.clamp(-(limit - 1), limit - 1)
+    codes = torch.zeros(channels, width + 1, dtype=torch.int64)
+    codes[:, : count + 1] = values
+    flat_t = _int_const(g, padded.reshape(-1).numpy(), dtype, "thresholds")
+    flat_v = _i32(g, codes.reshape(-1).numpy(), "codes")
+    base = torch.arange(channels, dtype=torch.int64).reshape(-1, 1, 1)
+    # q = o * width + pos (pos: thresholds passed so far); the first round compares with constants
+    step = 2 ** (rounds - 1)
+    first = const(g, padded[:, step - 1].reshape(-1, 1, 1).numpy(), "first")
+    passed = g.op("GreaterOrEqual", [acc, first], "passed")
+    q = g.op("Where", [passed, _i64(g, (base * width + step).numpy()), _i64(g, (base * width).numpy())], "pos")
+    while step > 1:
+        step //= 2
+        probe = g.op("Gather", [flat_t, g.op("Add", [q, _i64(g, step - 1)])], "probe", axis=0)
+        passed = g.op("GreaterOrEqual", [acc, probe], "passed")
+        q = g.op("Where", [passed, g.op("Add", [q, _i64(g, step)]), q], "pos")
+    index = g.op("Add", [q, _i64(g, base.numpy())], "index")  # o * (width + 1) + pos
+    return g.op("Gather", [flat_v, index], "codes", axis=0)
 
 
 def maxpool_codes(g: Graph, a: str) -> str:
