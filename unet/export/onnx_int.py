@@ -17,9 +17,9 @@ activation codes of :class:`unet.integer.IntegerUNet` (its threshold tables, its
   table of :class:`~unet.integer.thresholds.ThresholdRequantizer` applied to the oriented
   accumulator (``Mul`` by -1 on channels with a negative BatchNorm gain): ``code = v[#{k: t_k <=
   o acc}]``, the engine's ``searchsorted`` lookup. Long tables (Q6.0: 127 thresholds) by a
-  branchless binary search (``Gather`` of a threshold, ``GreaterOrEqual``, ``Where``; 7 rounds for
-  127), short ones (BNN) by one broadcast ``GreaterOrEqual`` against all thresholds, ``Where``
-  picking each passed threshold's code step and ``ReduceSum``: ``v_0 + sum_{t_k <= o acc}
+  branchless binary search (``Gather`` of a threshold, ``GreaterOrEqual``, add; 7 rounds for
+  127), short ones (BNN) by one broadcast ``GreaterOrEqual`` against all thresholds, times each
+  passed threshold's code step, and ``ReduceSum``: ``v_0 + sum_{t_k <= o acc}
   (v_k - v_{k-1})`` (the thresholds are sorted, so the passed ones are a prefix).
 * **Max pooling**: ``Max`` of the four stride-2 slices of the int32 codes; **bilinear x2**:
   ``upsample2_codes`` per axis (``c[j-1] + 3 c[j]``, ``3 c[j] + c[j+1]``, edges repeated, by
@@ -194,41 +194,43 @@ def threshold_codes(g: Graph, acc: str, unit: IntegerUnit, dtype: int = TensorPr
         return g.op("Add", [g.op("Cast", [g.op("Mul", [acc, const(g, 0)])], to=TensorProto.INT32), code0], "codes")
     out = code0
     expanded = g.op("Unsqueeze", [acc, _i64(g, [2])], "acc5")  # (B, O, 1, H, W)
-    zero = _i32(g, 0)
     table = const(g, t.numpy().reshape(channels, count, 1, 1), "thresholds")
     step = _i32(g, steps.numpy().reshape(channels, count, 1, 1), "steps")
-    passed = g.op("GreaterOrEqual", [expanded, table], "passed")
-    part = g.op("ReduceSum", [g.op("Where", [passed, step, zero]), _i64(g, [2])], "codesum", keepdims=0)
+    passed = g.op("Cast", [g.op("GreaterOrEqual", [expanded, table], "passed")], to=TensorProto.INT32)
+    part = g.op("ReduceSum", [g.op("Mul", [passed, step]), _i64(g, [2])], "codesum", keepdims=0)
     return g.op("Add", [out, part], "codes")
 
 
 def _search_codes(g: Graph, acc: str, thresholds: Tensor, values: Tensor, wide: bool) -> str:
     """``values[o, #{k: t_ok <= acc}]`` by a branchless binary search over each channel's sorted
-    thresholds (padded to ``2^n - 1`` with never-passed slots): ``n`` rounds of ``Gather`` (flat
-    per-channel tables), ``GreaterOrEqual`` and ``Where``, then a ``Gather`` of the code."""
+    thresholds (padded to ``2^n - 1`` with never-passed slots), on ``q = o (2^n - 1) + pos``
+    (``pos``: thresholds passed so far): each of the ``n`` rounds gathers the probed threshold
+    from a copy of the flat tables shifted by the round's step (no index arithmetic), compares and
+    adds ``step * passed`` (``Cast`` + ``Mul`` + ``Add``: onnxruntime's ``Where`` is several times
+    slower); a last ``Gather`` reads the code."""
     channels, count = thresholds.shape
     rounds = count.bit_length()  # 2^rounds - 1 >= count
     width = 2**rounds - 1
     limit, dtype, const = (2**63, np.int64, _i64) if wide else (INT32_LIMIT, np.int32, _i32)
     padded = torch.full((channels, width), limit - 1, dtype=torch.int64)
     padded[:, :count] = thresholds.clamp(-(limit - 1), limit - 1)
+    flat = torch.cat([padded.reshape(-1), torch.full((width,), limit - 1, dtype=torch.int64)])
     codes = torch.zeros(channels, width + 1, dtype=torch.int64)
     codes[:, : count + 1] = values
-    flat_t = _int_const(g, padded.reshape(-1).numpy(), dtype, "thresholds")
-    flat_v = _i32(g, codes.reshape(-1).numpy(), "codes")
     base = torch.arange(channels, dtype=torch.int64).reshape(-1, 1, 1)
-    # q = o * width + pos (pos: thresholds passed so far); the first round compares with constants
     step = 2 ** (rounds - 1)
-    first = const(g, padded[:, step - 1].reshape(-1, 1, 1).numpy(), "first")
-    passed = g.op("GreaterOrEqual", [acc, first], "passed")
-    q = g.op("Where", [passed, _i64(g, (base * width + step).numpy()), _i64(g, (base * width).numpy())], "pos")
+    # the first round compares with per-channel constants
+    passed = g.op("GreaterOrEqual", [acc, const(g, padded[:, step - 1].reshape(-1, 1, 1).numpy(), "first")])
+    q = g.op("Add", [g.op("Mul", [g.op("Cast", [passed], to=TensorProto.INT32), _i32(g, step)]),
+                     _i32(g, (base * width).numpy())], "pos")
     while step > 1:
         step //= 2
-        probe = g.op("Gather", [flat_t, g.op("Add", [q, _i64(g, step - 1)])], "probe", axis=0)
-        passed = g.op("GreaterOrEqual", [acc, probe], "passed")
-        q = g.op("Where", [passed, g.op("Add", [q, _i64(g, step)]), q], "pos")
-    index = g.op("Add", [q, _i64(g, base.numpy())], "index")  # o * (width + 1) + pos
-    return g.op("Gather", [flat_v, index], "codes", axis=0)
+        shifted = _int_const(g, flat[step - 1 : step - 1 + channels * width].numpy(), dtype, "thresholds")
+        passed = g.op("GreaterOrEqual", [acc, g.op("Gather", [shifted, q], "probe", axis=0)], "passed")
+        q = g.op("Add", [q, g.op("Mul", [g.op("Cast", [passed], to=TensorProto.INT32), _i32(g, step)])], "pos")
+    # o * (width + 1) + pos = q + o: the code tables are one entry wider than the threshold tables
+    index = g.op("Add", [q, _i32(g, base.numpy())], "index")
+    return g.op("Gather", [_i32(g, codes.reshape(-1).numpy(), "codes"), index], "codes", axis=0)
 
 
 def maxpool_codes(g: Graph, a: str) -> str:
