@@ -207,7 +207,8 @@ def _search_codes(g: Graph, acc: str, thresholds: Tensor, values: Tensor, wide: 
     (``pos``: thresholds passed so far): each of the ``n`` rounds gathers the probed threshold
     from a copy of the flat tables shifted by the round's step (no index arithmetic), compares and
     adds ``step * passed`` (``Cast`` + ``Mul`` + ``Add``: onnxruntime's ``Where`` is several times
-    slower); a last ``Gather`` reads the code."""
+    slower); a last ``Gather`` reads the code, or where every step of the channels' codes is +1 (the
+    usual nearest staircase) one ``Add`` of ``v_0``."""
     channels, count = thresholds.shape
     rounds = count.bit_length()  # 2^rounds - 1 >= count
     width = 2**rounds - 1
@@ -228,6 +229,9 @@ def _search_codes(g: Graph, acc: str, thresholds: Tensor, values: Tensor, wide: 
         shifted = _int_const(g, flat[step - 1 : step - 1 + channels * width].numpy(), dtype, "thresholds")
         passed = g.op("GreaterOrEqual", [acc, g.op("Gather", [shifted, q], "probe", axis=0)], "passed")
         q = g.op("Add", [q, g.op("Mul", [g.op("Cast", [passed], to=TensorProto.INT32), _i32(g, step)])], "pos")
+    valid = thresholds != SENTINEL
+    if bool(((values[:, 1:] - values[:, :-1] == 1) | ~valid).all()):  # a staircase of unit steps: v_0 + pos
+        return g.op("Add", [q, _i32(g, (values[:, :1].reshape(-1, 1, 1) - base * width).numpy(), "code0")], "codes")
     # o * (width + 1) + pos = q + o: the code tables are one entry wider than the threshold tables
     index = g.op("Add", [q, _i32(g, base.numpy())], "index")
     return g.op("Gather", [_i32(g, codes.reshape(-1).numpy(), "codes"), index], "codes", axis=0)
