@@ -117,21 +117,34 @@ def unsigned_limb_count(max_value: int) -> int:
     return count
 
 
-def integer_conv(g: Graph, a: str, unit: IntegerUnit) -> tuple[str, int]:
-    """Exact accumulator of the unit's 3x3 convolution (zero padding) of int32 codes ``a`` with
-    ``|a| <= M`` (``unit.max_input_code``), and its ONNX element type.
+def _im2col(g: Graph, x: str) -> str:
+    """(B, H, W, 9 C) columns of a padded NHWC tensor (B, H + 2, W + 2, C), ordered (dy, dx, c)."""
+    big = 2**62
+    parts = []
+    for dy in range(3):
+        rows = g.op("Slice", [x, _i64(g, [dy]), _i64(g, [dy - 2 if dy < 2 else big]), _i64(g, [1])], "rows")
+        for dx in range(3):
+            parts.append(g.op("Slice", [rows, _i64(g, [dx]), _i64(g, [dx - 2 if dx < 2 else big]), _i64(g, [2])]))
+    return g.op("Concat", parts, "im2col", axis=3)
 
-    onnxruntime's fastest ``ConvInteger`` takes uint8 activations (zero point 0) and uint8 weights
-    with zero point 128, so the codes are offset to ``a + M`` in ``[0, 2M]``, padded with ``M`` (the
-    offset of a zero) and split into 8-bit limbs; the weights into signed 7-bit limbs (each in
-    ``[-128, 128)``, stored as ``w + 128``). Then ``conv(a + M, w) = conv(a, w) + M sum(w_o)`` at every
-    position (the padding holds ``M`` too), so the accumulator is ``sum_ij 256^i 128^j
-    ConvInteger(l_i, w_j) - M sum(w_o)``. Every ``ConvInteger`` sums in int32 (below
+
+def integer_conv(g: Graph, a: str, unit: IntegerUnit) -> tuple[str, int]:
+    """Exact accumulator (B, H, W, O) of the unit's 3x3 convolution (zero padding) of int32 NHWC
+    codes ``a`` with ``|a| <= M`` (``unit.max_input_code``), and its ONNX element type.
+
+    onnxruntime's fast integer GEMM is ``MatMulInteger`` with uint8 activations and int8 weights
+    (VNNI / AMX where the CPU has them; its ``ConvInteger`` was several times slower in a probe), so
+    the codes are offset to ``a + M`` in ``[0, 2M]``, padded with ``M`` (the offset of a zero), split
+    into 8-bit limbs and laid out as an im2col matrix (``Slice`` + ``Concat``); the weights into
+    signed 7-bit limbs, each a (9 C, O) int8 matrix. Then ``conv(a + M, w) = conv(a, w) + M sum(w_o)``
+    at every position (the padding holds ``M`` too), so the accumulator is ``sum_ij 256^i 128^j
+    MatMulInteger(l_i, w_j) - M sum(w_o)``. Every ``MatMulInteger`` sums in int32 (below
     ``255 * 128 * 9 C``); the limb results are combined in int32 where ``sum_ij max l_i max_o
     sum|w_jo| 256^i 128^j + M max_o |sum w_o|`` (a bound of every partial sum in the graph's order)
     is below 2^31, else in int64 (UserError past 2^63).
     """
     weights = unit.weights
+    channels = int(weights.shape[1])
     offset = unit.max_input_code
     act_count = unsigned_limb_count(2 * offset)
     w_count = limb_count(int(weights.abs().max()) if weights.numel() else 0)
@@ -140,9 +153,9 @@ def integer_conv(g: Graph, a: str, unit: IntegerUnit) -> tuple[str, int]:
     a_bounds = [255] * (act_count - 1) + [top] if act_count > 1 else [2 * offset]
     w_sums = [int(w.to(torch.int64).abs().sum(dim=(1, 2, 3)).max()) for w in w_limbs]
     totals = weights.sum(dim=(1, 2, 3))
-    if 255 * 128 * 9 * int(weights.shape[1]) >= INT32_LIMIT:
-        raise UserError(f"layer {unit.name}: {weights.shape[1]} input channels are too many for int32 "
-                        "ConvInteger sums; use --format onnx or predict --engine integer")
+    if 255 * 128 * 9 * channels >= INT32_LIMIT:
+        raise UserError(f"layer {unit.name}: {channels} input channels are too many for int32 "
+                        "MatMulInteger sums; use --format onnx or predict --engine integer")
     bound = sum(a_bounds[i] * w_sums[j] * 256**i * 128**j for i in range(act_count) for j in range(w_count))
     bound += offset * int(totals.abs().max())
     if bound >= 2**63:
@@ -151,24 +164,25 @@ def integer_conv(g: Graph, a: str, unit: IntegerUnit) -> tuple[str, int]:
     wide = bound >= INT32_LIMIT - 1  # |acc| < 2^31 - 1: the never-passed threshold 2^31 - 1 stays above it
     dtype, const = (TensorProto.INT64, _i64) if wide else (TensorProto.INT32, _i32)
     shifted = g.op("Add", [a, _i32(g, offset)], "shifted")
-    padded = g.op("Pad", [shifted, _i64(g, [0, 0, 1, 1, 0, 0, 1, 1]), _i32(g, offset)], "padded", mode="constant")
-    x_limbs = _activation_limbs(g, padded, act_count)
-    w_names = [_int_const(g, (w.to(torch.int16) + 128).numpy(), np.uint8, "weight8") for w in w_limbs]
-    w_zero = _int_const(g, 128, np.uint8, "weight_zero")
+    padded = g.op("Pad", [shifted, _i64(g, [0, 1, 1, 0, 0, 1, 1, 0]), _i32(g, offset)], "padded", mode="constant")
+    x_cols = [_im2col(g, limb) for limb in _activation_limbs(g, padded, act_count)]
+    # rows ordered (dy, dx, c) as the columns
+    w_names = [_int_const(g, w.permute(2, 3, 1, 0).reshape(9 * channels, -1).numpy(), np.int8, "weight8")
+               for w in w_limbs]
     acc = None
-    for i, x in enumerate(x_limbs):
+    for i, x in enumerate(x_cols):
         for j, w in enumerate(w_names):
-            part = g.op("ConvInteger", [x, w, "", w_zero], "convint", kernel_shape=[3, 3])
+            part = g.op("MatMulInteger", [x, w], "matmulint")
             if wide:
                 part = g.op("Cast", [part], to=dtype)
             if i or j:
                 part = g.op("Mul", [part, const(g, 256**i * 128**j)])
             acc = part if acc is None else g.op("Add", [acc, part], "acc")
-    return g.op("Sub", [acc, const(g, (offset * totals).numpy().reshape(-1, 1, 1), "offset_sums")], "acc"), dtype
+    return g.op("Sub", [acc, const(g, (offset * totals).numpy(), "offset_sums")], "acc"), dtype
 
 
 def threshold_codes(g: Graph, acc: str, unit: IntegerUnit, dtype: int = TensorProto.INT32) -> str:
-    """Int32 output codes of accumulators ``acc`` (B, O, H, W; int32 or int64 ``dtype``) by the
+    """Int32 output codes of accumulators ``acc`` (B, H, W, O; int32 or int64 ``dtype``) by the
     unit's static threshold table (module docstring); UserError when the engine builds it per batch."""
     req = unit.requant
     if not req.static or req.thresholds() is None:
@@ -182,22 +196,22 @@ def threshold_codes(g: Graph, acc: str, unit: IntegerUnit, dtype: int = TensorPr
     wide = dtype == TensorProto.INT64
     const, limit = (_i64, 2**63) if wide else (_i32, INT32_LIMIT)
     if bool((orientation < 0).any()):
-        acc = g.op("Mul", [acc, const(g, orientation.numpy().reshape(-1, 1, 1), "orientation")], "oriented")
+        acc = g.op("Mul", [acc, const(g, orientation.numpy(), "orientation")], "oriented")
     channels, count = thresholds.shape
     if count > SUM_LIMIT:
         return _search_codes(g, acc, thresholds, values, wide)
     unused = thresholds == SENTINEL
     t = thresholds.clamp(-(limit - 1), limit - 1)  # an unused slot (never passed, step 0) at the type's top
     steps = torch.where(unused, 0, values[:, 1:] - values[:, :-1])
-    code0 = _i32(g, values[:, 0].numpy().reshape(-1, 1, 1), "code0")
+    code0 = _i32(g, values[:, 0].numpy(), "code0")
     if count == 0:
         return g.op("Add", [g.op("Cast", [g.op("Mul", [acc, const(g, 0)])], to=TensorProto.INT32), code0], "codes")
     out = code0
-    expanded = g.op("Unsqueeze", [acc, _i64(g, [2])], "acc5")  # (B, O, 1, H, W)
-    table = const(g, t.numpy().reshape(channels, count, 1, 1), "thresholds")
-    step = _i32(g, steps.numpy().reshape(channels, count, 1, 1), "steps")
+    expanded = g.op("Unsqueeze", [acc, _i64(g, [4])], "acc5")  # (B, H, W, O, 1)
+    table = const(g, t.numpy(), "thresholds")  # (O, K)
+    step = _i32(g, steps.numpy(), "steps")
     passed = g.op("Cast", [g.op("GreaterOrEqual", [expanded, table], "passed")], to=TensorProto.INT32)
-    part = g.op("ReduceSum", [g.op("Mul", [passed, step]), _i64(g, [2])], "codesum", keepdims=0)
+    part = g.op("ReduceSum", [g.op("Mul", [passed, step]), _i64(g, [4])], "codesum", keepdims=0)
     return g.op("Add", [out, part], "codes")
 
 
@@ -218,10 +232,10 @@ def _search_codes(g: Graph, acc: str, thresholds: Tensor, values: Tensor, wide: 
     flat = torch.cat([padded.reshape(-1), torch.full((width,), limit - 1, dtype=torch.int64)])
     codes = torch.zeros(channels, width + 1, dtype=torch.int64)
     codes[:, : count + 1] = values
-    base = torch.arange(channels, dtype=torch.int64).reshape(-1, 1, 1)
+    base = torch.arange(channels, dtype=torch.int64)  # per channel: the last axis
     step = 2 ** (rounds - 1)
     # the first round compares with per-channel constants
-    passed = g.op("GreaterOrEqual", [acc, const(g, padded[:, step - 1].reshape(-1, 1, 1).numpy(), "first")])
+    passed = g.op("GreaterOrEqual", [acc, const(g, padded[:, step - 1].numpy(), "first")])
     q = g.op("Add", [g.op("Mul", [g.op("Cast", [passed], to=TensorProto.INT32), _i32(g, step)]),
                      _i32(g, (base * width).numpy())], "pos")
     while step > 1:
@@ -231,21 +245,21 @@ def _search_codes(g: Graph, acc: str, thresholds: Tensor, values: Tensor, wide: 
         q = g.op("Add", [q, g.op("Mul", [g.op("Cast", [passed], to=TensorProto.INT32), _i32(g, step)])], "pos")
     valid = thresholds != SENTINEL
     if bool(((values[:, 1:] - values[:, :-1] == 1) | ~valid).all()):  # a staircase of unit steps: v_0 + pos
-        return g.op("Add", [q, _i32(g, (values[:, :1].reshape(-1, 1, 1) - base * width).numpy(), "code0")], "codes")
+        return g.op("Add", [q, _i32(g, (values[:, 0] - base * width).numpy(), "code0")], "codes")
     # o * (width + 1) + pos = q + o: the code tables are one entry wider than the threshold tables
     index = g.op("Add", [q, _i32(g, base.numpy())], "index")
     return g.op("Gather", [_i32(g, codes.reshape(-1).numpy(), "codes"), index], "codes", axis=0)
 
 
 def maxpool_codes(g: Graph, a: str) -> str:
-    """2x2 max pooling, stride 2, of int32 codes: ``Max`` of the four stride-2 slices."""
+    """2x2 max pooling, stride 2, of int32 NHWC codes: ``Max`` of the four stride-2 slices."""
     big = 2**62
-    parts = [_slice(g, _slice(g, a, 2, dy, big, 2), 3, dx, big, 2) for dy in (0, 1) for dx in (0, 1)]
+    parts = [_slice(g, _slice(g, a, 1, dy, big, 2), 2, dx, big, 2) for dy in (0, 1) for dx in (0, 1)]
     return g.op("Max", parts, "pool")
 
 
 def _up2_axis(g: Graph, c: str, axis: int) -> str:
-    """``4 x`` bilinear x2 along ``axis`` (2 or 3) of int32 codes, as ``unet.integer.kernels``:
+    """``4 x`` bilinear x2 along ``axis`` (1: H or 2: W) of int32 NHWC codes, as ``unet.integer.kernels``:
     ``even = c[j-1] + 3 c[j]``, ``odd = 3 c[j] + c[j+1]``, the edge repeated."""
     big = 2**62
     three = g.op("Mul", [c, _i32(g, 3)])
@@ -254,15 +268,17 @@ def _up2_axis(g: Graph, c: str, axis: int) -> str:
     even = g.op("Unsqueeze", [g.op("Add", [prev, three]), _i64(g, [axis + 1])])
     odd = g.op("Unsqueeze", [g.op("Add", [three, nxt]), _i64(g, [axis + 1])])
     pairs = g.op("Concat", [even, odd], axis=axis + 1)
-    if axis == 3:
-        return g.op("Reshape", [pairs, _i64(g, [0, 0, 0, -1])], "up_w")
-    width = _slice(g, g.op("Shape", [c]), 0, 3, 4)
-    return g.op("Reshape", [pairs, g.op("Concat", [_i64(g, [0, 0, -1]), width], axis=0)], "up_h")
+    if axis == 2:  # (B, H, W, 2, C) -> (B, H, 2W, C)
+        return g.op("Reshape", [pairs, g.op("Concat", [_i64(g, [0, 0, -1]), _slice(g, g.op("Shape", [c]), 0, 3, 4)],
+                                              axis=0)], "up_w")
+    # (B, H, 2, W, C) -> (B, 2H, W, C)
+    return g.op("Reshape", [pairs, g.op("Concat", [_i64(g, [0, -1]), _slice(g, g.op("Shape", [c]), 0, 2, 4)],
+                                        axis=0)], "up_h")
 
 
 def upsample_codes(g: Graph, a: str) -> str:
-    """Bilinear x2 (align_corners False) of int32 codes times 16 (``upsample2_codes``)."""
-    return _up2_axis(g, _up2_axis(g, a, 2), 3)
+    """Bilinear x2 (align_corners False) of int32 NHWC codes times 16 (``upsample2_codes``)."""
+    return _up2_axis(g, _up2_axis(g, a, 1), 2)
 
 
 # --- the model -----------------------------------------------------------------------------------
@@ -303,19 +319,20 @@ def integer_onnx_model(
     g = Graph()
     tapped: list[str] = []
 
-    def tap(name: str, codes: str) -> None:
+    def tap(name: str, codes: str, nhwc: bool = True) -> None:
         if taps:
-            tapped.append(g.op("Identity", [codes], f"codes:{name}"))
+            tapped.append(g.op("Transpose", [codes], f"codes:{name}", perm=[0, 3, 1, 2]) if nhwc else
+                          g.op("Identity", [codes], f"codes:{name}"))
 
     def block(stage: Stage, y: str) -> str:
         if stage.float_weights:
             if start == "codes":
-                return CODES_INPUT
+                return g.op("Transpose", [CODES_INPUT], "nhwc", perm=[0, 2, 3, 1])
             for i, unit in enumerate(engine.model.block(stage)):
                 y = _unit(g, y, unit, onnx_weight, onnx_activation)
                 codes = g.op("Cast", [g.op("Mul", [y, g.const(1.0 / fmt.scale)])], "codes", to=TensorProto.INT32)
-                tap(f"{stage.name}.{i}", codes)
-            return codes
+                tap(f"{stage.name}.{i}", codes, nhwc=False)
+            return g.op("Transpose", [codes], "nhwc", perm=[0, 2, 3, 1])  # the integer part runs NHWC
         for i in range(len(engine.model.block(stage))):
             unit = engine.units[f"{stage.name}.{i}"]
             acc, dtype = integer_conv(g, y, unit)
@@ -324,9 +341,10 @@ def integer_onnx_model(
         return y
 
     def up_cat(y: str, skip: str) -> str:
-        return g.op("Concat", [upsample_codes(g, y), g.op("Mul", [skip, _i32(g, UP_GAIN)])], "cat", axis=1)
+        return g.op("Concat", [upsample_codes(g, y), g.op("Mul", [skip, _i32(g, UP_GAIN)])], "cat", axis=3)
 
     y = walk(INPUT, block, lambda y: maxpool_codes(g, y), up_cat)
+    y = g.op("Transpose", [y], "nchw", perm=[0, 3, 1, 2])
     values = g.op("Mul", [g.op("Cast", [y], to=TensorProto.FLOAT), g.const(fmt.scale)], "values")
     out = g.op("Sigmoid", [_conv(g, values, engine.model.head, onnx_weight)], "sigmoid")
     _rename_output(g, out)
