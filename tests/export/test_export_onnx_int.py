@@ -24,6 +24,7 @@ from unet.export.onnx_int import (
     first_block_flips,
     integer_onnx_model,
     maxpool_codes,
+    threshold_codes,
     upsample_codes,
 )
 from unet.integer import IntegerUNet
@@ -172,3 +173,34 @@ def test_command_and_predict_engine_dispatch():
     torch.testing.assert_close(engine(x), IntegerUNet.from_model(model)(x), atol=1e-5, rtol=0)
     with pytest.raises(ConfigError, match="--engine onnx-int cannot run this model: INT"):
         make_engine("onnx-int", trained("INT", act=(8, 0), weight=(8, 0)), (32, 32))
+
+
+@pytest.mark.parametrize("case", ["pow2 Q6.0/Q0.4", "Q6.0/Q0.4 saturate", "Q6.0/Q0.4 wrap", "Q4.0/Q0.2 saturate"])
+def test_threshold_search_equals_the_engine_tables_over_the_whole_range(case):
+    """Every unit's requantization graph (the float32 first guess + binary search, or the full
+    search) against the engine's table lookup on accumulators spread over the whole reachable
+    range, every threshold and its neighbours."""
+    from onnx import TensorProto, helper
+
+    engine = IntegerUNet.from_model(trained(**CASES[case]))
+    g = torch.Generator().manual_seed(11)
+    for unit in engine.units.values():
+        orientation, thresholds, _ = unit.requant.thresholds()
+        channels = thresholds.shape[0]
+        bound = unit.static_bound
+        wide = bound >= 2**31 - 1
+        dtype, np_dtype = (TensorProto.INT64, torch.int64) if wide else (TensorProto.INT32, torch.int32)
+        points = thresholds[thresholds != 2**63 - 1].reshape(-1, 1) + torch.arange(-1, 2)
+        points = torch.cat([points.reshape(-1), torch.randint(-bound, bound + 1, (4000,), generator=g),
+                            torch.tensor([-bound, bound, 0])]).clamp(-bound, bound)
+        acc = points.reshape(1, 1, -1, 1).expand(1, 1, -1, channels) * orientation  # NHWC, every channel
+        gr = Graph()
+        out = threshold_codes(gr, "acc", unit, dtype)
+        graph = helper.make_graph(gr.nodes, "t", [helper.make_tensor_value_info("acc", dtype, [None] * 4)],
+                                  [helper.make_tensor_value_info(out, TensorProto.INT32, [None] * 4)],
+                                  gr.initializers)
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        proto.ir_version = min(proto.ir_version, 8)
+        (got,) = cpu_session(proto, 1).run(None, {"acc": acc.to(np_dtype).contiguous().numpy()})
+        expected = unit.requant(acc.permute(0, 3, 1, 2).contiguous()).permute(0, 2, 3, 1)
+        assert torch.equal(torch.from_numpy(got).to(torch.int64), expected), unit.name

@@ -73,6 +73,8 @@ CODES_INPUT = "enc1_codes"
 #: (a (B, C, K, H, W) intermediate); longer ones by a binary search (:func:`_search_codes`).
 SUM_LIMIT = 3
 INT32_LIMIT = 2**31
+#: Integers of magnitude below this are exact in float32.
+FLOAT32_EXACT = 2**24
 
 
 def _int_const(g: Graph, value: np.ndarray | int, dtype: type, hint: str = "k") -> str:
@@ -204,7 +206,7 @@ def threshold_codes(g: Graph, acc: str, unit: IntegerUnit, dtype: int = TensorPr
         acc = g.op("Mul", [acc, const(g, orientation.numpy(), "orientation")], "oriented")
     channels, count = thresholds.shape
     if count > SUM_LIMIT:
-        return _search_codes(g, acc, thresholds, values, wide)
+        return _search_codes(g, acc, thresholds, values, wide, unit.static_bound)
     unused = thresholds == SENTINEL
     t = thresholds.clamp(-(limit - 1), limit - 1)  # an unused slot (never passed, step 0) at the type's top
     steps = torch.where(unused, 0, values[:, 1:] - values[:, :-1])
@@ -220,29 +222,91 @@ def threshold_codes(g: Graph, acc: str, unit: IntegerUnit, dtype: int = TensorPr
     return g.op("Add", [out, part], "codes")
 
 
-def _search_codes(g: Graph, acc: str, thresholds: Tensor, values: Tensor, wide: bool) -> str:
+def linear_guess(thresholds: Tensor, bound: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
+    """A per-channel first guess of ``#{k: t_k <= acc}`` for ``|acc| <= bound`` (< 2^24), for
+    nearly evenly spaced thresholds (nearest rounding after an affine BatchNorm):
+    ``guess = clip(floor((fl32(acc) - c) * m) + s, 0, n)`` in float32, with ``c`` the first
+    threshold, ``m`` the inverse mean spacing, ``s`` a shift and ``n`` the channel's thresholds.
+
+    Returns ``(c, m, s, width)`` (float32 arrays (O,) and the int ``width``) such that every
+    ``acc`` has ``guess <= count <= guess + width``, or None where that needs ``width >= n / 4``.
+    Both functions are monotone step functions of ``acc``, so their difference is checked at every
+    point where either can step (each threshold, each ``c + j / m`` with the integers around it
+    that float32 rounding can reach)
+    with the float32 product and the exact one (any faithful float32 rounding of the product
+    lies between their floors)."""
+    channels, _ = thresholds.shape
+    valid = thresholds != SENTINEL
+    c = np.zeros(channels, np.float32)
+    m = np.zeros(channels, np.float32)
+    shift = np.zeros(channels, np.float32)
+    width = 0
+    for o in range(channels):
+        t = thresholds[o][valid[o]].numpy()
+        n = len(t)
+        if n >= 2 and t[-1] > t[0]:
+            c[o], m[o] = np.float32(t[0]), np.float32((n - 1) / float(t[-1] - t[0]))
+        elif n:
+            c[o] = np.float32(t[0])
+        js = np.arange(-1, n + 2, dtype=np.float64)
+        centres = np.floor(float(c[o]) + js / float(m[o])) if m[o] else np.array([float(c[o])])
+        # the float32 product is off by at most an ulp of n, i.e. 2^-16 spacings: that many accumulators
+        reach = 2 + (int(2.0**-16 / float(m[o])) if m[o] else 0)
+        if reach > 64:
+            return None
+        around = np.arange(-reach, reach + 1)
+        points = np.concatenate([t - 1, t, t + 1, (centres[:, None] + around).ravel(), [-bound, bound]])
+        points = np.clip(points, -bound, bound).astype(np.int64)
+        count = np.searchsorted(t, points, side="right")
+        raws = [np.floor((points.astype(np.float32) - c[o]) * m[o]).astype(np.int64),
+                np.floor((points.astype(np.float64) - float(c[o])) * float(m[o])).astype(np.int64)]
+        shift[o] = min(int((count - np.clip(raw, -1, n + 1)).min()) for raw in raws)
+        errors = [count - np.clip(raw + int(shift[o]), 0, n) for raw in raws]  # the guess as the graph clips it
+        if min(int(e.min()) for e in errors) < 0:
+            return None
+        width = max(width, *(int(e.max()) for e in errors))
+    if 4 * width >= max(1, int(valid.sum(dim=1).max())):
+        return None
+    return c, m, shift, width
+
+
+def _search_codes(g: Graph, acc: str, thresholds: Tensor, values: Tensor, wide: bool, bound: int) -> str:
     """``values[o, #{k: t_ok <= acc}]`` by a branchless binary search over each channel's sorted
-    thresholds (padded to ``2^n - 1`` with never-passed slots), on ``q = o (2^n - 1) + pos``
-    (``pos``: thresholds passed so far): each of the ``n`` rounds gathers the probed threshold
-    from a copy of the flat tables shifted by the round's step (no index arithmetic), compares and
-    adds ``step * passed`` (``Cast`` + ``Mul`` + ``Add``: onnxruntime's ``Where`` is several times
-    slower); a last ``Gather`` reads the code, or where every step of the channels' codes is +1 (the
-    usual nearest staircase) one ``Add`` of ``v_0``."""
+    thresholds (padded with never-passed slots), on ``q = o W + pos`` (``pos``: thresholds passed
+    so far, ``W`` the padded table width): each round gathers the probed threshold from a copy of
+    the flat tables shifted by the round's step (no index arithmetic), compares and adds ``step *
+    passed`` (``Cast`` + ``Mul`` + ``Add``: onnxruntime's ``Where`` is several times slower). Where
+    :func:`linear_guess` bounds the count to a window of ``w + 1`` positions (``|acc| < 2^24``,
+    evenly spaced thresholds), the search starts from that float32 guess and takes
+    ``bit_length(w)`` rounds instead of ``bit_length(K)``. A last ``Gather`` reads the code, or
+    where every step of the channels' codes is +1 (the usual nearest staircase) one ``Add`` of
+    ``v_0``."""
     channels, count = thresholds.shape
-    rounds = count.bit_length()  # 2^rounds - 1 >= count
-    width = 2**rounds - 1
     limit, dtype, const = (2**63, np.int64, _i64) if wide else (INT32_LIMIT, np.int32, _i32)
+    guess = linear_guess(thresholds, bound) if not wide and bound < FLOAT32_EXACT else None
+    rounds = count.bit_length() if guess is None else guess[3].bit_length()
+    width = count + 2**rounds  # room for every probe: pos + step - 1 <= count + 2^rounds - 1
     padded = torch.full((channels, width), limit - 1, dtype=torch.int64)
     padded[:, :count] = thresholds.clamp(-(limit - 1), limit - 1)
     flat = torch.cat([padded.reshape(-1), torch.full((width,), limit - 1, dtype=torch.int64)])
     codes = torch.zeros(channels, width + 1, dtype=torch.int64)
     codes[:, : count + 1] = values
+    codes[:, count + 1 :] = values[:, -1:]
     base = torch.arange(channels, dtype=torch.int64)  # per channel: the last axis
-    step = 2 ** (rounds - 1)
-    # the first round compares with per-channel constants
-    passed = g.op("GreaterOrEqual", [acc, const(g, padded[:, step - 1].numpy(), "first")])
-    q = g.op("Add", [g.op("Mul", [g.op("Cast", [passed], to=TensorProto.INT32), _i32(g, step)]),
-                     _i32(g, (base * width).numpy())], "pos")
+    if guess is None:
+        step = 2 ** (rounds - 1)
+        # the first round compares with per-channel constants
+        passed = g.op("GreaterOrEqual", [acc, const(g, padded[:, step - 1].numpy(), "first")])
+        q = g.op("Add", [g.op("Mul", [g.op("Cast", [passed], to=TensorProto.INT32), _i32(g, step)]),
+                         _i32(g, (base * width).numpy())], "pos")
+    else:
+        c, m, shift, _ = guess
+        n = (thresholds != SENTINEL).sum(dim=1).numpy().astype(np.float32)
+        accf = g.op("Cast", [acc], "accf", to=TensorProto.FLOAT)
+        u = g.op("Floor", [g.op("Mul", [g.op("Sub", [accf, g.const(c, "guess_c")]), g.const(m, "guess_m")])])
+        u = g.op("Min", [g.op("Max", [g.op("Add", [u, g.const(shift, "guess_s")]), g.const(0.0)]), g.const(n, "n")])
+        q = g.op("Add", [g.op("Cast", [u], to=TensorProto.INT32), _i32(g, (base * width).numpy())], "pos")
+        step = 2**rounds
     while step > 1:
         step //= 2
         shifted = _int_const(g, flat[step - 1 : step - 1 + channels * width].numpy(), dtype, "thresholds")
