@@ -12,7 +12,7 @@ through every engine of :data:`ENGINES`:
 * ``integer_reference``: the same engine's reference path (``fast=False``; ``--reference``,
   slow at base 64);
 * ``onnx_float``: the float ONNX export under onnxruntime (``predict --engine onnx``);
-* ``onnx_int``: the integer ONNX (``unet.export.onnx_int``: ConvInteger on int8 limbs, threshold
+* ``onnx_int``: the integer ONNX (``unet.export.onnx_int``: MatMulInteger on 8-bit limbs, threshold
   tables; ``predict --engine onnx-int``); ``null`` in the JSON for modes it refuses (INT).
 
 Inputs: one 512 x 512 EM slice (synthetic, uint8 / 255, as the EM record reads it) and the

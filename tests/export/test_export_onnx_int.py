@@ -42,6 +42,7 @@ CASES = {
     "Q6.0/Q0.4 wrap": dict(mode="FIXED"),
     "Q4.0/Q0.2 saturate": dict(mode="FIXED", act=(4, 0), weight=(0, 2), overflow="saturate"),
     "Q6.0/Q0.4 tanh": dict(mode="FIXED", activation="tanh"),
+    "Q3.3 wrap": dict(mode="FIXED", act=(3, 3), weight=(0, 4)),  # codes not monotone in the value
     "BNN": dict(mode="BNN"),
 }
 
@@ -175,25 +176,27 @@ def test_command_and_predict_engine_dispatch():
         make_engine("onnx-int", trained("INT", act=(8, 0), weight=(8, 0)), (32, 32))
 
 
-@pytest.mark.parametrize("case", ["pow2 Q6.0/Q0.4", "Q6.0/Q0.4 saturate", "Q6.0/Q0.4 wrap", "Q4.0/Q0.2 saturate"])
+@pytest.mark.parametrize("case", ["pow2 Q6.0/Q0.4", "Q6.0/Q0.4 saturate", "Q6.0/Q0.4 wrap", "Q4.0/Q0.2 saturate",
+                                  "Q3.3 wrap"])
 def test_threshold_search_equals_the_engine_tables_over_the_whole_range(case):
     """Every unit's requantization graph (the float32 first guess + binary search, or the full
-    search) against the engine's table lookup on accumulators spread over the whole reachable
-    range, every threshold and its neighbours."""
+    search) against the engine's table lookup on accumulators spread over each channel's whole
+    reachable range, every threshold and its neighbours."""
     from onnx import TensorProto, helper
 
     engine = IntegerUNet.from_model(trained(**CASES[case]))
     g = torch.Generator().manual_seed(11)
     for unit in engine.units.values():
         orientation, thresholds, _ = unit.requant.thresholds()
-        channels = thresholds.shape[0]
         bound = unit.static_bound
         wide = bound >= 2**31 - 1
         dtype, np_dtype = (TensorProto.INT64, torch.int64) if wide else (TensorProto.INT32, torch.int32)
         points = thresholds[thresholds != 2**63 - 1].reshape(-1, 1) + torch.arange(-1, 2)
         points = torch.cat([points.reshape(-1), torch.randint(-bound, bound + 1, (4000,), generator=g),
                             torch.tensor([-bound, bound, 0])]).clamp(-bound, bound)
-        acc = points.reshape(1, 1, -1, 1).expand(1, 1, -1, channels) * orientation  # NHWC, every channel
+        reach = unit.requant.bound  # each channel's largest |acc| (the table covers it; beyond: unreachable)
+        oriented = torch.maximum(torch.minimum(points.reshape(1, 1, -1, 1), reach), -reach)
+        acc = oriented * orientation  # NHWC, every channel
         gr = Graph()
         out = threshold_codes(gr, "acc", unit, dtype)
         graph = helper.make_graph(gr.nodes, "t", [helper.make_tensor_value_info("acc", dtype, [None] * 4)],

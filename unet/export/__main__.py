@@ -8,7 +8,7 @@ describes and writes it:
 * ``qonnx`` / ``onnx`` / ``onnx-int``: ``unet.export.qonnx.export_qonnx`` /
   ``unet.export.onnx.export_onnx`` / ``unet.export.onnx_int.export_onnx_int``
   ``(model, path, input_hw, metadata)`` on the model in eval mode (``onnx-int``: the integer
-  engine's graph, ConvInteger and threshold tables; FIXED and BNN models only).
+  engine's graph, MatMulInteger and threshold tables; FIXED and BNN models only).
 
 Prints the file size beside the float checkpoint's and records both in ``OUT.json``.
 User errors print one ``error: ...`` line and exit with status 2.
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m unet.export",
         description="Export a trained quantized U-Net: packed weights at their storage widths, QONNX, ONNX or "
-                    "integer ONNX (onnx-int: ConvInteger and integer thresholds, the integer engine's codes).")
+                    "integer ONNX (onnx-int: MatMulInteger and integer thresholds, the integer engine's codes).")
     parser.add_argument("source", type=Path, help="a run folder (its best.pt is exported) or a checkpoint file")
     parser.add_argument("--format", choices=tuple(FORMATS), default="packed", help="output format (default packed)")
     parser.add_argument("-o", "--out", type=Path, default=None,

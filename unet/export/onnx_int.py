@@ -6,29 +6,34 @@ activation codes of :class:`unet.integer.IntegerUNet` (its threshold tables, its
 * **First block** (float weights) and its activation quantizer: the float graph of
   :mod:`unet.export.onnx` (same emitters), then the codes ``trunc(q 2^k)`` (``Mul`` by the exact
   power-of-two inverse scale, ``Cast`` to int32, which truncates).
-* **Quantized convolutions** (:func:`integer_conv`): the int32 codes offset by the layer's code
-  bound ``M`` (non-negative), padded with ``M`` (``Pad``: a zero code), split into uint8 limbs
-  (``Mod``/``Div`` by 256); the weights into signed 7-bit limbs stored as uint8 with zero point
-  128 (onnxruntime's fast u8 x u8 ``ConvInteger``); one ``ConvInteger`` (int32 sums) per
-  (activation limb, weight limb) pair, combined as ``sum P_ij 256^i 128^j - M sum(w_o)``: in
-  int32 where the export proves that no partial sum can overflow, else in int64 (pow2's x16
-  upsampled codes in the decoder's first units); a layer past 2^63 is refused.
+* **Quantized convolutions** (:func:`integer_conv`), on NHWC codes: the int32 codes offset by
+  the layer's code bound ``M`` (non-negative), padded with ``M`` (``Pad``: a zero code), split
+  into uint8 limbs (``Mod``/``Div`` by 256) and laid out as im2col matrices (``Slice``,
+  ``Concat``, ``Transpose``); the weights into signed 7-bit limbs, int8 (9 C, O) matrices; one
+  ``MatMulInteger`` (uint8 x int8 -> int32: onnxruntime's VNNI / AMX GEMM; its ``ConvInteger``
+  took about ten times longer) per (activation limb, weight limb) pair, combined as
+  ``sum P_ij 256^i 128^j - M sum(w_o)``: in int32 where the export proves that no partial sum
+  can overflow, else in int64 (pow2's x16 upsampled codes in the decoder's first units); a layer
+  past 2^63 is refused.
 * **Requantization** (bias, activation, BatchNorm, quantizer): the static per-channel threshold
   table of :class:`~unet.integer.thresholds.ThresholdRequantizer` applied to the oriented
   accumulator (``Mul`` by -1 on channels with a negative BatchNorm gain): ``code = v[#{k: t_k <=
   o acc}]``, the engine's ``searchsorted`` lookup. Long tables (Q6.0: 127 thresholds) by a
-  branchless binary search (``Gather`` of a threshold, ``GreaterOrEqual``, add; 7 rounds for
-  127), short ones (BNN) by one broadcast ``GreaterOrEqual`` against all thresholds, times each
-  passed threshold's code step, and ``ReduceSum``: ``v_0 + sum_{t_k <= o acc}
-  (v_k - v_{k-1})`` (the thresholds are sorted, so the passed ones are a prefix).
-* **Max pooling**: ``Max`` of the four stride-2 slices of the int32 codes; **bilinear x2**:
+  branchless binary search (``Gather`` of a threshold, ``GreaterOrEqual``, add), started from a
+  float32 linear guess where the export proves that the guess bounds the count to a small window
+  (:func:`linear_guess`: evenly spaced thresholds, 1-2 rounds instead of 7), else from 0; short
+  tables (BNN) by one broadcast ``GreaterOrEqual`` against all thresholds, times each passed
+  threshold's code step, and ``ReduceSum``: ``v_0 + sum_{t_k <= o acc} (v_k - v_{k-1})`` (the
+  thresholds are sorted, so the passed ones are a prefix).
+* **Max pooling**: ``Max`` of the four stride-2 slices of the int32 NHWC codes; **bilinear x2**:
   ``upsample2_codes`` per axis (``c[j-1] + 3 c[j]``, ``3 c[j] + c[j+1]``, edges repeated, by
   ``Slice``/``Concat``/``Reshape``): codes at scale ``s / 16``, the skip multiplied by 16.
-* **Head**: float (``Cast`` of the last codes times the scale, the float ``Conv``, ``Sigmoid``).
+* **Head**: float (the last codes back to NCHW, ``Cast`` times the scale, the float ``Conv``,
+  ``Sigmoid``).
 
 Only formats whose threshold tables are static can be written: INT (the range is each batch's
 min and max), Ternary (float activations) and wide formats whose tables the engine builds per
-batch (Q8.8, Q3.3 wrap, ...) are refused with the reason. The float parts sum in onnxruntime's
+batch (Q8.8, ...) are refused with the reason. The float parts sum in onnxruntime's
 order: the first block's codes can differ from PyTorch's where a value lies within float
 rounding of a quantizer step (:func:`first_block_flips` counts them; docs/engines.md), and the
 head's probabilities in the last bits; the integer part is exact.
@@ -70,7 +75,7 @@ from .onnx import (
 #: Graph input of the codes variant (``start="codes"``): the first block's output codes.
 CODES_INPUT = "enc1_codes"
 #: Tables of at most this many thresholds per channel are applied by one broadcast comparison
-#: (a (B, C, K, H, W) intermediate); longer ones by a binary search (:func:`_search_codes`).
+#: (a (B, H, W, C, K) intermediate); longer ones by a binary search (:func:`_search_codes`).
 SUM_LIMIT = 3
 INT32_LIMIT = 2**31
 #: Integers of magnitude below this are exact in float32.

@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--engine", choices=ENGINES, default="float",
                         help="float: the PyTorch model (default); integer: the bit-true integer engine (its fast "
                         "exact path: int8 GEMMs, see docs/engines.md); onnx: onnxruntime; onnx-int: the integer ONNX "
-                        "(ConvInteger, the integer engine's codes) under onnxruntime, FIXED and BNN models")
+                        "(MatMulInteger, the integer engine's codes) under onnxruntime, FIXED and BNN models")
     parser.add_argument("--intensity", choices=INTENSITY_OPTIONS, default="training",
                         help="grey levels of images that are not 8-bit: training (default) applies the range the "
                         "preparation recorded (every file alike); per-file scales each file by its own min..max")
