@@ -12,8 +12,8 @@ through every engine of :data:`ENGINES`:
 * ``integer_reference``: the same engine's reference path (``fast=False``; ``--reference``,
   slow at base 64);
 * ``onnx_float``: the float ONNX export under onnxruntime (``predict --engine onnx``);
-* ``onnx_int``: the integer ONNX (ConvInteger), when the installation has an exporter for it
-  (``unet.export.onnx_int``; skipped otherwise, and in the JSON as ``null``).
+* ``onnx_int``: the integer ONNX (``unet.export.onnx_int``: MatMulInteger on 8-bit limbs, threshold
+  tables; ``predict --engine onnx-int``); ``null`` in the JSON for modes it refuses (INT).
 
 Inputs: one 512 x 512 EM slice (synthetic, uint8 / 255, as the EM record reads it) and the
 benchmark's CT volume (``unet.prep.nih.synthetic_case``, 192 x 192 x 16 HU, windowed 0..255 and
@@ -96,10 +96,16 @@ def _onnx_float(model: UNet, hw: tuple[int, int]) -> Callable:
 
 def _onnx_int(model: UNet, hw: tuple[int, int]) -> Callable | None:
     try:
-        from unet.export.onnx_int import IntegerOnnxForward  # not in every installation yet
+        from unet.export.onnx_int import IntegerOnnxForward
     except ImportError:
         return None
-    return IntegerOnnxForward(model, hw)
+    from unet.errors import UserError
+
+    try:
+        return IntegerOnnxForward(model, hw)
+    except UserError as exc:  # a mode no integer graph holds (INT: per-batch ranges)
+        print(f"onnx_int skipped: {exc}", file=sys.stderr)
+        return None
 
 
 #: Engines compared, in column order: (name, factory). The first is the reference for ratios.

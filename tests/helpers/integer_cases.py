@@ -55,3 +55,17 @@ EXACT_CASES = {
     "BNN": dict(mode="BNN"),
     "INT8": dict(mode="INT", act=(8, 0), weight=(8, 0)),
 }
+
+
+def adversarial_inputs() -> dict[str, torch.Tensor]:
+    """The validation images and adversarial ones: x1000, noise, constants."""
+    g = torch.Generator().manual_seed(7)
+    shape = VALIDATION.shape
+    return {
+        "validation": VALIDATION,
+        "x1000": VALIDATION * 1000,
+        "noise": (torch.randn(shape, generator=g) * 10).contiguous(memory_format=CL),
+        "zeros": torch.zeros(shape).contiguous(memory_format=CL),
+        "ones": torch.ones(shape).contiguous(memory_format=CL),
+        "minus": torch.full(shape, -50.0).contiguous(memory_format=CL),
+    }

@@ -17,7 +17,7 @@ from unet.integer import IntegerUNet
 from unet.integer.fast import Int8Conv, limb_count, split_limbs
 from unet.integer.kernels import conv3x3_codes, maxpool2_codes, upsample2_codes
 
-from ..helpers.integer_cases import CL, EXACT_CASES, VALIDATION, trained
+from ..helpers.integer_cases import CL, EXACT_CASES, VALIDATION, adversarial_inputs, trained
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -32,25 +32,11 @@ CASES = {
 }
 
 
-def inputs() -> dict[str, torch.Tensor]:
-    """The validation images and adversarial ones: x1000, noise, constants."""
-    g = torch.Generator().manual_seed(7)
-    shape = VALIDATION.shape
-    return {
-        "validation": VALIDATION,
-        "x1000": VALIDATION * 1000,
-        "noise": (torch.randn(shape, generator=g) * 10).contiguous(memory_format=CL),
-        "zeros": torch.zeros(shape).contiguous(memory_format=CL),
-        "ones": torch.ones(shape).contiguous(memory_format=CL),
-        "minus": torch.full(shape, -50.0).contiguous(memory_format=CL),
-    }
-
-
 def assert_fast_equals_reference(model) -> IntegerUNet:
     fast = IntegerUNet.from_model(model)
     reference = IntegerUNet.from_model(model, fast=False)
     assert fast.fast and not reference.fast
-    for name, x in inputs().items():
+    for name, x in adversarial_inputs().items():
         got, expected = fast.forward_codes(x), reference.forward_codes(x)
         assert got.keys() == expected.keys()
         for unit in expected:

@@ -652,9 +652,9 @@ def test_interrupted_run_leaves_whole_files_and_continue_finishes(runs, tmp_path
     assert (out / "slice_07.png").is_file()
 
 
-@pytest.mark.parametrize("engine", ["integer", "onnx"])
+@pytest.mark.parametrize("engine", ["integer", "onnx", "onnx-int"])
 def test_missing_engine_gives_a_clear_error(runs, tmp_path: Path, monkeypatch, capsys, engine: str) -> None:
-    module = "unet.integer" if engine == "integer" else "unet.export.onnx"
+    module = {"integer": "unet.integer", "onnx": "unet.export.onnx", "onnx-int": "unet.export.onnx_int"}[engine]
     monkeypatch.setitem(sys.modules, module, None)  # the import fails as when the module is absent
     image = runs["em"]["data"] / "val" / "images" / "slice_06.png"
     assert predict("-m", runs["em"]["run"], "-i", image, "-o", tmp_path / "o", "--prepared", "--engine", engine) == 2
@@ -717,19 +717,20 @@ def test_find_inputs_rules(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("dataset", ["em", "nih"])
 def test_integer_and_onnx_engines_predict_what_the_float_model_predicts(runs, tmp_path: Path, dataset: str) -> None:
-    """``--engine integer`` (the bit-true integer engine) and ``--engine onnx`` (onnxruntime) give the
-    float model's masks pixel for pixel and its probabilities within 1e-5, through the command, on the
-    EM quick start's pow2 model and the NIH quick start's saturating fixed point (eval BatchNorm)."""
+    """``--engine integer`` (the bit-true integer engine), ``--engine onnx`` (onnxruntime) and
+    ``--engine onnx-int`` (the integer ONNX under onnxruntime) give the float model's masks pixel for
+    pixel and its probabilities within 1e-5, through the command, on the EM quick start's pow2 model
+    and the NIH quick start's saturating fixed point (eval BatchNorm)."""
     images = runs[dataset]["data"] / "val" / "images"
     probabilities = {}
-    for engine in ("float", "integer", "onnx"):
+    for engine in ("float", "integer", "onnx", "onnx-int"):
         out = tmp_path / engine
         assert predict("-m", runs[dataset]["run"], "-i", images, "-o", out, "--prepared", "--engine", engine,
                        "--probabilities", "--threshold", "0.5") == 0
         probabilities[engine] = {p.name: tifffile.imread(p) for p in sorted((out / "probabilities").iterdir())}
     names = sorted(probabilities["float"])
     assert names and all(sorted(probabilities[e]) == names for e in probabilities)
-    for engine in ("integer", "onnx"):
+    for engine in ("integer", "onnx", "onnx-int"):
         for name in names:
             expected, got = probabilities["float"][name], probabilities[engine][name]
             assert np.abs(got - expected).max() <= 1e-5, (engine, name)

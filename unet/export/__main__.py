@@ -1,12 +1,14 @@
-"""``python -m unet.export RUN_or_CHECKPOINT [--format packed|qonnx|onnx] [-o OUT]``.
+"""``python -m unet.export RUN_or_CHECKPOINT [--format packed|qonnx|onnx|onnx-int] [-o OUT]``.
 
 Loads a run folder's ``best.pt`` (or the checkpoint given), rebuilds the model its config
 describes and writes it:
 
 * ``packed`` (default): :mod:`unet.export.packed`, quantized weights bit-packed at their
   storage width (``--float16`` stores the float layers in half precision);
-* ``qonnx`` / ``onnx``: ``unet.export.qonnx.export_qonnx`` / ``unet.export.onnx.export_onnx``
-  ``(model, path, input_hw, metadata)`` on the model in eval mode;
+* ``qonnx`` / ``onnx`` / ``onnx-int``: ``unet.export.qonnx.export_qonnx`` /
+  ``unet.export.onnx.export_onnx`` / ``unet.export.onnx_int.export_onnx_int``
+  ``(model, path, input_hw, metadata)`` on the model in eval mode (``onnx-int``: the integer
+  engine's graph, MatMulInteger and threshold tables; FIXED and BNN models only);
 * ``hls4ml``: a project folder (:mod:`unet.export.hls4ml`, docs/hardware.md); ``--check IMAGES``
   compiles it and compares its C simulation with the integer engine.
 
@@ -33,22 +35,24 @@ from ..runtime import tune_allocator
 from ..trained import TrainedModel
 from .packed import read_header, write_packed
 
-FORMATS = {"packed": ".uqp", "qonnx": ".qonnx.onnx", "onnx": ".onnx", "hls4ml": "_hls4ml"}
+FORMATS = {"packed": ".uqp", "qonnx": ".qonnx.onnx", "onnx": ".onnx", "onnx-int": ".int.onnx", "hls4ml": "_hls4ml"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command's argument parser."""
     parser = argparse.ArgumentParser(
         prog="python -m unet.export",
-        description="Export a trained quantized U-Net: packed weights at their storage widths, QONNX or ONNX.")
+        description="Export a trained quantized U-Net: packed weights at their storage widths, QONNX, ONNX or "
+                    "integer ONNX (onnx-int: MatMulInteger and integer thresholds, the integer engine's codes).")
     parser.add_argument("source", type=Path, help="a run folder (its best.pt is exported) or a checkpoint file")
     parser.add_argument("--format", choices=tuple(FORMATS), default="packed", help="output format (default packed)")
     parser.add_argument("-o", "--out", type=Path, default=None,
-                        help="output file (default: beside the checkpoint, <name>.uqp / .qonnx.onnx / .onnx)")
+                        help="output file (default: beside the checkpoint, <name>.uqp / .qonnx.onnx / .onnx / "
+                        ".int.onnx)")
     parser.add_argument("--float16", action="store_true",
                         help="packed: store the float layers (first block, head, biases, BatchNorm) as float16")
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                        help="qonnx/onnx: input height and width (default: the config's crop_size)")
+                        help="qonnx/onnx/onnx-int: input height and width (default: the config's crop_size)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--io-type", default="io_parallel", help="hls4ml: io type (io_parallel)")
     parser.add_argument("--part", default=None, help="hls4ml: FPGA part for synthesis (default xcu250-figd2104-2L-e)")
@@ -175,7 +179,9 @@ def _export_locked(args: argparse.Namespace, checkpoint: Path, out: Path) -> dic
 
 
 def _exporter(fmt: str):
-    """``export_qonnx`` / ``export_onnx`` from their module, imported only when asked for."""
+    """``export_qonnx`` / ``export_onnx`` / ``export_onnx_int`` from their module, imported only
+    when asked for."""
+    fmt = fmt.replace("-", "_")
     module_name = f"unet.export.{fmt}"
     try:
         module = importlib.import_module(module_name)

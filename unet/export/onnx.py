@@ -252,7 +252,8 @@ def onnx_weight(g: Graph, conv: nn.Conv2d) -> str:
 # --- the U-Net ---------------------------------------------------------------------------------
 
 
-def _conv(g: Graph, x: str, conv: nn.Conv2d, weight: WeightRender) -> str:
+def conv_nodes(g: Graph, x: str, conv: nn.Conv2d, weight: WeightRender) -> str:
+    """The nodes of ``conv(x)`` with the weight as ``weight`` renders it (zero padding only); the output's name."""
     if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         raise UserError(f"convolution padding {conv.padding!r}/{conv.padding_mode} cannot be exported")
     inputs = [x, weight(g, conv)]
@@ -344,10 +345,10 @@ def _activation(g: Graph, x: str, layer: nn.Module) -> str:
     raise UserError(f"layer {type(layer).__name__} cannot be exported")
 
 
-def _unit(g: Graph, x: str, unit: ConvUnit, weight: WeightRender, act: ActRender) -> str:
+def unit_nodes(g: Graph, x: str, unit: ConvUnit, weight: WeightRender, act: ActRender) -> str:
     """One :class:`~unet.model.ConvUnit` in eval mode: conv, activation, BatchNorm, activation
     quantizer (its Dropout is the identity in eval mode)."""
-    y = _activation(g, _conv(g, x, unit.conv, weight), unit.act)
+    y = _activation(g, conv_nodes(g, x, unit.conv, weight), unit.act)
     return act(g, batchnorm_nodes(g, y, unit.bn), unit.quant.spec)
 
 
@@ -375,11 +376,11 @@ def unet_graph(model: UNet, g: Graph, x: str, weight: WeightRender, act: ActRend
         raise UserError(f"only the project's UNet can be exported, got {type(model).__name__}")
     def block(stage: Stage, y: str) -> str:
         for unit in model.block(stage):
-            y = _unit(g, y, unit, weight, act)
+            y = unit_nodes(g, y, unit, weight, act)
         return y
 
     y = walk(x, block, lambda y: _pool(g, y), lambda y, skip: _up_cat(g, y, skip))
-    return g.op("Sigmoid", [_conv(g, y, model.head, weight)], "sigmoid")
+    return g.op("Sigmoid", [conv_nodes(g, y, model.head, weight)], "sigmoid")
 
 
 def check_input_hw(input_hw: tuple[int, int]) -> tuple[int, int]:
@@ -420,7 +421,8 @@ def make_model(g: Graph, out: str, input_shape: list, props: dict[str, str], ops
     return proto
 
 
-def _rename_output(g: Graph, out: str) -> None:
+def rename_output(g: Graph, out: str) -> None:
+    """Make tensor ``out`` the graph's output (:data:`OUTPUT`)."""
     for node in g.nodes:
         node.output[:] = [OUTPUT if o == out else o for o in node.output]
 
@@ -446,7 +448,7 @@ def onnx_model(
         return tapped[-1]
 
     out = unet_graph(model, g, INPUT, onnx_weight, act)
-    _rename_output(g, out)
+    rename_output(g, out)
     props = model_metadata(model, hw, metadata or {}, "onnx")
     proto = make_model(g, OUTPUT, ["batch", 1, "height", "width"], props, [helper.make_opsetid("", OPSET)])
     if taps:

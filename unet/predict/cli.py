@@ -48,7 +48,7 @@ from .sliding import Forward, mirror_tta, sliding_window_stream
 EXIT_UNSUPPORTED = ExitCode.PARTIAL
 EXIT_USER_ERROR = ExitCode.USER_ERROR
 EXIT_INTERRUPTED = ExitCode.INTERRUPTED
-ENGINES = ("float", "integer", "onnx")
+ENGINES = ("float", "integer", "onnx", "onnx-int")
 PROBABILITY_FOLDER = "probabilities"
 
 
@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cpu, cuda or cuda:N (default: cuda:0 when available, else cpu)")
     parser.add_argument("--engine", choices=ENGINES, default="float",
                         help="float: the PyTorch model (default); integer: the bit-true integer engine (its fast "
-                        "exact path: int8 GEMMs, see docs/engines.md); onnx: onnxruntime")
+                        "exact path: int8 GEMMs, see docs/engines.md); onnx: onnxruntime; onnx-int: the integer ONNX "
+                        "(MatMulInteger, the integer engine's codes) under onnxruntime, FIXED and BNN models")
     parser.add_argument("--intensity", choices=INTENSITY_OPTIONS, default="training",
                         help="grey levels of images that are not 8-bit: training (default) applies the range the "
                         "preparation recorded (every file alike); per-file scales each file by its own min..max")
@@ -246,7 +247,8 @@ def set_bn_mode(model: nn.Module, mode: str) -> None:
 def make_engine(name: str, model: nn.Module, window: tuple[int, int]) -> Callable[[torch.Tensor], torch.Tensor]:
     """The callable that maps a float (B, 1, H, W) tensor to probabilities: the model itself
     (float), ``unet.integer.IntegerUNet.from_model(model)`` (integer) or
-    ``unet.export.onnx.OnnxForward(model, window)`` (onnx). UserError when unavailable."""
+    ``unet.export.onnx.OnnxForward(model, window)`` (onnx) or
+    ``unet.export.onnx_int.IntegerOnnxForward(model, window)`` (onnx-int). UserError when unavailable."""
     if name == "float":
         return model
     try:
@@ -254,6 +256,10 @@ def make_engine(name: str, model: nn.Module, window: tuple[int, int]) -> Callabl
             from unet.integer import IntegerUNet
 
             factory = lambda: IntegerUNet.from_model(model)  # noqa: E731
+        elif name == "onnx-int":
+            from unet.export.onnx_int import IntegerOnnxForward
+
+            factory = lambda: IntegerOnnxForward(model, window)  # noqa: E731
         else:
             from unet.export.onnx import OnnxForward
 
