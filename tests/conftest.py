@@ -3,6 +3,7 @@ small EM model trained through the real trainer. Plain builders live in :mod:`te
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,21 @@ import pytest
 
 from .helpers.commands import REPO, run_command
 from .helpers.experiments import make_experiment
+
+
+@pytest.fixture(autouse=True)
+def progress_switch_restored() -> Iterator[None]:
+    """An in-process command run with ``--no-progress`` switches bars off in ``os.environ``
+    (:func:`unet.progress.switch_off`, inherited by its subprocesses); undo it after each test so
+    later tests' commands start with the user's default."""
+    from unet.progress import ENV_VAR
+
+    before = os.environ.get(ENV_VAR)
+    yield
+    if before is None:
+        os.environ.pop(ENV_VAR, None)
+    else:
+        os.environ[ENV_VAR] = before
 
 __all__ = ["REPO", "run_command"]
 
