@@ -40,6 +40,7 @@ ROOMS = {
     "unet.recipes": "train",
     "unet.recipe": "train",
     "unet.train": "train",
+    "unet.engine": "train",  # the training wing as one module, before unet/train/ (older checkouts)
     "unet.cli": "train",
     "unet.batchnorm": "train",
     "unet.distributed": "train",
