@@ -47,8 +47,9 @@ def _run(model, images: np.ndarray) -> np.ndarray:
     pytest.param(m, marks=pytest.mark.xfail(strict=True, reason="qonnx 1.0.0 channels-last bug on Mod forks"))
     if m in CHANNELS_LAST_BROKEN else m for m in EXPORTABLE])
 def test_channels_last_and_cleanup_keep_the_outputs(mode: str) -> None:
-    proto = qonnx_model(trained(mode), (32, 32))
-    x, _ = blobs(2, 32, 5)
+    # one 16 x 16 image: qonnx executes the Quant nodes in Python (int8 at 2 x 32 x 32: 53 s)
+    proto = qonnx_model(trained(mode), (16, 16))
+    x, _ = blobs(1, 16, 5)
     before = run_qonnx(proto, x.numpy())
     converted = _tool_chain(proto)
     domains = {(n.domain, n.op_type) for n in converted.graph.node}

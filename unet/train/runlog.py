@@ -16,6 +16,11 @@ from ..fileio import atomic_write_text
 from ..memory import describe_memory
 from ..model import UNet
 
+# tqdm creates its write lock lazily, inside a try whose finally releases it: a Ctrl-C that lands
+# while the first log line creates it surfaces as tqdm's AttributeError, not as an interrupt.
+# Created here, at import, a Ctrl-C is an ordinary start-up interrupt (unet.interrupts).
+tqdm.get_lock()
+
 
 class RunLog:
     """Messages to the console (above the progress bars) and to the run's text log."""
