@@ -37,7 +37,8 @@ def export_project(args: argparse.Namespace, checkpoint: Path, out: Path) -> dic
             raise UserError(f"{out} exists; choose another -o or pass --overwrite")
     if out.resolve() == checkpoint.resolve().parent or checkpoint.resolve().is_relative_to(out.resolve()):
         raise UserError(f"output {out} holds the checkpoint being exported; choose another -o")
-    with folder_lock(out.parent / (out.name + ".json"), "output folder"):
+    record_path = out.parent / (out.name + ".json")  # the record every export writes beside its output
+    with folder_lock(record_path, "output folder"):
         trained = TrainedModel.load(checkpoint)
         model, state = trained.model, trained.state
         for note in trained.messages:
@@ -70,7 +71,7 @@ def export_project(args: argparse.Namespace, checkpoint: Path, out: Path) -> dic
         record = {"format": "hls4ml", "file": str(out), "checkpoint": str(checkpoint),
                   "checkpoint_bytes": checkpoint.stat().st_size, "file_bytes": _folder_bytes(out), **summary}
         record["ratio_to_checkpoint"] = record["checkpoint_bytes"] / record["file_bytes"]
-        atomic_write_text(out.parent / (out.name + ".json"), json.dumps(record, indent=2, default=str) + "\n")
+        atomic_write_text(record_path, json.dumps(record, indent=2, default=str) + "\n")
     if failed is not None:
         raise failed
     if "check" in summary:
