@@ -17,6 +17,8 @@ mode, hooks, other dtypes or devices, no kernels); the caller then runs the modu
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as nnF
 from torch import Tensor, nn
@@ -91,6 +93,39 @@ def applies(x: Tensor, bn: nn.BatchNorm2d) -> bool:
     return (not torch.is_grad_enabled() and not bn.training and bn.running_mean is not None
             and x.dim() == 4 and native.applies(x) and not torch.is_autocast_enabled("cpu")
             and all(_plain(t) for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias)))
+
+
+@dataclass(frozen=True)
+class OnePass:
+    """``spec(bn(relu(y)))`` as one native pass (:func:`quantizer.native.relu_bn` arguments):
+    BatchNorm's ``alpha``, ``beta`` and rounding form, and the rule as ``post``."""
+
+    relu: bool
+    alpha: Tensor
+    beta: Tensor
+    fused: bool
+    post: native.PostOp
+    table: object = None  # what ``post`` points into (the pow2 thresholds), kept alive with it
+
+
+def one_pass(relu: bool, bn: nn.BatchNorm2d, spec: QuantSpec, layout: str, code_scale: float = 0.0) -> OnePass | None:
+    """The plan of ``spec(bn(relu(y)))`` on ``layout`` tensors as one pass, for a rule that rounds
+    each value alone (:func:`quantizer.functional.single_pass_rule`); ``code_scale`` (when not 0):
+    the pass then writes ``trunc(q code_scale)``. None where the fusion does not apply (a tensor
+    check apart: :func:`applies`)."""
+    if spec.kind == "ternary" or bn.training or bn.running_mean is None or native.library() is None \
+            or not all(_plain(t) for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias)):
+        return None
+    fused = batchnorm_rounding(layout)
+    post = F.single_pass_rule(spec.kind, spec.i_bits, spec.f_bits, spec.rounding, spec.overflow,
+                              spec.pow2_min_exponent)
+    if fused is None or post is None:
+        return None
+    post.code_scale = code_scale
+    alpha, beta = _affine(bn, fused)
+    table = native.pow2_plan(F.pow2_limit(spec.i_bits, spec.f_bits), spec.pow2_min_exponent) \
+        if spec.rounding == "pow2" and spec.kind == "fixed" else None
+    return OnePass(relu, alpha, beta, fused, post, table)
 
 
 def relu_batchnorm_quantize(x: Tensor, relu: bool, bn: nn.BatchNorm2d, spec: QuantSpec) -> Tensor | None:

@@ -58,7 +58,7 @@ static inline float float_of(uint32_t u) {
 }
 
 /* Version of this file's interface; native.py refuses a library that reports another. */
-int unet_native_abi(void) { return 5; }
+int unet_native_abi(void) { return 6; }
 
 /* Whether the library was built with OpenMP (else every kernel runs on the calling thread). */
 int unet_native_openmp(void) {
@@ -347,9 +347,14 @@ struct unet_post {
     uint32_t lo, hi, first, t_min, t_max, keep_from, limit; /* pow2 (see unet_pow2) */
     const uint32_t *threshold;
     float scale, bound; /* nearest: rint(x scale) / scale clamped to +-bound; clamp_trunc: bound */
+    float code_scale;   /* when not 0: then y = trunc(y code_scale), the integer engine's codes */
 };
 
 enum { POST_NONE = 0, POST_POW2 = 1, POST_BINARY = 2, POST_NEAREST_CLAMP = 3, POST_CLAMP_TRUNC = 4 };
+
+UNET_CLONES static void codes_span(float *y, int64_t n, float code_scale) {
+    for (int64_t i = 0; i < n; i++) y[i] = truncf(y[i] * code_scale);
+}
 
 static void post_span(const struct unet_post *post, float *y, int64_t n) {
     switch (post->kind) {
@@ -369,6 +374,7 @@ static void post_span(const struct unet_post *post, float *y, int64_t n) {
     default:
         break;
     }
+    if (post->code_scale != 0.0f) codes_span(y, n, post->code_scale);
 }
 
 /*
@@ -421,4 +427,148 @@ int unet_relu_bn(const float *x, float *out, int64_t outer, int64_t channels, in
         *hi = b;
     }
     return (int)nan;
+}
+
+/*
+ * The 8-bit limbs of integer codes held in float32, as the unsigned bytes a oneDNN int8
+ * convolution reads (unet/integer/onednn.py), all limbs in one pass. x: `pixels` rows of
+ * `channels` values; every v = x * mult (a float32 product, exact for a power-of-two mult) is
+ * an integer below 2^24 in magnitude, so (int32_t)v is exact. Limb i = v >> shift[i] (floor), kept
+ * to its low bits (& mask[i]; the top limb's mask is -1). outs[i] rows are `width` bytes:
+ * limb + zero_point[i] goes to columns offset + c, or with second >= 0, 2 limb + zero_point[i]
+ * to offset + c and limb + zero_point[i] to second + c (the input given twice, see OneDnnConv).
+ * The caller has checked every byte fits 0..255.
+ */
+UNET_CLONES static void limb_u8_span(const float *x, uint8_t *out, int64_t pixels, int64_t channels, float mult,
+                                     int shift, int32_t mask, int32_t zero_point, int64_t width, int64_t offset,
+                                     int64_t second) {
+    for (int64_t p = 0; p < pixels; p++) {
+        const float *xp = x + p * channels;
+        uint8_t *op = out + p * width;
+        if (second >= 0) {
+            for (int64_t c = 0; c < channels; c++) {
+                int32_t limb = ((int32_t)(xp[c] * mult) >> shift) & mask;
+                op[offset + c] = (uint8_t)(2 * limb + zero_point);
+                op[second + c] = (uint8_t)(limb + zero_point);
+            }
+        } else {
+            for (int64_t c = 0; c < channels; c++)
+                op[offset + c] = (uint8_t)((((int32_t)(xp[c] * mult) >> shift) & mask) + zero_point);
+        }
+    }
+}
+
+void unet_limbs_u8(const float *x, uint8_t *const *outs, int count, const int *shifts, const int *masks,
+                   const int *zero_points, int64_t pixels, int64_t channels, float mult, int64_t width, int64_t offset,
+                   int64_t second, int threads) {
+    int64_t per = (2048 + channels - 1) / channels; /* whole pixels per piece: the input stays in cache */
+    int64_t spans = (pixels + per - 1) / per;
+    if (spans < 2) threads = 1;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads) if(threads > 1)
+#endif
+    for (int64_t k = 0; k < spans; k++) {
+        int64_t first = k * per, n = pixels - first < per ? pixels - first : per;
+        for (int i = 0; i < count; i++)
+            limb_u8_span(x + first * channels, outs[i] + first * width, n, channels, mult, shifts[i], masks[i],
+                         zero_points[i], width, offset, second);
+    }
+}
+
+/*
+ * The first float32 step of an integer unit from its accumulator given in limbs
+ * (unet/integer/onednn.py): acc = sum_i part_i[k] 2^shift_i, each part a float32 integer, then
+ * y = (float)(acc * scale + bias_c) in double precision, the operations and roundings of
+ * (acc.to(float64) * scale + bias).float() (acc is exact in double: below 2^53). parts[i]
+ * and y are `pixels` rows of `channels` values (channels_last). Returns 1 when some part holds
+ * a magnitude of 2^24 or more (it may have been rounded: y is then not to be used), else 0.
+ */
+UNET_CLONES static int limbs_affine_span(const float *const *parts, const double *factor, int count, int64_t start,
+                                         int64_t pixels, int64_t channels, const double *bias, double scale,
+                                         float *y) {
+    int wide = 0;
+    for (int64_t p = 0; p < pixels; p++) {
+        int64_t row = start + p * channels;
+        const float *a = parts[0] + row;
+        const float *b = count > 1 ? parts[1] + row : a;
+        const float *c3 = count > 2 ? parts[2] + row : a;
+        float *out = y + row;
+        if (count == 1) {
+            for (int64_t c = 0; c < channels; c++) {
+                wide |= !(fabsf(a[c]) < 16777216.0f);
+                out[c] = (float)((double)a[c] * factor[0] * scale + bias[c]);
+            }
+        } else if (count == 2) {
+            for (int64_t c = 0; c < channels; c++) {
+                wide |= !(fabsf(a[c]) < 16777216.0f) | !(fabsf(b[c]) < 16777216.0f);
+                double acc = (double)a[c] * factor[0] + (double)b[c] * factor[1];
+                out[c] = (float)(acc * scale + bias[c]);
+            }
+        } else if (count == 3) {
+            for (int64_t c = 0; c < channels; c++) {
+                wide |= !(fabsf(a[c]) < 16777216.0f) | !(fabsf(b[c]) < 16777216.0f) | !(fabsf(c3[c]) < 16777216.0f);
+                double acc = (double)a[c] * factor[0] + (double)b[c] * factor[1] + (double)c3[c] * factor[2];
+                out[c] = (float)(acc * scale + bias[c]);
+            }
+        } else {
+            for (int64_t c = 0; c < channels; c++) {
+                double acc = 0.0;
+                for (int i = 0; i < count; i++) {
+                    float part = parts[i][row + c];
+                    wide |= !(fabsf(part) < 16777216.0f);
+                    acc += (double)part * factor[i];
+                }
+                out[c] = (float)(acc * scale + bias[c]);
+            }
+        }
+    }
+    return wide;
+}
+
+int unet_limbs_affine(const float *const *parts, const int *shifts, int count, int64_t pixels, int64_t channels,
+                      const double *bias, double scale, float *y, int threads) {
+    double factor[64];
+    if (count > 64) return 1;
+    for (int i = 0; i < count; i++) factor[i] = ldexp(1.0, shifts[i]);
+    int64_t per = (SPAN + channels - 1) / channels;
+    int64_t spans = (pixels + per - 1) / per;
+    int wide = 0;
+    if (spans < 2) threads = 1;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads) if(threads > 1) reduction(| : wide)
+#endif
+    for (int64_t k = 0; k < spans; k++) {
+        int64_t first = k * per, count_px = pixels - first < per ? pixels - first : per;
+        wide |= limbs_affine_span(parts, factor, count, first * channels, count_px, channels, bias, scale, y);
+    }
+    return wide;
+}
+
+/*
+ * A whole integer unit after its convolution, one pass: y as unet_limbs_affine forms it from
+ * the accumulator's limbs, then BatchNorm(ReLU(y)) as unet_relu_bn (channels_last) and post's
+ * rule and code scale, written to out (`pixels` rows of `channels`). Returns 1 when some part
+ * holds a magnitude of 2^24 or more (out is then not to be used), else 0.
+ */
+int unet_limbs_unit(const float *const *parts, const int *shifts, int count, int64_t pixels, int64_t channels,
+                    const double *bias, double scale, const float *alpha, const float *beta, int relu, int fused,
+                    const struct unet_post *post, float *out, int threads) {
+    double factor[64];
+    if (count > 64) return 1;
+    for (int i = 0; i < count; i++) factor[i] = ldexp(1.0, shifts[i]);
+    int64_t per = (SPAN + channels - 1) / channels;
+    int64_t spans = (pixels + per - 1) / per;
+    int wide = 0;
+    if (spans < 2) threads = 1;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads) if(threads > 1) reduction(| : wide)
+#endif
+    for (int64_t k = 0; k < spans; k++) {
+        int64_t first = k * per, n = pixels - first < per ? pixels - first : per;
+        float *piece = out + first * channels;
+        wide |= limbs_affine_span(parts, factor, count, first * channels, n, channels, bias, scale, out);
+        relu_bn_pixels_span(piece, piece, n, channels, alpha, beta, relu, fused);
+        if (post) post_span(post, piece, n * channels);
+    }
+    return wide;
 }

@@ -46,7 +46,7 @@ SOURCE = Path(__file__).with_name("native.c")
 ENV_SWITCH = "UNET_NATIVE_KERNELS"
 #: Folder of the compiled library (default ``~/.cache/unet-fixed-point``).
 ENV_CACHE = "UNET_KERNEL_CACHE"
-ABI = 5
+ABI = 6
 #: ``-ffp-contract=off``: no fused multiply-add, every operation rounds as PyTorch's does.
 #: ``-fno-math-errno`` lets ``rintf``/``floorf``/``truncf`` become single instructions and
 #: ``-fno-trapping-math`` lets the loops vectorize (both concern error reporting, not values).
@@ -145,6 +145,9 @@ def _declare(lib: ctypes.CDLL) -> None:
         "unet_minmax": [p, i64, p, p, i32],
         "unet_bn_affine": [p, p, p, p, i64, f32, i32, p, p],
         "unet_relu_bn": [p, p, i64, i64, i64, p, p, i32, i32, p, p, p, i32],
+        "unet_limbs_u8": [p, p, i32, p, p, p, i64, i64, f32, i64, i64, i64, i32],
+        "unet_limbs_affine": [p, p, i32, i64, i64, p, ctypes.c_double, p, i32],
+        "unet_limbs_unit": [p, p, i32, i64, i64, p, ctypes.c_double, p, p, i32, i32, p, p, i32],
     }
     for name, argtypes in signatures.items():
         fn = getattr(lib, name)
@@ -152,6 +155,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         fn.restype = None
     lib.unet_minmax.restype = ctypes.c_int
     lib.unet_relu_bn.restype = ctypes.c_int
+    lib.unet_limbs_affine.restype = ctypes.c_int
+    lib.unet_limbs_unit.restype = ctypes.c_int
 
 
 def _load() -> None:
@@ -409,7 +414,7 @@ class PostOp(ctypes.Structure):
     _fields_ = [("kind", ctypes.c_int32), ("lo", ctypes.c_uint32), ("hi", ctypes.c_uint32),
                 ("first", ctypes.c_uint32), ("t_min", ctypes.c_uint32), ("t_max", ctypes.c_uint32),
                 ("keep_from", ctypes.c_uint32), ("limit", ctypes.c_uint32), ("threshold", ctypes.c_void_p),
-                ("scale", ctypes.c_float), ("bound", ctypes.c_float)]
+                ("scale", ctypes.c_float), ("bound", ctypes.c_float), ("code_scale", ctypes.c_float)]
 
     POW2, BINARY, NEAREST_CLAMP, CLAMP_TRUNC = 1, 2, 3, 4
 
@@ -451,3 +456,50 @@ def relu_bn(x: Tensor, out: Tensor, alpha: Tensor, beta: Tensor, relu: bool, fus
     if not want_range or nan or x.numel() == 0:
         return None
     return lo.value, hi.value
+
+
+def limbs_u8(x: Tensor, outs: list[Tensor], shifts: list[int], bits: list[int | None], zero_points: list[int],
+             mult: float = 1.0, offset: int = 0, second: int | None = None) -> None:
+    """Bytes of the limbs of the integer codes ``v = x mult`` (``x`` float32, channels_last (B, C,
+    H, W); ``mult`` a power of two, every ``v`` an integer below 2^24), in one pass: limb ``i =
+    floor(v / 2^shifts[i])``,
+    reduced mod ``2^bits[i]`` (None: the top limb, not reduced). ``outs[i]`` (uint8,
+    channels_last (B, K, H, W)) gets ``limb + zero_points[i]`` in channels ``offset ..``; with
+    ``second``, ``2 limb + zero_points[i]`` there and ``limb + zero_points[i]`` in channels
+    ``second ..``. The caller guarantees every byte lies in 0..255."""
+    b, c, h, w = x.shape
+    count = len(outs)
+    pointers = (ctypes.c_void_p * count)(*[t.data_ptr() for t in outs])
+    masks = (ctypes.c_int * count)(*[-1 if k is None else (1 << k) - 1 for k in bits])
+    library().unet_limbs_u8(x.data_ptr(), pointers, count, (ctypes.c_int * count)(*shifts), masks,
+                            (ctypes.c_int * count)(*zero_points), b * h * w, c, mult, outs[0].shape[1], offset,
+                            -1 if second is None else second, _threads())
+
+
+def limbs_affine(parts: list[Tensor], shifts: list[int], bias: Tensor, scale: float, out: Tensor) -> bool:
+    """``out = (acc * scale + bias_c).float()`` in float64, ``acc = sum_i parts[i] 2^shifts[i]``, for
+    float32 integer parts and ``out`` all of one shape in channels_last (or NHWC) memory, ``bias``
+    a contiguous float64 vector over the channels. False (``out`` unusable) when some part is
+    2^24 or more in magnitude, so possibly rounded; else True."""
+    channels = bias.numel()
+    pixels = out.numel() // channels if channels else 0
+    pointers = (ctypes.c_void_p * len(parts))(*[t.data_ptr() for t in parts])
+    offsets = (ctypes.c_int * len(parts))(*shifts)
+    wide = library().unet_limbs_affine(pointers, offsets, len(parts), pixels, channels, bias.data_ptr(), scale,
+                                       out.data_ptr(), _threads())
+    return not wide
+
+
+def limbs_unit(parts: list[Tensor], shifts: list[int], bias: Tensor, scale: float, alpha: Tensor, beta: Tensor,
+               relu: bool, fused: bool, post: PostOp | None, out: Tensor) -> bool:
+    """An integer unit after its convolution in one pass: ``y`` as :func:`limbs_affine` forms it,
+    then ``relu(y) alpha_c + beta_c`` as :func:`relu_bn` (channels_last), then ``post``'s rule
+    (and code scale). False (``out`` unusable) when some part is 2^24 or more in magnitude."""
+    channels = bias.numel()
+    pixels = out.numel() // channels if channels else 0
+    pointers = (ctypes.c_void_p * len(parts))(*[t.data_ptr() for t in parts])
+    offsets = (ctypes.c_int * len(parts))(*shifts)
+    wide = library().unet_limbs_unit(pointers, offsets, len(parts), pixels, channels, bias.data_ptr(), scale,
+                                     alpha.data_ptr(), beta.data_ptr(), int(relu), int(fused),
+                                     None if post is None else ctypes.byref(post), out.data_ptr(), _threads())
+    return not wide

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from unet.integer import IntegerUNet
 from unet.integer.fast import Int8Conv, limb_count, split_limbs
 from unet.integer.kernels import conv3x3_codes, maxpool2_codes, upsample2_codes
+from unet.integer.onednn import OneDnnConv
 
 from ..helpers.integer_cases import CL, EXACT_CASES, VALIDATION, adversarial_inputs, trained
 
@@ -50,7 +51,7 @@ def assert_fast_equals_reference(model) -> IntegerUNet:
 @pytest.mark.parametrize("case", list(CASES))
 def test_fast_path_codes_equal_the_reference(case):
     fast = assert_fast_equals_reference(trained(**CASES[case]))
-    assert all(k.startswith("int8") or k in ("float32", "float64", "limbs", "int64")
+    assert all(k.startswith(("onednn-u8x", "int8")) or k in ("float32", "float64", "limbs", "int64")
                for k in fast.kernels_used().values())
 
 
@@ -65,11 +66,13 @@ def test_negative_gamma_wrap_region():
     assert_fast_equals_reference(model.eval())
 
 
-def test_fast_path_is_the_default_and_reports_int8_kernels():
+def test_fast_path_is_the_default_and_reports_its_kernels():
     engine = IntegerUNet.from_model(trained("FIXED"))
     engine(VALIDATION)
     kernels = set(engine.kernels_used().values())
-    assert "int8" in kernels and kernels <= {"int8", "int8x2x1"}  # decoder inputs x16: two limbs
+    assert kernels == {"onednn-u8x1"}  # oneDNN's int8 convolution; codes (x16 too) fit one byte
+    engine(VALIDATION * 1000)
+    assert "onednn-u8x2" in set(engine.kernels_used().values())  # the decoder's x16 inputs: two limbs
     forced = IntegerUNet.from_model(trained("FIXED"), kernel="float64")
     assert not forced.fast
     forced(VALIDATION)
@@ -133,6 +136,7 @@ def test_large_batches_are_chunked_exactly(monkeypatch):
 
 def test_units_whose_weights_fail_the_int32_proof_use_the_reference_kernels(monkeypatch):
     monkeypatch.setattr(Int8Conv, "accepts", staticmethod(lambda weights: False))
+    monkeypatch.setattr(OneDnnConv, "accepts", staticmethod(lambda weights: False))
     model = trained("FIXED", rounding="pow2")
     fast, reference = IntegerUNet.from_model(model), IntegerUNet.from_model(model, fast=False)
     for x in (VALIDATION, VALIDATION * 1000):

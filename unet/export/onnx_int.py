@@ -126,18 +126,14 @@ def unsigned_limb_count(max_value: int) -> int:
 
 def _im2col(g: Graph, x: str) -> str:
     """(B, H, W, 9 C) columns of a padded NHWC tensor (B, H + 2, W + 2, C), ordered (dy, dx, c):
-    the nine shifted windows stacked on the batch axis (whole contiguous blocks: a fast ``Concat``),
-    then one ``Transpose`` puts the window index beside the channels."""
+    the nine shifted windows (one ``Slice`` each) joined on the channel axis by one ``Concat``."""
     big = 2**62
     parts = []
     for dy in range(3):
-        rows = g.op("Slice", [x, _i64(g, [dy]), _i64(g, [dy - 2 if dy < 2 else big]), _i64(g, [1])], "rows")
         for dx in range(3):
-            window = g.op("Slice", [rows, _i64(g, [dx]), _i64(g, [dx - 2 if dx < 2 else big]), _i64(g, [2])])
-            parts.append(g.op("Unsqueeze", [window, _i64(g, [0])]))
-    stacked = g.op("Concat", parts, "windows", axis=0)  # (9, B, H, W, C)
-    moved = g.op("Transpose", [stacked], "im2col", perm=[1, 2, 3, 0, 4])  # (B, H, W, 9, C)
-    return g.op("Reshape", [moved, _i64(g, [0, 0, 0, -1])], "im2col")
+            ends = [dy - 2 if dy < 2 else big, dx - 2 if dx < 2 else big]
+            parts.append(g.op("Slice", [x, _i64(g, [dy, dx]), _i64(g, ends), _i64(g, [1, 2])], "window"))
+    return g.op("Concat", parts, "im2col", axis=3)
 
 
 def integer_conv(g: Graph, a: str, unit: IntegerUnit) -> tuple[str, int]:

@@ -15,13 +15,15 @@ from quantizer import QuantConv2d, QuantSpec
 
 from ..errors import UserError
 from ..model import Stage, UNet, upsample_cat, walk
-from .fast import FLOAT32_CODES, Int8Conv, float_codes, requantize
+from . import onednn
+from .fast import FLOAT32_CODES, Int8Conv, float_codes, requantize, requantize_accumulator, unit_pass
 from .formats import CodeFormat, code_format, codes_to_values, values_to_codes
 from .kernels import (
     KERNELS,
     check_kernel,
     choose_kernel,
     conv3x3_codes,
+    interpolate2,
     maxpool2_codes,
     upsample2_codes,
 )
@@ -55,21 +57,32 @@ class IntegerUnit:
     float_weights: dict[str, Tensor] = field(default_factory=dict)
     last_kernel: str = ""
     fast_conv: Int8Conv | None = None
+    direct_conv: onednn.OneDnnConv | None = None
+    one_pass: object = None  # the fused requantization plan (fast path), found on first use
 
-    def __call__(self, a: Tensor, kernel: str) -> Tensor:
+    def __call__(self, a: Tensor | onednn.ChannelBlocks, kernel: str) -> Tensor:
         """Output codes of input codes ``a`` (B C H W): int64 codes through the reference kernels
-        and threshold tables, or float32 codes (channels_last) through the fast path
-        (:mod:`.fast`: exact int8 limb GEMMs, direct requantization), which returns float32."""
-        if a.numel():
-            flat = a.permute(0, 2, 3, 1) if a.is_contiguous(memory_format=torch.channels_last) else a
-            low, high = torch.aminmax(flat)  # on the memory order: no layout copy
-            observed = int(max(-low, high))
-        else:
-            observed = 0
+        and threshold tables, or float32 codes (channels_last, or channel blocks) through the fast
+        path, which returns float32: oneDNN's int8 convolution (:mod:`.onednn`) where its float32
+        sums are proven or checked exact, else int8 limb GEMMs (:mod:`.fast`), then direct
+        requantization."""
+        low, high = a.code_range() if isinstance(a, onednn.ChannelBlocks) else onednn.code_range(a)
+        observed = max(-low, high)
         if observed > self.max_input_code:
             raise ValueError(f"{self.name}: input code {observed} above the format's bound {self.max_input_code}")
         bound = observed * self.weight_sums  # this batch's proof (<= the static bound)
-        if a.is_floating_point():
+        if isinstance(a, onednn.ChannelBlocks) or a.is_floating_point():
+            if self.direct_conv is None and onednn.available() and onednn.OneDnnConv.accepts(self.weights):
+                self.direct_conv = onednn.OneDnnConv(self.weights, self.requant.acc_scale, self.requant.bias)
+                self.one_pass = unit_pass(self.requant)
+            if self.direct_conv is not None:
+                acc = self.direct_conv(a, low, high)
+                codes = None if acc is None else requantize_accumulator(self.requant, acc, self.one_pass)
+                if codes is not None:  # else a sum reached 2^24 or int32: the int8 GEMMs below
+                    self.last_kernel = self.direct_conv.last_kernel
+                    return codes
+            if isinstance(a, onednn.ChannelBlocks):
+                a = a.joined()
             if self.fast_conv is None and Int8Conv.accepts(self.weights):
                 self.fast_conv = Int8Conv(self.weights)
             if self.fast_conv is not None:
@@ -191,10 +204,16 @@ class IntegerUNet:
         if self.mode == "ternary":
             return self._forward_ternary(x)
         m, fmt = self.model, self.fmt
-        y = walk(x, lambda stage, a: self._block(stage, a, record), maxpool2_codes,
-                 lambda a, skip: torch.cat([upsample2_codes(a), skip * UP_GAIN], dim=1))
+        y = walk(x, lambda stage, a: self._block(stage, a, record), maxpool2_codes, self._join)
         # head: float, on the exact values of the last codes
         return torch.sigmoid(m.head(codes_to_values(y, fmt).contiguous(memory_format=_layout(m))))
+
+    def _join(self, a: Tensor, skip: Tensor) -> Tensor | onednn.ChannelBlocks:
+        """A decoder block's input: the upsampled codes (x UP_GAIN) beside the skip scaled to match;
+        on the fast path as channel blocks the convolution reads without a joined copy."""
+        if self.fast:  # the interpolated codes in sixteenths, scaled by 16 as the bytes are formed
+            return onednn.ChannelBlocks(((interpolate2(a), UP_GAIN), (skip, UP_GAIN)))
+        return torch.cat([upsample2_codes(a), skip * UP_GAIN], dim=1)
 
     def _block(self, stage: Stage, a: Tensor, record: dict[str, Tensor] | None) -> Tensor:
         """Output codes of one block. The first block (float weights) runs in float arithmetic

@@ -25,9 +25,13 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from quantizer import native
+from quantizer.fusion import OnePass, one_pass, relu_batchnorm_quantize
 
 from .formats import CodeFormat
+from .onednn import Accumulator, first_step
 from .thresholds import ThresholdRequantizer
 
 #: Largest float32 code magnitude the fast path accepts (exact integers in float32).
@@ -157,13 +161,16 @@ class Int8Conv:
 
 
 @torch.no_grad()
-def requantize(requant: ThresholdRequantizer, acc: Tensor, bound: int) -> Tensor:
+def requantize(requant: ThresholdRequantizer, acc: Tensor, bound: int, folded: bool = False) -> Tensor:
     """Float32 output codes (B, C, H, W, channels_last) of accumulators ``acc`` (B, H, W, C, int32,
-    int64 or float64 holding integers) with ``|acc| <= bound``: the unit function of
+    int64, float32 or float64 holding integers) with ``|acc| <= bound``: the unit function of
     :meth:`ThresholdRequantizer.unit_values` and the quantizer of
-    :meth:`ThresholdRequantizer.codes_of`, evaluated on every accumulator."""
+    :meth:`ThresholdRequantizer.codes_of`, evaluated on every accumulator. ``folded``: ``acc``
+    already holds ``fl32(s acc + b)`` (the convolution applied the scale and bias)."""
     scale = requant.acc_scale
-    if bound < FLOAT32_CODES and math.frexp(scale)[0] == 0.5:
+    if folded:
+        y = acc
+    elif bound < FLOAT32_CODES and math.frexp(scale)[0] == 0.5:
         # |acc| < 2^24 and a power-of-two scale: acc * s is exact in float32 and one float32
         # addition rounds s acc + b once, as the float64 sum rounded to float32 does
         # one pass: b + s * acc (s * acc is exact, so a fused multiply-add rounds alike)
@@ -171,6 +178,12 @@ def requantize(requant: ThresholdRequantizer, acc: Tensor, bound: int) -> Tensor
     else:
         y = acc.to(torch.float64).mul_(scale).add_(requant.bias).float()
     y = y.permute(0, 3, 1, 2)  # NCHW view of NHWC memory: channels_last
+    spec = requant.fmt.spec
+    foldable = isinstance(requant.act, (nn.ReLU, nn.Identity)) and isinstance(requant.bn, nn.BatchNorm2d)
+    if spec.kind != "int" and foldable:
+        q = relu_batchnorm_quantize(y, isinstance(requant.act, nn.ReLU), requant.bn, spec)
+        if q is not None:  # one pass, bit-equal to the modules in turn
+            return float_codes(q, requant.fmt)
     z = requant.bn(requant.act(y))
     if requant.fmt.spec.kind == "int":
         low, high = z.min(), z.max()
@@ -180,6 +193,34 @@ def requantize(requant: ThresholdRequantizer, acc: Tensor, bound: int) -> Tensor
         codes = requant.codes_of(z, (low, span))
         return codes.to(torch.float32).contiguous(memory_format=torch.channels_last)
     return float_codes(requant.fmt.spec(z), requant.fmt)
+
+
+def unit_pass(requant: ThresholdRequantizer) -> OnePass | None:
+    """The unit's ``codes(Q(BN(act(y))))`` as one native pass (ReLU or no activation, BatchNorm,
+    a rule that rounds each value alone, then the code scale); None where it does not fold."""
+    if not (isinstance(requant.act, (nn.ReLU, nn.Identity)) and isinstance(requant.bn, nn.BatchNorm2d)):
+        return None
+    return one_pass(isinstance(requant.act, nn.ReLU), requant.bn, requant.fmt.spec, "channels_last",
+                    code_scale=1.0 / requant.fmt.scale)
+
+
+@torch.no_grad()
+def requantize_accumulator(requant: ThresholdRequantizer, acc: Accumulator, plan: OnePass | None) -> Tensor | None:
+    """Float32 output codes (B, C, H, W, channels_last) of the limb-sum accumulators ``acc``
+    (:class:`~unet.integer.onednn.Accumulator`), equal to :func:`requantize` on the exact
+    accumulators; None when a limb sum is not exact (2^24 or more). With ``plan``
+    (:func:`unit_pass`) everything after the convolution is one pass over memory."""
+    if plan is None:
+        y = first_step(acc, requant.acc_scale, requant.bias)
+        return None if y is None else requantize(requant, y.permute(0, 2, 3, 1), 0, folded=True)
+    out = torch.empty_like(acc.parts[0])
+    if acc.folded:
+        native.relu_bn(acc.parts[0], out, plan.alpha, plan.beta, plan.relu, plan.fused, False, plan.post)
+        return out
+    exact = native.limbs_unit([part.permute(0, 2, 3, 1) for part in acc.parts], acc.shifts, requant.bias,
+                              requant.acc_scale, plan.alpha, plan.beta, plan.relu, plan.fused, plan.post,
+                              out.permute(0, 2, 3, 1))
+    return out if exact else None
 
 
 def float_codes(q: Tensor, fmt: CodeFormat) -> Tensor:
