@@ -105,14 +105,22 @@ def _slice(g: Graph, x: str, axis: int, start: int, end: int, step: int = 1) -> 
 
 
 def _activation_limbs(g: Graph, a: str, count: int) -> list[str]:
-    """Uint8 limbs of non-negative int32 codes ``a``: ``a = sum_i l_i 256^i``."""
+    """Uint8 limbs of non-negative int32 codes ``a``: ``a = sum_i l_i 256^i``, by shifts on uint32
+    (``l_i = r_i - 256 r_{i+1}``, ``r_{i+1} = r_i >> 8``: every ``Cast`` to uint8 is in range)."""
+    if count == 1:
+        return [g.op("Cast", [a], "limb8", to=TensorProto.UINT8)]
+    eight = _int_const(g, 8, np.uint32, "eight")
+    rest = g.op("Cast", [a], "bits", to=TensorProto.UINT32)
     limbs = []
-    rest = a
     for i in range(count):
-        low = rest if i == count - 1 else g.op("Mod", [rest, _i32(g, 256)], "limb", fmod=0)
+        if i == count - 1:
+            low = rest
+        else:
+            high = g.op("BitShift", [rest, eight], "rest", direction="RIGHT")
+            low = g.op("Sub", [rest, g.op("BitShift", [high, eight], direction="LEFT")], "limb")
         limbs.append(g.op("Cast", [low], "limb8", to=TensorProto.UINT8))
         if i < count - 1:
-            rest = g.op("Div", [rest, _i32(g, 256)], "rest")  # non-negative: truncation is floor
+            rest = high
     return limbs
 
 
@@ -311,8 +319,9 @@ def _search_codes(g: Graph, acc: str, thresholds: Tensor, values: Tensor, wide: 
     while step > 1:
         step //= 2
         shifted = _int_const(g, flat[step - 1 : step - 1 + channels * width].numpy(), dtype, "thresholds")
-        passed = g.op("GreaterOrEqual", [acc, g.op("Gather", [shifted, q], "probe", axis=0)], "passed")
-        q = g.op("Add", [q, g.op("Mul", [g.op("Cast", [passed], to=TensorProto.INT32), _i32(g, step)])], "pos")
+        passed = g.op("Cast", [g.op("GreaterOrEqual", [acc, g.op("Gather", [shifted, q], "probe", axis=0)])],
+                      "passed", to=TensorProto.INT32)
+        q = g.op("Add", [q, passed if step == 1 else g.op("Mul", [passed, _i32(g, step)])], "pos")
     valid = thresholds != SENTINEL
     if bool(((values[:, 1:] - values[:, :-1] == 1) | ~valid).all()):  # a staircase of unit steps: v_0 + pos
         return g.op("Add", [q, _i32(g, (values[:, 0] - base * width).numpy(), "code0")], "codes")
