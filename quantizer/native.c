@@ -435,8 +435,8 @@ int unet_relu_bn(const float *x, float *out, int64_t outer, int64_t channels, in
  * `channels` values; every v = x * mult (a float32 product, exact for a power-of-two mult) is
  * an integer below 2^24 in magnitude, so (int32_t)v is exact. Limb i = v >> shift[i] (floor), kept
  * to its low bits (& mask[i]; the top limb's mask is -1). outs[i] rows are `width` bytes:
- * limb + zero_point[i] goes to columns offset + c, or with second >= 0, 2 limb + zero_point[i]
- * to offset + c and limb + zero_point[i] to second + c (the input given twice, see OneDnnConv).
+ * limb + zero_point[i] goes to columns offset + c, and with second >= 0 to columns second + c
+ * too (the input given twice, see OneDnnConv).
  * The caller has checked every byte fits 0..255.
  */
 UNET_CLONES static void limb_u8_span(const float *x, uint8_t *out, int64_t pixels, int64_t channels, float mult,
@@ -447,9 +447,9 @@ UNET_CLONES static void limb_u8_span(const float *x, uint8_t *out, int64_t pixel
         uint8_t *op = out + p * width;
         if (second >= 0) {
             for (int64_t c = 0; c < channels; c++) {
-                int32_t limb = ((int32_t)(xp[c] * mult) >> shift) & mask;
-                op[offset + c] = (uint8_t)(2 * limb + zero_point);
-                op[second + c] = (uint8_t)(limb + zero_point);
+                uint8_t byte = (uint8_t)((((int32_t)(xp[c] * mult) >> shift) & mask) + zero_point);
+                op[offset + c] = byte;
+                op[second + c] = byte;
             }
         } else {
             for (int64_t c = 0; c < channels; c++)
@@ -472,6 +472,57 @@ void unet_limbs_u8(const float *x, uint8_t *const *outs, int count, const int *s
         for (int i = 0; i < count; i++)
             limb_u8_span(x + first * channels, outs[i] + first * width, n, channels, mult, shifts[i], masks[i],
                          zero_points[i], width, offset, second);
+    }
+}
+
+/*
+ * unet_limbs_u8 of the bilinear x2 upsampling (align_corners false) of x, times 16: x holds
+ * `images` images of `rows` x `cols` pixels of `channels` integer codes (channels_last, below
+ * 2^20 in magnitude); output pixel (Y, X) is sum wy wx x[y][x] over the two nearest rows and
+ * columns with weights 3 (the nearer) and 1, edges repeated (unet.integer.kernels.upsample2_codes),
+ * computed in int32, then split into byte limbs as unet_limbs_u8 does (mult 1). outs[i] rows:
+ * (2 rows) x (2 cols) pixels of `width` bytes.
+ */
+#define UP2_CHANNELS 4096 /* channels of one upsampled pixel (the caller splits wider inputs) */
+
+UNET_CLONES static void up2_pixel(const float *p00, const float *p01, const float *p10, const float *p11, int32_t k00,
+                                  int32_t k01, int32_t k10, int32_t k11, int32_t *v, int64_t channels) {
+    for (int64_t c = 0; c < channels; c++)
+        v[c] = k00 * (int32_t)p00[c] + k01 * (int32_t)p01[c] + k10 * (int32_t)p10[c] + k11 * (int32_t)p11[c];
+}
+
+UNET_CLONES static void bytes_of(const int32_t *v, uint8_t *op, int64_t channels, int shift, int32_t mask,
+                                 int32_t zero_point, int64_t offset, int64_t second) {
+    for (int64_t c = 0; c < channels; c++) op[offset + c] = (uint8_t)(((v[c] >> shift) & mask) + zero_point);
+    if (second >= 0)
+        for (int64_t c = 0; c < channels; c++) op[second + c] = op[offset + c];
+}
+
+void unet_up2_limbs_u8(const float *x, uint8_t *const *outs, int count, const int *shifts, const int *masks,
+                       const int *zero_points, int64_t images, int64_t rows, int64_t cols, int64_t channels,
+                       int64_t width, int64_t offset, int64_t second, int threads) {
+    int64_t out_rows = images * 2 * rows;
+    if (out_rows < 2) threads = 1;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads) if(threads > 1)
+#endif
+    for (int64_t r = 0; r < out_rows; r++) {
+        int64_t n = r / (2 * rows), Y = r % (2 * rows), y = Y >> 1;
+        int64_t ya = Y & 1 ? y : (y > 0 ? y - 1 : 0), yb = Y & 1 ? (y + 1 < rows ? y + 1 : rows - 1) : y;
+        int32_t wa = Y & 1 ? 3 : 1, wb = Y & 1 ? 1 : 3;
+        const float *ra = x + (n * rows + ya) * cols * channels, *rb = x + (n * rows + yb) * cols * channels;
+        int32_t v[UP2_CHANNELS];
+        for (int64_t X = 0; X < 2 * cols; X++) {
+            int64_t xc = X >> 1;
+            int64_t xa = X & 1 ? xc : (xc > 0 ? xc - 1 : 0), xb = X & 1 ? (xc + 1 < cols ? xc + 1 : cols - 1) : xc;
+            int32_t va = X & 1 ? 3 : 1, vb = X & 1 ? 1 : 3;
+            const float *p00 = ra + xa * channels, *p01 = ra + xb * channels;
+            const float *p10 = rb + xa * channels, *p11 = rb + xb * channels;
+            int64_t at = (r * 2 * cols + X) * width;
+            up2_pixel(p00, p01, p10, p11, wa * va, wa * vb, wb * va, wb * vb, v, channels);
+            for (int i = 0; i < count; i++)
+                bytes_of(v, outs[i] + at, channels, shifts[i], masks[i], zero_points[i], offset, second);
+        }
     }
 }
 

@@ -146,6 +146,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "unet_bn_affine": [p, p, p, p, i64, f32, i32, p, p],
         "unet_relu_bn": [p, p, i64, i64, i64, p, p, i32, i32, p, p, p, i32],
         "unet_limbs_u8": [p, p, i32, p, p, p, i64, i64, f32, i64, i64, i64, i32],
+        "unet_up2_limbs_u8": [p, p, i32, p, p, p, i64, i64, i64, i64, i64, i64, i64, i32],
         "unet_limbs_affine": [p, p, i32, i64, i64, p, ctypes.c_double, p, i32],
         "unet_limbs_unit": [p, p, i32, i64, i64, p, ctypes.c_double, p, p, i32, i32, p, p, i32],
     }
@@ -464,9 +465,9 @@ def limbs_u8(x: Tensor, outs: list[Tensor], shifts: list[int], bits: list[int | 
     H, W); ``mult`` a power of two, every ``v`` an integer below 2^24), in one pass: limb ``i =
     floor(v / 2^shifts[i])``,
     reduced mod ``2^bits[i]`` (None: the top limb, not reduced). ``outs[i]`` (uint8,
-    channels_last (B, K, H, W)) gets ``limb + zero_points[i]`` in channels ``offset ..``; with
-    ``second``, ``2 limb + zero_points[i]`` there and ``limb + zero_points[i]`` in channels
-    ``second ..``. The caller guarantees every byte lies in 0..255."""
+    channels_last (B, K, H, W)) gets ``limb + zero_points[i]`` in channels ``offset ..``, and
+    with ``second`` in channels ``second ..`` too. The caller guarantees every byte lies in
+    0..255."""
     b, c, h, w = x.shape
     count = len(outs)
     pointers = (ctypes.c_void_p * count)(*[t.data_ptr() for t in outs])
@@ -474,6 +475,30 @@ def limbs_u8(x: Tensor, outs: list[Tensor], shifts: list[int], bits: list[int | 
     library().unet_limbs_u8(x.data_ptr(), pointers, count, (ctypes.c_int * count)(*shifts), masks,
                             (ctypes.c_int * count)(*zero_points), b * h * w, c, mult, outs[0].shape[1], offset,
                             -1 if second is None else second, _threads())
+
+
+#: Channels :func:`up2_limbs_u8` forms per pixel at once (``UP2_CHANNELS`` in native.c).
+UP2_CHANNELS = 4096
+
+
+def up2_limbs_u8(x: Tensor, outs: list[Tensor], shifts: list[int], bits: list[int | None], zero_points: list[int],
+                 offset: int = 0, second: int | None = None) -> None:
+    """:func:`limbs_u8` of ``16 x`` the bilinear x2 upsampling of the integer codes ``x`` (float32,
+    channels_last (B, C, h, w), below 2^20): the codes of ``unet.integer.kernels.upsample2_codes``,
+    formed in int32 as the bytes are written (``outs[i]``: (B, K, 2 h, 2 w))."""
+    b, c, h, w = x.shape
+    if c > UP2_CHANNELS:  # the kernel forms one pixel's channels in a fixed buffer
+        for start in range(0, c, UP2_CHANNELS):
+            part = x[:, start : start + UP2_CHANNELS].contiguous(memory_format=torch.channels_last)
+            up2_limbs_u8(part, outs, shifts, bits, zero_points, offset + start,
+                         None if second is None else second + start)
+        return
+    count = len(outs)
+    pointers = (ctypes.c_void_p * count)(*[t.data_ptr() for t in outs])
+    masks = (ctypes.c_int * count)(*[-1 if k is None else (1 << k) - 1 for k in bits])
+    library().unet_up2_limbs_u8(x.data_ptr(), pointers, count, (ctypes.c_int * count)(*shifts), masks,
+                                (ctypes.c_int * count)(*zero_points), b, h, w, c, outs[0].shape[1], offset,
+                                -1 if second is None else second, _threads())
 
 
 def limbs_affine(parts: list[Tensor], shifts: list[int], bias: Tensor, scale: float, out: Tensor) -> bool:

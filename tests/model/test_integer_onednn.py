@@ -14,8 +14,8 @@ import unet.integer.engine as engine_module
 from quantizer import native
 from unet.integer import IntegerUNet, onednn
 from unet.integer.fast import requantize, requantize_accumulator, unit_pass
-from unet.integer.kernels import conv3x3_codes
-from unet.integer.onednn import ChannelBlocks, OneDnnConv, first_step
+from unet.integer.kernels import conv3x3_codes, upsample2_codes
+from unet.integer.onednn import ChannelBlocks, CodeBlock, OneDnnConv, first_step
 
 from ..helpers.integer_cases import CL, VALIDATION, trained
 
@@ -34,9 +34,9 @@ def exact_step(a: torch.Tensor, w: torch.Tensor, scale: float, bias: torch.Tenso
     (-128, 127, 127, 9),       # signed: one limb with zero point 128
     (-1, 255, 100, 3),         # a range of 257 values: two limbs
     (0, 127, 240, 6),          # pow2-like weights: the input given twice (halves)
-    (-64, 63, 255, 4),         # halves, signed
+    (-64, 63, 254, 4),         # halves, signed
     (0, 8192, 240, 8),         # pow2 codes: two 7-bit limbs
-    (-2**17, 2**17, 255, 3),   # x16 upsampled codes: three limbs, signed top
+    (-2**17, 2**17, 254, 3),   # x16 upsampled codes: three limbs, signed top
     (-20, 40, 127, 96),        # channel counts where oneDNN picks its blocked (AMX / VNNI) kernels
 ])
 def test_accumulators_are_exact(low, high, w_max, channels):
@@ -65,34 +65,39 @@ def test_limb_plans():
     assert [(limb.shift, limb.top, limb.zero_point) for limb in direct.plan(0, 255)] == [(0, True, 0)]
     assert [(limb.shift, limb.zero_point) for limb in direct.plan(-128, 127)] == [(0, 128)]
     assert [(limb.shift, limb.top, limb.zero_point) for limb in direct.plan(-1, 255)] == [(0, False, 0), (8, True, 1)]
-    assert [(limb.shift, limb.zero_point) for limb in halves.plan(0, 127)] == [(0, 0)]  # 2 x 127 fits a byte
-    assert [(limb.shift, limb.zero_point) for limb in halves.plan(-64, 63)] == [(0, 128)]
-    assert [limb.shift for limb in halves.plan(0, 8192)] == [0, 7]
-    assert halves.weight_sum == 2 * 9 * 240  # |w| = 2 |floor(w / 2)| + odd, counted per input copy
+    assert [(limb.shift, limb.zero_point) for limb in halves.plan(0, 255)] == [(0, 0)]
+    assert [(limb.shift, limb.zero_point) for limb in halves.plan(-64, 63)] == [(0, 64)]
+    assert [(limb.shift, limb.zero_point) for limb in halves.plan(-8192, 8192)] == [(0, 0), (8, 32)]
+    assert halves.weight_sum == 2 * 9 * 240  # -240 = -120 - 120, each half against its copy of the input
     # a limb whose int32 sum could overflow is refused (the engine then takes the int8 GEMMs)
     wide = OneDnnConv(torch.full((1, 9000, 3, 3), 127), 1.0, torch.zeros(1))
     assert wide.plan(0, 255) is None
-    assert not OneDnnConv.accepts(torch.tensor([256])) and OneDnnConv.accepts(torch.tensor([-256, 255]))
+    assert OneDnnConv.accepts(torch.tensor([-256, 254]))
+    assert not OneDnnConv.accepts(torch.tensor([255])) and not OneDnnConv.accepts(torch.tensor([-257]))
     with pytest.raises(ValueError, match="outside"):
         OneDnnConv(torch.full((1, 1, 3, 3), 300), 1.0, torch.zeros(1))
 
 
 def test_channel_blocks_equal_their_joined_codes():
     g = torch.Generator().manual_seed(5)
-    up = (torch.randint(-2**16, 2**16, (1, 3, 8, 6), generator=g).float() / 16).contiguous(memory_format=CL)
-    up = (up * 16).contiguous(memory_format=CL)
-    skip = torch.randint(-8192, 8193, (1, 2, 8, 6), generator=g).float().contiguous(memory_format=CL)
-    blocks = ChannelBlocks(((up, 1), (skip, 16)))
+    low_res = torch.randint(-8192, 8193, (2, 3, 4, 5), generator=g).float().contiguous(memory_format=CL)
+    low_res[0, 0, 0, 0], low_res[1, 2, 3, 4] = -8192, 8192  # the extremes, at the edges the kernel repeats
+    skip = torch.randint(-8192, 8193, (2, 2, 8, 10), generator=g).float().contiguous(memory_format=CL)
+    blocks = ChannelBlocks((CodeBlock(low_res, upsampled=True), CodeBlock(skip, 16)))
     joined = blocks.joined()
+    assert torch.equal(joined[:, :3], upsample2_codes(low_res)) and torch.equal(joined[:, 3:], skip * 16)
     assert blocks.shape == tuple(joined.shape)
-    assert blocks.code_range() == (int(joined.min()), int(joined.max()))
-    w = torch.randint(-240, 241, (4, 5, 3, 3), generator=g)
-    conv = OneDnnConv(w, 1.0, torch.zeros(4))
-    low, high = blocks.code_range()
-    from_blocks = first_step(conv(blocks, low, high), 1.0, conv.bias64)
-    from_joined = first_step(conv(joined, low, high), 1.0, conv.bias64)
-    assert torch.equal(from_blocks, from_joined)
-    assert torch.equal(from_blocks, exact_step(joined.to(torch.int64), w, 1.0, torch.zeros(4)))
+    low, high = blocks.code_range()  # bounds: the upsampled block's from its input
+    assert low <= int(joined.min()) and high >= int(joined.max()) and (low, high) == (-16 * 8192, 16 * 8192)
+    for w_max in (127, 240):  # direct, and halves: the bytes are written twice
+        w = torch.randint(-w_max, w_max + 1, (4, 5, 3, 3), generator=g)
+        conv = OneDnnConv(w, 1.0, torch.zeros(4))
+        from_blocks = first_step(conv(blocks, low, high), 1.0, conv.bias64)
+        from_joined = first_step(conv(joined, low, high), 1.0, conv.bias64)
+        assert torch.equal(from_blocks, from_joined)
+        assert torch.equal(from_blocks, exact_step(joined.to(torch.int64), w, 1.0, torch.zeros(4)))
+        with native.enabled(False):  # the PyTorch form of the bytes
+            assert torch.equal(first_step(conv(blocks, low, high), 1.0, conv.bias64), from_blocks)
 
 
 def test_sums_past_float32_are_refused_not_rounded():

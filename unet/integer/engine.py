@@ -23,7 +23,6 @@ from .kernels import (
     check_kernel,
     choose_kernel,
     conv3x3_codes,
-    interpolate2,
     maxpool2_codes,
     upsample2_codes,
 )
@@ -211,8 +210,8 @@ class IntegerUNet:
     def _join(self, a: Tensor, skip: Tensor) -> Tensor | onednn.ChannelBlocks:
         """A decoder block's input: the upsampled codes (x UP_GAIN) beside the skip scaled to match;
         on the fast path as channel blocks the convolution reads without a joined copy."""
-        if self.fast:  # the interpolated codes in sixteenths, scaled by 16 as the bytes are formed
-            return onednn.ChannelBlocks(((interpolate2(a), UP_GAIN), (skip, UP_GAIN)))
+        if self.fast:  # upsampled and scaled as the convolution's bytes are formed
+            return onednn.ChannelBlocks((onednn.CodeBlock(a, upsampled=True), onednn.CodeBlock(skip, UP_GAIN)))
         return torch.cat([upsample2_codes(a), skip * UP_GAIN], dim=1)
 
     def _block(self, stage: Stage, a: Tensor, record: dict[str, Tensor] | None) -> Tensor:

@@ -154,12 +154,5 @@ def upsample2_codes(c: Tensor) -> Tensor:
     in float32, so the result equals the integer formula (and keeps the channels_last layout).
     """
     if c.is_floating_point():
-        return interpolate2(c).mul_(16)
+        return F.interpolate(c, scale_factor=2, mode="bilinear", align_corners=False).mul_(16)
     return _up2_axis(_up2_axis(c, 2), 3)
-
-
-def interpolate2(c: Tensor) -> Tensor:
-    """Bilinear x2 upsampling (align_corners False) of float32 codes ``|c| < 2^20``, in sixteenths:
-    ``16 x`` the result is :func:`upsample2_codes` (every product and sum is a multiple of 1/16
-    below 2^20, exact in float32)."""
-    return F.interpolate(c, scale_factor=2, mode="bilinear", align_corners=False)

@@ -7,25 +7,24 @@ signed 8-bit weights, the products summed in int32 and written as float32,
 below 2^24 in magnitude is an exact float32, so:
 
 * **Weights** (:class:`OneDnnConv`): codes in ``[-128, 127]`` are the int8 weights themselves
-  ("direct"); codes in ``[-256, 255]`` are split ``w = 2 h + o`` (``h = floor(w / 2)`` in
-  ``[-128, 127]``, ``o`` in ``{0, 1}``) and the input is given twice, ``[2 a, a]`` against
-  ``[h, o]``, so one convolution still sums ``a w`` ("halves", the pow2 weights' +-240).
-  Wider weights are not taken (:meth:`OneDnnConv.accepts`).
+  ("direct"); codes in ``[-256, 254]`` are split ``w = w1 + w2`` (``w1 = floor(w / 2)``, ``w2 =
+  w - w1``, both in ``[-128, 127]``) and the input is given twice, ``[a, a]`` against ``[w1,
+  w2]``, so one convolution still sums ``a w`` ("halves", the pow2 weights' +-240). Wider
+  weights are not taken (:meth:`OneDnnConv.accepts`).
 * **Activations** (:meth:`OneDnnConv.plan`): the batch's codes ``a`` in ``[lo, hi]`` are cut
-  into limbs ``a = sum_i 2^(b i) l_i`` (``b = 8``, or 7 for halves so that ``2 l`` fits a
-  byte): low limbs unsigned ``b``-bit, the top limb ``floor(a / 2^(b (L-1)))`` with the
-  smallest zero point that puts it in 0..255. One limb when the whole range fits a byte.
-* **Exactness**: limb ``i`` sums at most ``|l_i| S`` (``S`` = the largest per-channel sum of
-  ``|w|``, counted on the int8 weights with their input multiplier), checked below 2^24 for
-  every limb, so each convolution is exact in float32. Limb ``i > 0`` is added by oneDNN's sum
-  post-op, ``out = 2^(b i) conv_i + out``: a sum of exact integers that is exact whenever its
-  result is below 2^24 in magnitude (a rounded result would be at least 2^24). Where the
-  proven bound of a partial sum reaches 2^24 the result is checked (one pass); on failure
-  :meth:`OneDnnConv.__call__` returns None and the engine takes the int8 limb GEMMs of
-  :mod:`.fast` for that unit and batch. The result is the exact accumulator either way.
-* With one limb whose bound is below 2^24, the unit's first float32 step
-  ``fl32(s acc + b)`` is folded into the convolution (``s`` a power of two: ``s acc`` is exact
-  and the one addition rounds as in :func:`~unet.integer.fast.requantize`).
+  into byte limbs ``a = sum_i 256^i l_i``: low limbs unsigned, the top limb
+  ``floor(a / 256^(L-1))`` with the smallest zero point ``z`` that puts ``l + z`` in 0..255
+  (oneDNN subtracts it exactly, padding included). One limb when the range fits a byte.
+* **Exactness**: limb ``i`` sums at most ``|l_i| S`` (``S`` the largest per-channel sum of
+  ``|w|`` over the int8 weights), proven below 2^31, so oneDNN's int32 sums cannot overflow;
+  each limb's float32 result is an exact integer exactly when it is below 2^24 in magnitude
+  (a rounded one would be at least 2^24). The consumer (:func:`first_step`, or the fused
+  unit pass of :mod:`.fast`) checks every part while it combines them in float64, as the
+  reference does (``(acc s + b).float()``), and on a part at 2^24 or more returns None: the
+  engine then takes the int8 limb GEMMs of :mod:`.fast` for that unit and batch.
+* With one limb whose bound is proven below 2^24 and a power-of-two ``s``, the unit's first
+  float32 step ``fl32(s acc + b)`` is folded into the convolution (``s acc`` is exact and the
+  one addition rounds as in :func:`~unet.integer.fast.requantize`).
 
 :func:`available` probes the operator once (present, exact on a worst case); without it the
 engine keeps the int8 GEMM path.
@@ -41,6 +40,8 @@ import torch
 from torch import Tensor
 
 from quantizer import native
+
+from .kernels import upsample2_codes
 
 #: Float32 sums are exact integers below this magnitude.
 FLOAT32_EXACT = 2**24
@@ -59,7 +60,7 @@ def available() -> bool:
         return False
     try:
         g = torch.Generator().manual_seed(0)
-        for low, high, w_max, scale in ((-300, 300, 255, 2.0**-7), (-20, 100, 127, 0.3)):
+        for low, high, w_max, scale in ((-300, 300, 254, 2.0**-7), (-20, 100, 127, 0.3)):
             codes = torch.randint(low, high + 1, (2, 40, 9, 11), generator=g).float()
             codes[0, 0, 0, 0], codes[0, 1, 0, 0] = low, high
             weights = torch.randint(-w_max, w_max + 1, (24, 40, 3, 3), generator=g)
@@ -78,27 +79,57 @@ def available() -> bool:
 
 
 @dataclass(frozen=True)
-class ChannelBlocks:
-    """Integer codes given as channel blocks ``cat([t * m for t, m in blocks], dim=1)``, not yet
-    joined (float32 B C_i H W, channels_last; ``m`` a power of two, ``t * m`` integers below
-    2^24): the decoder's upsampled codes (``t`` in sixteenths, ``m = 16``) and its skip scaled
-    to match reach the convolution without a scaled or concatenated copy."""
+class CodeBlock:
+    """Integer codes ``codes * mult`` (float32 B C H W, channels_last; ``mult`` a power of two,
+    the products integers below 2^24), or with ``upsampled`` the codes of
+    :func:`~unet.integer.kernels.upsample2_codes` of ``codes`` (16 x the bilinear x2
+    upsampling, (B, C, 2 H, 2 W); ``mult`` 1)."""
 
-    blocks: tuple[tuple[Tensor, int], ...]
+    codes: Tensor
+    mult: float = 1.0
+    upsampled: bool = False
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        b, c, h, w = self.codes.shape
+        return (b, c, 2 * h, 2 * w) if self.upsampled else (b, c, h, w)
+
+    def tensor(self) -> Tensor:
+        """The block's codes as one float32 tensor (channels_last)."""
+        if self.upsampled:
+            return upsample2_codes(self.codes)
+        return self.codes * self.mult if self.mult != 1 else self.codes
+
+    def code_range(self) -> tuple[int, int]:
+        """(min, max) of the block's codes; for an upsampled block the bounds ``16 min``, ``16 max``
+        of its input (the interpolation stays within them; at most a limb more, never too few)."""
+        if self.upsampled:
+            low, high = code_range(self.codes)
+            return 16 * low, 16 * high
+        return code_range(self.codes, self.mult)
+
+
+@dataclass(frozen=True)
+class ChannelBlocks:
+    """Integer codes given as channel blocks ``cat([block.tensor() ...], dim=1)``, not yet
+    joined: the decoder's upsampled codes and its skip scaled to match reach the convolution
+    without an upsampled, scaled or concatenated copy in memory."""
+
+    blocks: tuple[CodeBlock, ...]
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
         """(B, sum C_i, H, W) of the joined codes."""
-        b, _, h, w = self.blocks[0][0].shape
-        return b, sum(t.shape[1] for t, _ in self.blocks), h, w
+        b, _, h, w = self.blocks[0].shape
+        return b, sum(block.shape[1] for block in self.blocks), h, w
 
     def joined(self) -> Tensor:
         """The codes as one tensor (channels_last)."""
-        return torch.cat([t * m if m != 1 else t for t, m in self.blocks], dim=1)
+        return torch.cat([block.tensor() for block in self.blocks], dim=1)
 
     def code_range(self) -> tuple[int, int]:
-        """(min, max) of the joined codes, without joining them."""
-        ranges = [code_range(t, m) for t, m in self.blocks]
+        """(min, max) of the joined codes (:meth:`CodeBlock.code_range`), without joining them."""
+        ranges = [block.code_range() for block in self.blocks]
         return min(r[0] for r in ranges), max(r[1] for r in ranges)
 
 
@@ -130,7 +161,7 @@ class Limb:
 class OneDnnConv:
     """Exact 3x3 convolution (zero padding) of integer codes by oneDNN's int8 convolution.
 
-    ``weights``: int64 codes (O, C, 3, 3) within ``[-256, 255]``; ``scale``, ``bias`` (O,): the
+    ``weights``: int64 codes (O, C, 3, 3) within ``[-256, 254]``; ``scale``, ``bias`` (O,): the
     unit's accumulator scale and float32 conv bias (folded in where that is exact). Call with
     float32 codes (B, C, H, W, channels_last) and their range to get an :class:`Accumulator`.
     """
@@ -138,17 +169,16 @@ class OneDnnConv:
     def __init__(self, weights: Tensor, scale: float, bias: Tensor) -> None:
         """Form the int8 weights (direct or halves) and let oneDNN pack them."""
         if not self.accepts(weights):
-            raise ValueError(f"weights {tuple(weights.shape)}: codes outside [-256, 255] have no int8 form here")
+            raise ValueError(f"weights {tuple(weights.shape)}: codes outside [-256, 254] have no int8 form here")
         self.out_channels, self.in_channels = weights.shape[:2]
         self.halves = bool(weights.numel()) and not (int(weights.min()) >= -128 and int(weights.max()) <= 127)
         if self.halves:
-            high, odd = weights >> 1, weights & 1  # w = 2 high + odd
-            int8 = torch.cat([high, odd], dim=1)
-            sums = (2 * high.abs() + odd).sum(dim=(1, 2, 3))
+            first = weights >> 1  # w = first + second, both halves within int8
+            int8 = torch.cat([first, weights - first], dim=1)
         else:
             int8 = weights
-            sums = weights.abs().sum(dim=(1, 2, 3))
-        self.limb_bits = 7 if self.halves else 8
+        sums = int8.abs().sum(dim=(1, 2, 3))
+        self.limb_bits = 8
         self.weight_sum = int(sums.max()) if sums.numel() else 0
         self.weight_bits = int8.to(torch.int8).contiguous(memory_format=torch.channels_last)
         self._ones = torch.ones(self.out_channels)
@@ -164,14 +194,14 @@ class OneDnnConv:
 
     @staticmethod
     def accepts(weights: Tensor) -> bool:
-        """Whether the weight codes have an int8 form (all within ``[-256, 255]``)."""
-        return not weights.numel() or (int(weights.min()) >= -256 and int(weights.max()) <= 255)
+        """Whether the weight codes have an int8 form (all within ``[-256, 254]``)."""
+        return not weights.numel() or (int(weights.min()) >= -256 and int(weights.max()) <= 254)
 
-    def _zero_point(self, low: int, high: int) -> int | None:
-        """Smallest zero point putting the limb's bytes (``l``, and ``2 l`` for halves) in 0..255."""
-        m = 2 if self.halves else 1
-        z = max(0, -m * low, -low)
-        return z if max(m * high, high) + z <= 255 else None
+    @staticmethod
+    def _zero_point(low: int, high: int) -> int | None:
+        """Smallest zero point putting the limb's bytes ``l + z`` in 0..255."""
+        z = max(0, -low)
+        return z if high + z <= 255 else None
 
     def plan(self, low: int, high: int) -> list[Limb] | None:
         """The limbs of codes in ``[low, high]``, lowest first; None when a limb's int32 sum could
@@ -194,13 +224,18 @@ class OneDnnConv:
         b, c, h, w = codes.shape
         outs = [torch.empty((b, 2 * c if self.halves else c, h, w), dtype=torch.uint8,
                             memory_format=torch.channels_last) for _ in limbs]
-        if all(native.applies(block) and block.is_contiguous(memory_format=torch.channels_last)
-               for block, _ in codes.blocks):
+        if all(native.applies(block.codes) and block.codes.is_contiguous(memory_format=torch.channels_last)
+               for block in codes.blocks):
+            shifts = [limb.shift for limb in limbs]
+            bits = [None if limb.top else limb.bits for limb in limbs]
+            zero_points = [limb.zero_point for limb in limbs]
             offset = 0
-            for block, mult in codes.blocks:
-                native.limbs_u8(block, outs, [limb.shift for limb in limbs],
-                                [None if limb.top else limb.bits for limb in limbs],
-                                [limb.zero_point for limb in limbs], mult, offset, c + offset if self.halves else None)
+            for block in codes.blocks:
+                second = c + offset if self.halves else None
+                if block.upsampled:
+                    native.up2_limbs_u8(block.codes, outs, shifts, bits, zero_points, offset, second)
+                else:
+                    native.limbs_u8(block.codes, outs, shifts, bits, zero_points, block.mult, offset, second)
                 offset += block.shape[1]
             return outs
         joined = codes.joined().to(torch.int32)  # the same bytes, without the kernels (exact integers)
@@ -208,11 +243,8 @@ class OneDnnConv:
             values = joined >> limb.shift
             if not limb.top:
                 values &= 2**limb.bits - 1
-            if self.halves:
-                out[:, :c].copy_(values * 2 + limb.zero_point)
-                out[:, c:].copy_(values + limb.zero_point)
-            else:
-                out.copy_(values + limb.zero_point)
+            for start in (0, c) if self.halves else (0,):
+                out[:, start : start + c].copy_(values + limb.zero_point)
         return outs
 
     def __call__(self, codes: Tensor | ChannelBlocks, low: int, high: int) -> Accumulator | None:
@@ -226,7 +258,7 @@ class OneDnnConv:
         if limbs is None:
             return None
         if isinstance(codes, Tensor):
-            codes = ChannelBlocks(((codes.contiguous(memory_format=torch.channels_last), 1),))
+            codes = ChannelBlocks((CodeBlock(codes.contiguous(memory_format=torch.channels_last)),))
         self.last_kernel = f"onednn-u8x{len(limbs)}" + ("-halves" if self.halves else "")
         data = self._bytes(codes, limbs)
         if len(limbs) == 1 and limbs[0].bound < FLOAT32_EXACT and self.scale_is_pow2:
