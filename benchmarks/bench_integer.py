@@ -2,18 +2,21 @@
 """Inference speed of the integer engines against the float ones, on an EM slice and a CT volume.
 
 For each quantization mode, the EM recipe's model (``EM_BASE/config.yaml``: base_channels 64,
-channels_last, eval mode, at its initial weights: speed does not depend on training, though the
-integer fast path's limb count follows the activation codes the input reaches) runs each input
-through every engine of :data:`ENGINES`:
+channels_last, eval mode, at its initial weights; the integer fast path's limb count follows the
+activation codes the input reaches, and untrained BatchNorm statistics let them grow to the
+format's top, so this is the wide case) runs each input through every engine of :data:`ENGINES`:
 
 * ``pytorch_float``: the PyTorch fake-quant forward (the reference of every ratio);
-* ``integer``: :class:`unet.integer.IntegerUNet`, its fast exact path (int8 limb GEMMs with
-  int32 accumulation, direct requantization: ``predict --engine integer``);
+* ``integer``: :class:`unet.integer.IntegerUNet`, its fast exact path (oneDNN's int8
+  convolution with checked float32 sums, one fused pass after it: ``predict --engine integer``);
 * ``integer_reference``: the same engine's reference path (``fast=False``; ``--reference``,
   slow at base 64);
 * ``onnx_float``: the float ONNX export under onnxruntime (``predict --engine onnx``);
 * ``onnx_int``: the integer ONNX (``unet.export.onnx_int``: MatMulInteger on 8-bit limbs, threshold
   tables; ``predict --engine onnx-int``); ``null`` in the JSON for modes it refuses (INT).
+
+The process first tunes glibc's allocator as ``unet.predict`` does (:func:`unet.runtime.tune_allocator`:
+large tensors from the heap, not fresh zero-filled pages; ``--no-tune-allocator`` to compare).
 
 Inputs: one 512 x 512 EM slice (synthetic, uint8 / 255, as the EM record reads it) and the
 benchmark's CT volume (``unet.prep.nih.synthetic_case``, 192 x 192 x 16 HU, windowed 0..255 and
@@ -59,6 +62,7 @@ from unet.integer import IntegerUNet, code_mismatches  # noqa: E402
 from unet.model import UNet, build_model  # noqa: E402
 from unet.prep.em import synthetic_em_stack  # noqa: E402
 from unet.prep.nih import synthetic_case  # noqa: E402
+from unet.runtime import tune_allocator  # noqa: E402
 
 EM_BASE = REPO / "EM_BASE" / "config.yaml"
 
@@ -156,6 +160,38 @@ def inputs(quick: bool) -> dict[str, torch.Tensor]:
             "ct": ct_x.contiguous(memory_format=torch.channels_last)}
 
 
+def onnx_profile(model: UNet, x: torch.Tensor, integer: bool) -> dict[str, float]:
+    """Seconds of onnxruntime kernel time per operator type in one call (after a warm-up) of the
+    integer (or float) ONNX graph of ``model`` on ``x``: onnxruntime's own profiler."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    from unet.export.onnx import onnx_model
+    from unet.export.onnx_int import integer_onnx_model
+
+    hw = (x.shape[-2], x.shape[-1])
+    proto = integer_onnx_model(model, hw) if integer else onnx_model(model, hw)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    with tempfile.TemporaryDirectory() as folder:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(folder) / "ort")
+        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: x.contiguous().numpy()}
+        session.run(None, feed)
+        session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    totals: dict[str, float] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            op = event["args"]["op_name"]
+            totals[op] = totals.get(op, 0.0) + event["dur"] / 2e6  # microseconds, two calls
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
 def _stats(values: list[float]) -> dict[str, float]:
     return {"min": min(values), "median": statistics.median(values)}
 
@@ -220,7 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", action="store_true", help="also time the integer engine's reference path")
     parser.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime engines")
     parser.add_argument("--no-check", action="store_true", help="skip the code comparison with the fake-quant model")
+    parser.add_argument("--onnx-profile", action="store_true",
+                        help="only profile the integer ONNX (onnxruntime kernel time per operator), no rounds")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--no-tune-allocator", dest="tune_allocator", action="store_false",
+                        help="leave glibc's allocator as it is (unet.predict calls unet.runtime.tune_allocator)")
     args = parser.parse_args(argv)
     base = args.base_channels or (16 if args.quick else 64)
     args.warmup = args.warmup if args.warmup is not None else (0 if args.quick else 1)
@@ -237,13 +277,25 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    allocator = tune_allocator() if args.tune_allocator else False  # as unet.predict runs
     data = inputs(args.quick)
     results: dict = {
         "settings": {"base_channels": base, "rounds": args.rounds, "warmup": args.warmup,
+                     "tune_allocator": allocator, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                      "torch": torch.__version__, "threads": torch.get_num_threads(),
                      "cpu": cpu_features(), "loadavg_start": os.getloadavg()},
         "modes": {},
     }
+    if args.onnx_profile:
+        profiles = {f"{mode}/{case}": onnx_profile(build(mode, base), data[case], integer=True)
+                    for mode in modes for case in cases}
+        for key, totals in profiles.items():
+            print(f"{key}: " + ", ".join(f"{op} {t:.2f} s" for op, t in totals.items() if t >= 0.01)
+                  + f"; all {sum(totals.values()):.2f} s")
+        if args.json:
+            atomic_write_text(args.json, json.dumps({"settings": results["settings"], "onnx_int_profile": profiles},
+                                                    indent=2) + "\n")
+        return 0
     for mode in modes:
         model = build(mode, base)
         results["modes"][mode] = {"label": MODES[mode][0], "inputs": {
@@ -251,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     results["settings"]["loadavg_end"] = os.getloadavg()
     cpu = results["settings"]["cpu"]
     print(f"base_channels {base}, {args.rounds} rounds, {torch.get_num_threads()} threads, {cpu['model']} "
-          f"(VNNI {cpu['vnni']}, AMX-INT8 {cpu['amx_int8']}), load average {os.getloadavg()[0]:.1f}")
+          f"(VNNI {cpu['vnni']}, AMX-INT8 {cpu['amx_int8']}), allocator tuned {allocator}, "
+          f"load average {os.getloadavg()[0]:.1f}")
     print(f"{'mode':38s} {'input':5s} {'engine':18s} {'min s':>8s} {'median s':>9s} {'vs float (min/med)':>19s}")
     for r in results["modes"].values():
         for case, res in r["inputs"].items():

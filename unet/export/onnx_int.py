@@ -8,8 +8,8 @@ activation codes of :class:`unet.integer.IntegerUNet` (its threshold tables, its
   power-of-two inverse scale, ``Cast`` to int32, which truncates).
 * **Quantized convolutions** (:func:`integer_conv`), on NHWC codes: the int32 codes offset by
   the layer's code bound ``M`` (non-negative), padded with ``M`` (``Pad``: a zero code), split
-  into uint8 limbs (``Mod``/``Div`` by 256) and laid out as im2col matrices (``Slice``,
-  ``Concat``, ``Transpose``); the weights into signed 7-bit limbs, int8 (9 C, O) matrices; one
+  into uint8 limbs (shifts on uint32) and laid out as im2col matrices (one ``Slice`` per window,
+  one ``Concat`` on the channel axis); the weights into signed 7-bit limbs, int8 (9 C, O) matrices; one
   ``MatMulInteger`` (uint8 x int8 -> int32: onnxruntime's VNNI / AMX GEMM; its ``ConvInteger``
   took about ten times longer) per (activation limb, weight limb) pair, combined as
   ``sum P_ij 256^i 128^j - M sum(w_o)``: in int32 where the export proves that no partial sum

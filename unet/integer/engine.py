@@ -161,9 +161,10 @@ class IntegerUNet:
         else float64, else float64 on weight limbs, else int64), or force ``float32`` /
         ``float64`` / ``limbs`` / ``int64`` (a forced float kernel raises ValueError on a
         batch where it is not proven exact).
-        ``fast`` (with ``kernel`` auto): the fast exact path (:mod:`.fast`: int8 limb GEMMs with
-        int32 accumulation and direct requantization; codes equal the reference path's) wherever
-        the activation format's codes are exact in float32, else the reference kernels.
+        ``fast`` (with ``kernel`` auto): the fast exact path (:mod:`.fast`: oneDNN's int8
+        convolution with checked float32 sums, else int8 limb GEMMs with int32 accumulation, and
+        direct requantization; codes equal the reference path's) wherever the activation
+        format's codes are exact in float32, else the reference kernels.
         Raises :class:`~unet.errors.UserError` for a model without integer arithmetic
         (quantization Normal) or a combination of quantizers the engine does not cover.
         """

@@ -1,23 +1,28 @@
-"""The integer engine's fast exact path: int8 GEMMs with int32 accumulation, direct requantization.
+"""The integer engine's fast exact path: exact int8 convolutions and direct requantization.
 
 Between quantized units the fast path holds activation codes as float32 tensors in
 channels_last layout (every code of a format the path accepts is an integer below 2^24, so
-float32 holds it exactly; pooling, upsampling and the skip shift stay exact on them, see
-:func:`~unet.integer.kernels.maxpool2_codes` and :func:`~unet.integer.kernels.upsample2_codes`).
+float32 holds it exactly; pooling stays exact on them, see
+:func:`~unet.integer.kernels.maxpool2_codes`; the decoder's upsampling and skip shift are formed
+where the convolution reads them, :class:`~unet.integer.onednn.ChannelBlocks`).
 
-* **Convolution** (:class:`Int8Conv`): codes are split into signed 7-bit limbs
-  ``a = sum_i l_i 128^i`` (low limbs in ``[0, 128)``, the top limb in ``[-128, 128)``), weights
-  likewise; every (activation limb, weight limb) pair is one ``torch._int_mm`` int8 x int8 ->
-  int32 GEMM over an im2col matrix of the NHWC codes (oneDNN; VNNI / AMX where the CPU has
-  them). A limb GEMM's partial sums are bounded by ``128 * 128 * 9 C`` (checked below 2^31 at
-  build time), so int32 cannot overflow; the limb products are combined in int32 when the
-  batch's bound ``max|a| * max_c sum|w_c|`` is below 2^31, else in int64. The result is the
-  exact integer accumulator, whatever the kernel of the reference path.
-* **Requantization** (:func:`requantize`): the unit's own float32 function
-  ``Q(BN(act(fl32(s acc + b))))`` evaluated directly on the exact accumulators, the very
-  function whose switch points the reference path's threshold tables hold
+* **Convolution**, first choice: oneDNN's u8 x s8 direct convolution with float32 sums, its
+  exactness proven or checked per limb (:mod:`.onednn`). Where that is unavailable or a sum is
+  not exact in float32 (and for weights beyond ``[-256, 254]``): :class:`Int8Conv`, codes split
+  into signed 7-bit limbs ``a = sum_i l_i 128^i`` (low limbs in ``[0, 128)``, the top limb in
+  ``[-128, 128)``), weights likewise; every (activation limb, weight limb) pair is one
+  ``torch._int_mm`` int8 x int8 -> int32 GEMM over an im2col matrix of the NHWC codes. A limb
+  GEMM's partial sums are bounded by ``128 * 128 * 9 C`` (checked below 2^31 at build time), so
+  int32 cannot overflow; the limb products are combined in int32 when the batch's bound
+  ``max|a| * max_c sum|w_c|`` is below 2^31, else in int64. The result is the exact integer
+  accumulator, whatever the kernel of the reference path.
+* **Requantization** (:func:`requantize`, :func:`requantize_accumulator`): the unit's own float32
+  function ``Q(BN(act(fl32(s acc + b))))`` evaluated directly on the exact accumulators, the
+  very function whose switch points the reference path's threshold tables hold
   (:meth:`ThresholdRequantizer.unit_values` / :meth:`~ThresholdRequantizer.codes_of`): equal
-  codes, at the cost of a few elementwise passes instead of a per-channel search.
+  codes. With ReLU (or none), BatchNorm and a rule that rounds each value alone, everything
+  after the convolution is one native pass (:func:`unit_pass`: the limb sums, ``s acc + b``,
+  ReLU, BatchNorm, the rule and the code scale, bit-equal to the modules in turn).
 """
 
 from __future__ import annotations
