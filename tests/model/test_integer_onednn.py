@@ -159,3 +159,5 @@ def test_one_pass_requantization_equals_the_modules():
         modules = requantize(unit.requant, y.permute(0, 2, 3, 1), 0, folded=True)
         assert fused is not None and torch.equal(fused, modules), name
         assert torch.equal(requantize_accumulator(unit.requant, acc, None), modules), name
+        with native.enabled(False):  # a plan made with the kernels, used after they were switched off
+            assert torch.equal(requantize_accumulator(unit.requant, acc, plan), modules), name

@@ -39,6 +39,11 @@ models entirely apart from their weights: TWN keeps float activations, so the en
 their convolutions multiplier-free on the ternary codes {-1, 0, 1} and multiplies each
 output channel by its float scale ``alpha_c`` (not bit-exact: float summation order).
 Normal models have no integer model (:class:`~unet.errors.UserError`).
+
+The above is the reference path (``fast=False``). By default the engine takes its fast exact
+path (:mod:`.fast`): float32 codes, oneDNN's int8 convolution with float32 sums proven or
+checked exact (:mod:`.onednn`; else int8 limb GEMMs), and the unit's own float32 function on
+the exact accumulators in one pass, with the same codes as the thresholds give.
 """
 
 from .compare import code_mismatches, reference_codes
