@@ -576,30 +576,12 @@ UNET_CLONES static int limbs_affine_span(const float *const *parts, const double
     return wide;
 }
 
-int unet_limbs_affine(const float *const *parts, const int *shifts, int count, int64_t pixels, int64_t channels,
-                      const double *bias, double scale, float *y, int threads) {
-    double factor[64];
-    if (count > 64) return 1;
-    for (int i = 0; i < count; i++) factor[i] = ldexp(1.0, shifts[i]);
-    int64_t per = (SPAN + channels - 1) / channels;
-    int64_t spans = (pixels + per - 1) / per;
-    int wide = 0;
-    if (spans < 2) threads = 1;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(threads) if(threads > 1) reduction(| : wide)
-#endif
-    for (int64_t k = 0; k < spans; k++) {
-        int64_t first = k * per, count_px = pixels - first < per ? pixels - first : per;
-        wide |= limbs_affine_span(parts, factor, count, first * channels, count_px, channels, bias, scale, y);
-    }
-    return wide;
-}
-
 /*
  * A whole integer unit after its convolution, one pass: y as unet_limbs_affine forms it from
- * the accumulator's limbs, then BatchNorm(ReLU(y)) as unet_relu_bn (channels_last) and post's
- * rule and code scale, written to out (`pixels` rows of `channels`). Returns 1 when some part
- * holds a magnitude of 2^24 or more (out is then not to be used), else 0.
+ * the accumulator's limbs, then (when alpha is not NULL) BatchNorm(ReLU(y)) as unet_relu_bn
+ * (channels_last) and post's rule and code scale, written to out (`pixels` rows of
+ * `channels`). Returns 1 when some part holds a magnitude of 2^24 or more (out is then not to
+ * be used), else 0.
  */
 int unet_limbs_unit(const float *const *parts, const int *shifts, int count, int64_t pixels, int64_t channels,
                     const double *bias, double scale, const float *alpha, const float *beta, int relu, int fused,
@@ -618,8 +600,13 @@ int unet_limbs_unit(const float *const *parts, const int *shifts, int count, int
         int64_t first = k * per, n = pixels - first < per ? pixels - first : per;
         float *piece = out + first * channels;
         wide |= limbs_affine_span(parts, factor, count, first * channels, n, channels, bias, scale, out);
-        relu_bn_pixels_span(piece, piece, n, channels, alpha, beta, relu, fused);
+        if (alpha) relu_bn_pixels_span(piece, piece, n, channels, alpha, beta, relu, fused);
         if (post) post_span(post, piece, n * channels);
     }
     return wide;
+}
+
+int unet_limbs_affine(const float *const *parts, const int *shifts, int count, int64_t pixels, int64_t channels,
+                      const double *bias, double scale, float *y, int threads) {
+    return unet_limbs_unit(parts, shifts, count, pixels, channels, bias, scale, NULL, NULL, 0, 0, NULL, y, threads);
 }
