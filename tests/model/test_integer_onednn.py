@@ -72,6 +72,7 @@ def test_limb_plans():
     # a limb whose int32 sum could overflow is refused (the engine then takes the int8 GEMMs)
     wide = OneDnnConv(torch.full((1, 9000, 3, 3), 127), 1.0, torch.zeros(1))
     assert wide.plan(0, 255) is None
+    assert wide.plan(-2, 2) is None  # small values, but the bytes (l + 2) sum before the zero point leaves
     assert OneDnnConv.accepts(torch.tensor([-256, 254]))
     assert not OneDnnConv.accepts(torch.tensor([255])) and not OneDnnConv.accepts(torch.tensor([-257]))
     with pytest.raises(ValueError, match="outside"):

@@ -16,7 +16,8 @@ below 2^24 in magnitude is an exact float32, so:
   ``floor(a / 256^(L-1))`` with the smallest zero point ``z`` that puts ``l + z`` in 0..255
   (oneDNN subtracts it exactly, padding included). One limb when the range fits a byte.
 * **Exactness**: limb ``i`` sums at most ``|l_i| S`` (``S`` the largest per-channel sum of
-  ``|w|`` over the int8 weights), proven below 2^31, so oneDNN's int32 sums cannot overflow;
+  ``|w|`` over the int8 weights), and its bytes before the zero point is removed at most
+  ``255 S``, both proven below 2^31, so oneDNN's int32 sums cannot overflow;
   each limb's float32 result is an exact integer exactly when it is below 2^24 in magnitude
   (a rounded one would be at least 2^24). The consumer (:func:`first_step`, or the fused
   unit pass of :mod:`.fast`) checks every part while it combines them in float64, as the
@@ -205,7 +206,7 @@ class OneDnnConv:
 
     def plan(self, low: int, high: int) -> list[Limb] | None:
         """The limbs of codes in ``[low, high]``, lowest first; None when a limb's int32 sum could
-        overflow."""
+        overflow (its value, or the sum of its bytes before the zero point is removed)."""
         bits = self.limb_bits
         count = 1
         while True:
@@ -217,7 +218,9 @@ class OneDnnConv:
             count += 1
         limbs = [Limb(bits * i, bits, False, 0, (2**bits - 1) * self.weight_sum) for i in range(count - 1)]
         limbs.append(Limb(shift, bits, True, z, max(-top_low, top_high) * self.weight_sum))
-        return limbs if all(limb.bound < INT32_LIMIT for limb in limbs) else None
+        # also the raw byte sums, before oneDNN removes the zero point: 255 S
+        raw = (2**bits - 1) * self.weight_sum
+        return limbs if raw < INT32_LIMIT and all(limb.bound < INT32_LIMIT for limb in limbs) else None
 
     def _bytes(self, codes: ChannelBlocks, limbs: list[Limb]) -> list[Tensor]:
         """Each limb's uint8 input (B, C or 2 C, H, W, channels_last)."""
