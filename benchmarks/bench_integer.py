@@ -32,6 +32,7 @@ Run from the repository root::
     python benchmarks/bench_integer.py                    # base_channels 64, pow2 and saturate
     python benchmarks/bench_integer.py --quick            # base_channels 16, small inputs, 1 round
     python benchmarks/bench_integer.py --modes fixed_pow2 --reference --json out.json
+    python benchmarks/bench_integer.py --exactness        # fast path against reference path, every code
 
 Another engine is added by appending to :data:`ENGINES` a name and a factory
 ``f(model, (H, W)) -> callable(x) -> probabilities`` (or None when unavailable).
@@ -192,6 +193,24 @@ def onnx_profile(model: UNet, x: torch.Tensor, integer: bool) -> dict[str, float
     return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
 
 
+def fast_against_reference(model: UNet, data: dict[str, torch.Tensor]) -> dict[str, dict]:
+    """Codes of the integer engine's fast path against its reference path at every unit, on the
+    benchmark's inputs and adversarial ones (the EM slice x1000, 4 CT slices, noise in [-2, 2],
+    a constant 0.7): per input, the differing codes, all codes and the kernels the fast path ran."""
+    g = torch.Generator().manual_seed(0)
+    cases = {"em": data["em"], "em_x1000": data["em"] * 1000, "ct4": data["ct"][:4],
+             "noise": (torch.rand(1, 1, 256, 256, generator=g) * 4 - 2).contiguous(memory_format=torch.channels_last),
+             "constant": torch.full((1, 1, 128, 128), 0.7).contiguous(memory_format=torch.channels_last)}
+    fast, reference = IntegerUNet.from_model(model), IntegerUNet.from_model(model, fast=False)
+    out = {}
+    for name, x in cases.items():
+        got, expected = fast.forward_codes(x), reference.forward_codes(x)
+        out[name] = {"differing": sum(int((got[k] != expected[k]).sum()) for k in expected),
+                     "codes": sum(v.numel() for v in expected.values()),
+                     "kernels": sorted(set(fast.kernels_used().values()))}
+    return out
+
+
 def _stats(values: list[float]) -> dict[str, float]:
     return {"min": min(values), "median": statistics.median(values)}
 
@@ -258,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-check", action="store_true", help="skip the code comparison with the fake-quant model")
     parser.add_argument("--onnx-profile", action="store_true",
                         help="only profile the integer ONNX (onnxruntime kernel time per operator), no rounds")
+    parser.add_argument("--exactness", action="store_true",
+                        help="only compare the fast path's codes with the reference path's (every unit), no rounds")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--no-tune-allocator", dest="tune_allocator", action="store_false",
                         help="leave glibc's allocator as it is (unet.predict calls unet.runtime.tune_allocator)")
@@ -286,6 +307,18 @@ def main(argv: list[str] | None = None) -> int:
                      "cpu": cpu_features(), "loadavg_start": os.getloadavg()},
         "modes": {},
     }
+    if args.exactness:
+        checks = {mode: fast_against_reference(build(mode, base), data) for mode in modes}
+        for mode, per in checks.items():
+            for name, r in per.items():
+                kernels = ", ".join(r["kernels"])
+                print(f"{mode}/{name}: {r['differing']} of {r['codes']} codes differ; kernels {kernels}")
+            print(f"{mode}: {sum(r['differing'] for r in per.values())} of {sum(r['codes'] for r in per.values())} "
+                  "codes differ in all")
+        if args.json:
+            atomic_write_text(args.json, json.dumps({"settings": results["settings"], "fast_against_reference": checks},
+                                                    indent=2) + "\n")
+        return 0
     if args.onnx_profile:
         profiles = {f"{mode}/{case}": onnx_profile(build(mode, base), data[case], integer=True)
                     for mode in modes for case in cases}
