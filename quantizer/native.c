@@ -429,61 +429,11 @@ int unet_relu_bn(const float *x, float *out, int64_t outer, int64_t channels, in
     return (int)nan;
 }
 
-/*
- * The 8-bit limbs of integer codes held in float32, as the unsigned bytes a oneDNN int8
- * convolution reads (unet/integer/onednn.py), all limbs in one pass. x: `pixels` rows of
- * `channels` values; every v = x * mult (a float32 product, exact for a power-of-two mult) is
- * an integer below 2^24 in magnitude, so (int32_t)v is exact. Limb i = v >> shift[i] (floor), kept
- * to its low bits (& mask[i]; the top limb's mask is -1). outs[i] rows are `width` bytes:
- * limb + zero_point[i] goes to columns offset + c, and with second >= 0 to columns second + c
- * too (the input given twice, see OneDnnConv).
- * The caller has checked every byte fits 0..255.
- */
-UNET_CLONES static void limb_u8_span(const float *x, uint8_t *out, int64_t pixels, int64_t channels, float mult,
-                                     int shift, int32_t mask, int32_t zero_point, int64_t width, int64_t offset,
-                                     int64_t second) {
-    for (int64_t p = 0; p < pixels; p++) {
-        const float *xp = x + p * channels;
-        uint8_t *op = out + p * width;
-        if (second >= 0) {
-            for (int64_t c = 0; c < channels; c++) {
-                uint8_t byte = (uint8_t)((((int32_t)(xp[c] * mult) >> shift) & mask) + zero_point);
-                op[offset + c] = byte;
-                op[second + c] = byte;
-            }
-        } else {
-            for (int64_t c = 0; c < channels; c++)
-                op[offset + c] = (uint8_t)((((int32_t)(xp[c] * mult) >> shift) & mask) + zero_point);
-        }
-    }
-}
+#define LIMB_CHUNK 1024 /* channels of one pixel formed at once, in a buffer on the stack */
 
-void unet_limbs_u8(const float *x, uint8_t *const *outs, int count, const int *shifts, const int *masks,
-                   const int *zero_points, int64_t pixels, int64_t channels, float mult, int64_t width, int64_t offset,
-                   int64_t second, int threads) {
-    int64_t per = (2048 + channels - 1) / channels; /* whole pixels per piece: the input stays in cache */
-    int64_t spans = (pixels + per - 1) / per;
-    if (spans < 2) threads = 1;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(threads) if(threads > 1)
-#endif
-    for (int64_t k = 0; k < spans; k++) {
-        int64_t first = k * per, n = pixels - first < per ? pixels - first : per;
-        for (int i = 0; i < count; i++)
-            limb_u8_span(x + first * channels, outs[i] + first * width, n, channels, mult, shifts[i], masks[i],
-                         zero_points[i], width, offset, second);
-    }
+UNET_CLONES static void codes_of(const float *xp, float mult, int32_t *v, int64_t channels) {
+    for (int64_t c = 0; c < channels; c++) v[c] = (int32_t)(xp[c] * mult);
 }
-
-/*
- * unet_limbs_u8 of the bilinear x2 upsampling (align_corners false) of x, times 16: x holds
- * `images` images of `rows` x `cols` pixels of `channels` integer codes (channels_last, below
- * 2^20 in magnitude); output pixel (Y, X) is sum wy wx x[y][x] over the two nearest rows and
- * columns with weights 3 (the nearer) and 1, edges repeated (unet.integer.kernels.upsample2_codes),
- * computed in int32, then split into byte limbs as unet_limbs_u8 does (mult 1). outs[i] rows:
- * (2 rows) x (2 cols) pixels of `width` bytes.
- */
-#define UP2_CHANNELS 4096 /* channels of one upsampled pixel (the caller splits wider inputs) */
 
 UNET_CLONES static void up2_pixel(const float *p00, const float *p01, const float *p10, const float *p11, int32_t k00,
                                   int32_t k01, int32_t k10, int32_t k11, int32_t *v, int64_t channels) {
@@ -498,6 +448,52 @@ UNET_CLONES static void bytes_of(const int32_t *v, uint8_t *op, int64_t channels
         for (int64_t c = 0; c < channels; c++) op[second + c] = op[offset + c];
 }
 
+/* Every limb's bytes of channels [c0, c0 + n) of one pixel, whose codes are v, at byte `at` of each out. */
+static void pixel_bytes(const int32_t *v, int64_t n, int64_t c0, uint8_t *const *outs, int64_t at, int count,
+                        const int *shifts, const int *masks, const int *zero_points, int64_t offset, int64_t second) {
+    for (int i = 0; i < count; i++)
+        bytes_of(v, outs[i] + at, n, shifts[i], masks[i], zero_points[i], offset + c0, second >= 0 ? second + c0 : -1);
+}
+
+/*
+ * The 8-bit limbs of integer codes held in float32, as the unsigned bytes a oneDNN int8
+ * convolution reads (unet/integer/onednn.py), all limbs in one pass. x: `pixels` rows of
+ * `channels` values; every v = x * mult (a float32 product, exact for a power-of-two mult) is
+ * an integer below 2^24 in magnitude, so (int32_t)v is exact. Limb i = v >> shift[i] (floor), kept
+ * to its low bits (& mask[i]; the top limb's mask is -1). outs[i] rows are `width` bytes:
+ * limb + zero_point[i] goes to columns offset + c, and with second >= 0 to columns second + c
+ * too (the input given twice, see OneDnnConv).
+ * The caller has checked every byte fits 0..255.
+ */
+void unet_limbs_u8(const float *x, uint8_t *const *outs, int count, const int *shifts, const int *masks,
+                   const int *zero_points, int64_t pixels, int64_t channels, float mult, int64_t width, int64_t offset,
+                   int64_t second, int threads) {
+    int64_t per = (2048 + channels - 1) / channels; /* whole pixels per piece */
+    int64_t spans = (pixels + per - 1) / per;
+    if (spans < 2) threads = 1;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads) if(threads > 1)
+#endif
+    for (int64_t k = 0; k < spans; k++) {
+        int64_t first = k * per, last = pixels < first + per ? pixels : first + per;
+        int32_t v[LIMB_CHUNK];
+        for (int64_t p = first; p < last; p++)
+            for (int64_t c0 = 0; c0 < channels; c0 += LIMB_CHUNK) {
+                int64_t n = channels - c0 < LIMB_CHUNK ? channels - c0 : LIMB_CHUNK;
+                codes_of(x + p * channels + c0, mult, v, n);
+                pixel_bytes(v, n, c0, outs, p * width, count, shifts, masks, zero_points, offset, second);
+            }
+    }
+}
+
+/*
+ * unet_limbs_u8 of the bilinear x2 upsampling (align_corners false) of x, times 16: x holds
+ * `images` images of `rows` x `cols` pixels of `channels` integer codes (channels_last, below
+ * 2^20 in magnitude); output pixel (Y, X) is sum wy wx x[y][x] over the two nearest rows and
+ * columns with weights 3 (the nearer) and 1, edges repeated (unet.integer.kernels.upsample2_codes),
+ * computed in int32, then split into byte limbs as unet_limbs_u8 does (mult 1). outs[i] rows:
+ * (2 rows) x (2 cols) pixels of `width` bytes.
+ */
 void unet_up2_limbs_u8(const float *x, uint8_t *const *outs, int count, const int *shifts, const int *masks,
                        const int *zero_points, int64_t images, int64_t rows, int64_t cols, int64_t channels,
                        int64_t width, int64_t offset, int64_t second, int threads) {
@@ -511,17 +507,18 @@ void unet_up2_limbs_u8(const float *x, uint8_t *const *outs, int count, const in
         int64_t ya = Y & 1 ? y : (y > 0 ? y - 1 : 0), yb = Y & 1 ? (y + 1 < rows ? y + 1 : rows - 1) : y;
         int32_t wa = Y & 1 ? 3 : 1, wb = Y & 1 ? 1 : 3;
         const float *ra = x + (n * rows + ya) * cols * channels, *rb = x + (n * rows + yb) * cols * channels;
-        int32_t v[UP2_CHANNELS];
+        int32_t v[LIMB_CHUNK];
         for (int64_t X = 0; X < 2 * cols; X++) {
             int64_t xc = X >> 1;
             int64_t xa = X & 1 ? xc : (xc > 0 ? xc - 1 : 0), xb = X & 1 ? (xc + 1 < cols ? xc + 1 : cols - 1) : xc;
             int32_t va = X & 1 ? 3 : 1, vb = X & 1 ? 1 : 3;
-            const float *p00 = ra + xa * channels, *p01 = ra + xb * channels;
-            const float *p10 = rb + xa * channels, *p11 = rb + xb * channels;
-            int64_t at = (r * 2 * cols + X) * width;
-            up2_pixel(p00, p01, p10, p11, wa * va, wa * vb, wb * va, wb * vb, v, channels);
-            for (int i = 0; i < count; i++)
-                bytes_of(v, outs[i] + at, channels, shifts[i], masks[i], zero_points[i], offset, second);
+            for (int64_t c0 = 0; c0 < channels; c0 += LIMB_CHUNK) {
+                int64_t m = channels - c0 < LIMB_CHUNK ? channels - c0 : LIMB_CHUNK;
+                up2_pixel(ra + xa * channels + c0, ra + xb * channels + c0, rb + xa * channels + c0,
+                          rb + xb * channels + c0, wa * va, wa * vb, wb * va, wb * vb, v, m);
+                pixel_bytes(v, m, c0, outs, (r * 2 * cols + X) * width, count, shifts, masks, zero_points, offset,
+                            second);
+            }
         }
     }
 }
@@ -577,7 +574,7 @@ UNET_CLONES static int limbs_affine_span(const float *const *parts, const double
 }
 
 /*
- * A whole integer unit after its convolution, one pass: y as unet_limbs_affine forms it from
+ * A whole integer unit after its convolution, one pass: y as limbs_affine_span forms it from
  * the accumulator's limbs, then (when alpha is not NULL) BatchNorm(ReLU(y)) as unet_relu_bn
  * (channels_last) and post's rule and code scale, written to out (`pixels` rows of
  * `channels`). Returns 1 when some part holds a magnitude of 2^24 or more (out is then not to
@@ -606,7 +603,3 @@ int unet_limbs_unit(const float *const *parts, const int *shifts, int count, int
     return wide;
 }
 
-int unet_limbs_affine(const float *const *parts, const int *shifts, int count, int64_t pixels, int64_t channels,
-                      const double *bias, double scale, float *y, int threads) {
-    return unet_limbs_unit(parts, shifts, count, pixels, channels, bias, scale, NULL, NULL, 0, 0, NULL, y, threads);
-}

@@ -147,7 +147,6 @@ def _declare(lib: ctypes.CDLL) -> None:
         "unet_relu_bn": [p, p, i64, i64, i64, p, p, i32, i32, p, p, p, i32],
         "unet_limbs_u8": [p, p, i32, p, p, p, i64, i64, f32, i64, i64, i64, i32],
         "unet_up2_limbs_u8": [p, p, i32, p, p, p, i64, i64, i64, i64, i64, i64, i64, i32],
-        "unet_limbs_affine": [p, p, i32, i64, i64, p, ctypes.c_double, p, i32],
         "unet_limbs_unit": [p, p, i32, i64, i64, p, ctypes.c_double, p, p, i32, i32, p, p, i32],
     }
     for name, argtypes in signatures.items():
@@ -156,7 +155,6 @@ def _declare(lib: ctypes.CDLL) -> None:
         fn.restype = None
     lib.unet_minmax.restype = ctypes.c_int
     lib.unet_relu_bn.restype = ctypes.c_int
-    lib.unet_limbs_affine.restype = ctypes.c_int
     lib.unet_limbs_unit.restype = ctypes.c_int
 
 
@@ -421,9 +419,11 @@ class PostOp(ctypes.Structure):
 
 
 def post_pow2(plan: Pow2Plan) -> PostOp:
-    """:func:`pow2` with ``plan`` as a post-op (``plan`` must outlive it: its table is shared)."""
-    return PostOp(PostOp.POW2, plan.lo, plan.hi, plan.first, plan.t_min, plan.t_max, plan.keep_from, plan.limit,
+    """:func:`pow2` with ``plan`` as a post-op (which keeps ``plan`` alive: it points into its table)."""
+    post = PostOp(PostOp.POW2, plan.lo, plan.hi, plan.first, plan.t_min, plan.t_max, plan.keep_from, plan.limit,
                   plan.thresholds.ctypes.data, 0.0, 0.0)
+    post.plan = plan
+    return post
 
 
 def post_binary() -> PostOp:
@@ -459,26 +459,26 @@ def relu_bn(x: Tensor, out: Tensor, alpha: Tensor, beta: Tensor, relu: bool, fus
     return lo.value, hi.value
 
 
+def _limb_arrays(outs: list[Tensor], shifts: list[int], bits: list[int | None], zero_points: list[int]) -> tuple:
+    """The C arrays of :func:`limbs_u8` / :func:`up2_limbs_u8`: output pointers, shifts, masks
+    (-1 for the top limb), zero points."""
+    count = len(outs)
+    return ((ctypes.c_void_p * count)(*[t.data_ptr() for t in outs]), count, (ctypes.c_int * count)(*shifts),
+            (ctypes.c_int * count)(*[-1 if k is None else (1 << k) - 1 for k in bits]),
+            (ctypes.c_int * count)(*zero_points))
+
+
 def limbs_u8(x: Tensor, outs: list[Tensor], shifts: list[int], bits: list[int | None], zero_points: list[int],
              mult: float = 1.0, offset: int = 0, second: int | None = None) -> None:
     """Bytes of the limbs of the integer codes ``v = x mult`` (``x`` float32, channels_last (B, C,
     H, W); ``mult`` a power of two, every ``v`` an integer below 2^24), in one pass: limb ``i =
-    floor(v / 2^shifts[i])``,
-    reduced mod ``2^bits[i]`` (None: the top limb, not reduced). ``outs[i]`` (uint8,
+    floor(v / 2^shifts[i])``, reduced mod ``2^bits[i]`` (None: the top limb, not reduced). ``outs[i]`` (uint8,
     channels_last (B, K, H, W)) gets ``limb + zero_points[i]`` in channels ``offset ..``, and
     with ``second`` in channels ``second ..`` too. The caller guarantees every byte lies in
     0..255."""
     b, c, h, w = x.shape
-    count = len(outs)
-    pointers = (ctypes.c_void_p * count)(*[t.data_ptr() for t in outs])
-    masks = (ctypes.c_int * count)(*[-1 if k is None else (1 << k) - 1 for k in bits])
-    library().unet_limbs_u8(x.data_ptr(), pointers, count, (ctypes.c_int * count)(*shifts), masks,
-                            (ctypes.c_int * count)(*zero_points), b * h * w, c, mult, outs[0].shape[1], offset,
-                            -1 if second is None else second, _threads())
-
-
-#: Channels :func:`up2_limbs_u8` forms per pixel at once (``UP2_CHANNELS`` in native.c).
-UP2_CHANNELS = 4096
+    library().unet_limbs_u8(x.data_ptr(), *_limb_arrays(outs, shifts, bits, zero_points), b * h * w, c, mult,
+                            outs[0].shape[1], offset, -1 if second is None else second, _threads())
 
 
 def up2_limbs_u8(x: Tensor, outs: list[Tensor], shifts: list[int], bits: list[int | None], zero_points: list[int],
@@ -487,18 +487,8 @@ def up2_limbs_u8(x: Tensor, outs: list[Tensor], shifts: list[int], bits: list[in
     channels_last (B, C, h, w), below 2^20): the codes of ``unet.integer.kernels.upsample2_codes``,
     formed in int32 as the bytes are written (``outs[i]``: (B, K, 2 h, 2 w))."""
     b, c, h, w = x.shape
-    if c > UP2_CHANNELS:  # the kernel forms one pixel's channels in a fixed buffer
-        for start in range(0, c, UP2_CHANNELS):
-            part = x[:, start : start + UP2_CHANNELS].contiguous(memory_format=torch.channels_last)
-            up2_limbs_u8(part, outs, shifts, bits, zero_points, offset + start,
-                         None if second is None else second + start)
-        return
-    count = len(outs)
-    pointers = (ctypes.c_void_p * count)(*[t.data_ptr() for t in outs])
-    masks = (ctypes.c_int * count)(*[-1 if k is None else (1 << k) - 1 for k in bits])
-    library().unet_up2_limbs_u8(x.data_ptr(), pointers, count, (ctypes.c_int * count)(*shifts), masks,
-                                (ctypes.c_int * count)(*zero_points), b, h, w, c, outs[0].shape[1], offset,
-                                -1 if second is None else second, _threads())
+    library().unet_up2_limbs_u8(x.data_ptr(), *_limb_arrays(outs, shifts, bits, zero_points), b, h, w, c,
+                                outs[0].shape[1], offset, -1 if second is None else second, _threads())
 
 
 def limbs_affine(parts: list[Tensor], shifts: list[int], bias: Tensor, scale: float, out: Tensor) -> bool:
@@ -506,25 +496,21 @@ def limbs_affine(parts: list[Tensor], shifts: list[int], bias: Tensor, scale: fl
     float32 integer parts and ``out`` all of one shape in channels_last (or NHWC) memory, ``bias``
     a contiguous float64 vector over the channels. False (``out`` unusable) when some part is
     2^24 or more in magnitude, so possibly rounded; else True."""
-    channels = bias.numel()
-    pixels = out.numel() // channels if channels else 0
-    pointers = (ctypes.c_void_p * len(parts))(*[t.data_ptr() for t in parts])
-    offsets = (ctypes.c_int * len(parts))(*shifts)
-    wide = library().unet_limbs_affine(pointers, offsets, len(parts), pixels, channels, bias.data_ptr(), scale,
-                                       out.data_ptr(), _threads())
-    return not wide
+    return limbs_unit(parts, shifts, bias, scale, None, None, False, False, None, out)
 
 
-def limbs_unit(parts: list[Tensor], shifts: list[int], bias: Tensor, scale: float, alpha: Tensor, beta: Tensor,
-               relu: bool, fused: bool, post: PostOp | None, out: Tensor) -> bool:
+def limbs_unit(parts: list[Tensor], shifts: list[int], bias: Tensor, scale: float, alpha: Tensor | None,
+               beta: Tensor | None, relu: bool, fused: bool, post: PostOp | None, out: Tensor) -> bool:
     """An integer unit after its convolution in one pass: ``y`` as :func:`limbs_affine` forms it,
-    then ``relu(y) alpha_c + beta_c`` as :func:`relu_bn` (channels_last), then ``post``'s rule
-    (and code scale). False (``out`` unusable) when some part is 2^24 or more in magnitude."""
+    then (with ``alpha``) ``relu(y) alpha_c + beta_c`` as :func:`relu_bn` (channels_last), then
+    ``post``'s rule (and code scale). False (``out`` unusable) when some part is 2^24 or more in
+    magnitude."""
     channels = bias.numel()
     pixels = out.numel() // channels if channels else 0
     pointers = (ctypes.c_void_p * len(parts))(*[t.data_ptr() for t in parts])
     offsets = (ctypes.c_int * len(parts))(*shifts)
     wide = library().unet_limbs_unit(pointers, offsets, len(parts), pixels, channels, bias.data_ptr(), scale,
-                                     alpha.data_ptr(), beta.data_ptr(), int(relu), int(fused),
+                                     None if alpha is None else alpha.data_ptr(),
+                                     None if beta is None else beta.data_ptr(), int(relu), int(fused),
                                      None if post is None else ctypes.byref(post), out.data_ptr(), _threads())
     return not wide

@@ -101,6 +101,22 @@ def test_channel_blocks_equal_their_joined_codes():
             assert torch.equal(first_step(conv(blocks, low, high), 1.0, conv.bias64), from_blocks)
 
 
+def test_input_bytes_of_wide_blocks_equal_their_pytorch_form():
+    # more channels than the kernels form per pixel at once (1024), in both byte kernels
+    g = torch.Generator().manual_seed(7)
+    low_res = torch.randint(-3000, 3001, (1, 1100, 2, 3), generator=g).float().contiguous(memory_format=CL)
+    skip = torch.randint(-3000, 3001, (1, 1030, 4, 6), generator=g).float().contiguous(memory_format=CL)
+    blocks = ChannelBlocks((CodeBlock(low_res, upsampled=True), CodeBlock(skip, 16)))
+    for w_max in (127, 240):  # direct, and halves (the bytes written twice)
+        conv = OneDnnConv(torch.full((1, 2130, 3, 3), w_max), 1.0, torch.zeros(1))
+        limbs = conv.plan(*blocks.code_range())
+        assert len(limbs) == 3
+        native_bytes = conv._bytes(blocks, limbs)
+        with native.enabled(False):
+            pytorch_bytes = conv._bytes(blocks, limbs)
+        assert all(torch.equal(a, b) for a, b in zip(native_bytes, pytorch_bytes, strict=True)), w_max
+
+
 def test_sums_past_float32_are_refused_not_rounded():
     # 300 channels of 255 x 127: 9.7 million per tap set, past 2^24 in one limb sum
     w = torch.full((2, 300, 3, 3), 127)
