@@ -87,12 +87,25 @@ def _affine(bn: nn.BatchNorm2d, fused: bool) -> tuple[Tensor, Tensor]:
     return cached[1], cached[2]
 
 
+def _evaluation_batchnorm(bn: nn.BatchNorm2d) -> bool:
+    """Whether ``bn`` is an affine map the kernel can take: evaluation mode, running statistics,
+    contiguous float32 CPU vectors."""
+    return (not bn.training and bn.running_mean is not None
+            and all(_plain(t) for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias)))
+
+
+def _batchnorm_form(bn: nn.BatchNorm2d, layout: str) -> tuple[bool, Tensor, Tensor] | None:
+    """``(fused, alpha, beta)`` of ``bn`` as PyTorch computes it on ``layout`` tensors, or None
+    where the kernel cannot match PyTorch there."""
+    fused = batchnorm_rounding(layout)
+    return None if fused is None else (fused, *_affine(bn, fused))
+
+
 def applies(x: Tensor, bn: nn.BatchNorm2d) -> bool:
     """Whether :func:`relu_batchnorm_quantize` can run: no gradient, ``bn`` in evaluation mode with
     running statistics, float32 CPU tensors outside autocast, the kernels loaded."""
-    return (not torch.is_grad_enabled() and not bn.training and bn.running_mean is not None
-            and x.dim() == 4 and native.applies(x) and not torch.is_autocast_enabled("cpu")
-            and all(_plain(t) for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias)))
+    return (not torch.is_grad_enabled() and _evaluation_batchnorm(bn) and x.dim() == 4 and native.applies(x)
+            and not torch.is_autocast_enabled("cpu"))
 
 
 @dataclass(frozen=True)
@@ -105,7 +118,6 @@ class OnePass:
     beta: Tensor
     fused: bool
     post: native.PostOp
-    table: object = None  # what ``post`` points into (the pow2 thresholds), kept alive with it
 
 
 def one_pass(relu: bool, bn: nn.BatchNorm2d, spec: QuantSpec, layout: str, code_scale: float = 0.0) -> OnePass | None:
@@ -113,30 +125,25 @@ def one_pass(relu: bool, bn: nn.BatchNorm2d, spec: QuantSpec, layout: str, code_
     each value alone (:func:`quantizer.functional.single_pass_rule`); ``code_scale`` (when not 0):
     the pass then writes ``trunc(q code_scale)``. None where the fusion does not apply (a tensor
     check apart: :func:`applies`)."""
-    if spec.kind == "ternary" or bn.training or bn.running_mean is None or native.library() is None \
-            or not all(_plain(t) for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias)):
+    if spec.kind == "ternary" or native.library() is None or not _evaluation_batchnorm(bn):
         return None
-    fused = batchnorm_rounding(layout)
+    form = _batchnorm_form(bn, layout)
     post = F.single_pass_rule(spec.kind, spec.i_bits, spec.f_bits, spec.rounding, spec.overflow,
                               spec.pow2_min_exponent)
-    if fused is None or post is None:
+    if form is None or post is None:
         return None
     post.code_scale = code_scale
-    alpha, beta = _affine(bn, fused)
-    table = native.pow2_plan(F.pow2_limit(spec.i_bits, spec.f_bits), spec.pow2_min_exponent) \
-        if spec.rounding == "pow2" and spec.kind == "fixed" else None
-    return OnePass(relu, alpha, beta, fused, post, table)
+    fused, alpha, beta = form
+    return OnePass(relu, alpha, beta, fused, post)
 
 
 def relu_batchnorm_quantize(x: Tensor, relu: bool, bn: nn.BatchNorm2d, spec: QuantSpec) -> Tensor | None:
     """``spec(bn(relu(x)))`` (``bn(x)`` when not ``relu``) in evaluation, bit-equal to the modules
     run in turn, in a new tensor of ``x``'s layout; None where the fusion does not apply."""
-    if spec.kind == "ternary" or not applies(x, bn):
+    form = None if spec.kind == "ternary" or not applies(x, bn) else _batchnorm_form(bn, _layout(x))
+    if form is None:
         return None
-    fused = batchnorm_rounding(_layout(x))
-    if fused is None:
-        return None
-    alpha, beta = _affine(bn, fused)
+    fused, alpha, beta = form
     y = torch.empty_like(x)
     post = F.single_pass_rule(spec.kind, spec.i_bits, spec.f_bits, spec.rounding, spec.overflow,
                               spec.pow2_min_exponent)

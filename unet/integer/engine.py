@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from quantizer import QuantConv2d, QuantSpec
+from quantizer.fusion import OnePass
 
 from ..errors import UserError
 from ..model import Stage, UNet, upsample_cat, walk
@@ -24,7 +25,6 @@ from .kernels import (
     choose_kernel,
     conv3x3_codes,
     maxpool2_codes,
-    upsample2_codes,
 )
 from .thresholds import ThresholdRequantizer
 
@@ -57,7 +57,8 @@ class IntegerUnit:
     last_kernel: str = ""
     fast_conv: Int8Conv | None = None
     direct_conv: onednn.OneDnnConv | None = None
-    one_pass: object = None  # the fused requantization plan (fast path), found on first use
+    one_pass: OnePass | None = None  # the fused requantization plan of the fast path
+    direct_tried: bool = False  # whether the fast path looked for its oneDNN convolution yet
 
     def __call__(self, a: Tensor | onednn.ChannelBlocks, kernel: str) -> Tensor:
         """Output codes of input codes ``a`` (B C H W): int64 codes through the reference kernels
@@ -71,9 +72,11 @@ class IntegerUnit:
             raise ValueError(f"{self.name}: input code {observed} above the format's bound {self.max_input_code}")
         bound = observed * self.weight_sums  # this batch's proof (<= the static bound)
         if isinstance(a, onednn.ChannelBlocks) or a.is_floating_point():
-            if self.direct_conv is None and onednn.available() and onednn.OneDnnConv.accepts(self.weights):
-                self.direct_conv = onednn.OneDnnConv(self.weights, self.requant.acc_scale, self.requant.bias)
-                self.one_pass = unit_pass(self.requant)
+            if not self.direct_tried:  # once: the operator's probe and the weights' int8 form
+                self.direct_tried = True
+                if onednn.available() and onednn.OneDnnConv.accepts(self.weights):
+                    self.direct_conv = onednn.OneDnnConv(self.weights, self.requant.acc_scale, self.requant.bias)
+                    self.one_pass = unit_pass(self.requant)
             if self.direct_conv is not None:
                 acc = self.direct_conv(a, low, high)
                 codes = None if acc is None else requantize_accumulator(self.requant, acc, self.one_pass)
@@ -211,9 +214,8 @@ class IntegerUNet:
     def _join(self, a: Tensor, skip: Tensor) -> Tensor | onednn.ChannelBlocks:
         """A decoder block's input: the upsampled codes (x UP_GAIN) beside the skip scaled to match;
         on the fast path as channel blocks the convolution reads without a joined copy."""
-        if self.fast:  # upsampled and scaled as the convolution's bytes are formed
-            return onednn.ChannelBlocks((onednn.CodeBlock(a, upsampled=True), onednn.CodeBlock(skip, UP_GAIN)))
-        return torch.cat([upsample2_codes(a), skip * UP_GAIN], dim=1)
+        blocks = onednn.ChannelBlocks((onednn.CodeBlock(a, upsampled=True), onednn.CodeBlock(skip, UP_GAIN)))
+        return blocks if self.fast else blocks.joined()  # fast: formed as the convolution's bytes are
 
     def _block(self, stage: Stage, a: Tensor, record: dict[str, Tensor] | None) -> Tensor:
         """Output codes of one block. The first block (float weights) runs in float arithmetic

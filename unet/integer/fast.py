@@ -183,10 +183,9 @@ def requantize(requant: ThresholdRequantizer, acc: Tensor, bound: int, folded: b
     else:
         y = acc.to(torch.float64).mul_(scale).add_(requant.bias).float()
     y = y.permute(0, 3, 1, 2)  # NCHW view of NHWC memory: channels_last
-    spec = requant.fmt.spec
-    foldable = isinstance(requant.act, (nn.ReLU, nn.Identity)) and isinstance(requant.bn, nn.BatchNorm2d)
-    if spec.kind != "int" and foldable:
-        q = relu_batchnorm_quantize(y, isinstance(requant.act, nn.ReLU), requant.bn, spec)
+    relu = _foldable_relu(requant)
+    if requant.fmt.spec.kind != "int" and relu is not None:
+        q = relu_batchnorm_quantize(y, relu, requant.bn, requant.fmt.spec)
         if q is not None:  # one pass, bit-equal to the modules in turn
             return float_codes(q, requant.fmt)
     z = requant.bn(requant.act(y))
@@ -200,13 +199,21 @@ def requantize(requant: ThresholdRequantizer, acc: Tensor, bound: int, folded: b
     return float_codes(requant.fmt.spec(z), requant.fmt)
 
 
+def _foldable_relu(requant: ThresholdRequantizer) -> bool | None:
+    """Whether the unit's activation is a ReLU (True) or none (False) before a BatchNorm, the forms
+    the fused kernels take; None for any other unit."""
+    if not isinstance(requant.bn, nn.BatchNorm2d) or not isinstance(requant.act, (nn.ReLU, nn.Identity)):
+        return None
+    return isinstance(requant.act, nn.ReLU)
+
+
 def unit_pass(requant: ThresholdRequantizer) -> OnePass | None:
     """The unit's ``codes(Q(BN(act(y))))`` as one native pass (ReLU or no activation, BatchNorm,
     a rule that rounds each value alone, then the code scale); None where it does not fold."""
-    if not (isinstance(requant.act, (nn.ReLU, nn.Identity)) and isinstance(requant.bn, nn.BatchNorm2d)):
+    relu = _foldable_relu(requant)
+    if relu is None:
         return None
-    return one_pass(isinstance(requant.act, nn.ReLU), requant.bn, requant.fmt.spec, "channels_last",
-                    code_scale=1.0 / requant.fmt.scale)
+    return one_pass(relu, requant.bn, requant.fmt.spec, "channels_last", code_scale=1.0 / requant.fmt.scale)
 
 
 @torch.no_grad()

@@ -48,6 +48,8 @@ from .kernels import upsample2_codes
 FLOAT32_EXACT = 2**24
 #: oneDNN sums each limb's products in int32.
 INT32_LIMIT = 2**31
+#: Bits of an activation limb: oneDNN's unsigned 8-bit input.
+LIMB_BITS = 8
 _UNIT = [1, 1]
 _PAD = [1, 1]
 
@@ -81,8 +83,8 @@ def available() -> bool:
 
 @dataclass(frozen=True)
 class CodeBlock:
-    """Integer codes ``codes * mult`` (float32 B C H W, channels_last; ``mult`` a power of two,
-    the products integers below 2^24), or with ``upsampled`` the codes of
+    """Integer codes ``codes * mult`` (float32 B C H W, channels_last, the fast path's: ``mult`` a
+    power of two, the products integers below 2^24; or int64 codes), or with ``upsampled`` the codes of
     :func:`~unet.integer.kernels.upsample2_codes` of ``codes`` (16 x the bilinear x2
     upsampling, (B, C, 2 H, 2 W); ``mult`` 1)."""
 
@@ -149,11 +151,11 @@ def code_range(codes: Tensor, mult: float = 1.0) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Limb:
-    """One activation limb: ``floor(a / 2^shift)``, kept to ``bits`` bits unless ``top``, given to
-    the convolution as ``limb + zero_point``; ``bound``: the largest magnitude of its sum."""
+    """One activation limb: ``floor(a / 2^shift)``, kept to its low :data:`LIMB_BITS` bits unless
+    ``top``, given to the convolution as ``limb + zero_point``; ``bound``: the largest magnitude of
+    its sum."""
 
     shift: int
-    bits: int
     top: bool
     zero_point: int
     bound: int
@@ -179,7 +181,6 @@ class OneDnnConv:
         else:
             int8 = weights
         sums = int8.abs().sum(dim=(1, 2, 3))
-        self.limb_bits = 8
         self.weight_sum = int(sums.max()) if sums.numel() else 0
         self.weight_bits = int8.to(torch.int8).contiguous(memory_format=torch.channels_last)
         self._ones = torch.ones(self.out_channels)
@@ -207,7 +208,7 @@ class OneDnnConv:
     def plan(self, low: int, high: int) -> list[Limb] | None:
         """The limbs of codes in ``[low, high]``, lowest first; None when a limb's int32 sum could
         overflow (its value, or the sum of its bytes before the zero point is removed)."""
-        bits = self.limb_bits
+        bits = LIMB_BITS
         count = 1
         while True:
             shift = bits * (count - 1)
@@ -216,8 +217,8 @@ class OneDnnConv:
             if z is not None:
                 break
             count += 1
-        limbs = [Limb(bits * i, bits, False, 0, (2**bits - 1) * self.weight_sum) for i in range(count - 1)]
-        limbs.append(Limb(shift, bits, True, z, max(-top_low, top_high) * self.weight_sum))
+        limbs = [Limb(bits * i, False, 0, (2**bits - 1) * self.weight_sum) for i in range(count - 1)]
+        limbs.append(Limb(shift, True, z, max(-top_low, top_high) * self.weight_sum))
         # also the raw byte sums, before oneDNN removes the zero point: 255 S
         raw = (2**bits - 1) * self.weight_sum
         return limbs if raw < INT32_LIMIT and all(limb.bound < INT32_LIMIT for limb in limbs) else None
@@ -230,7 +231,7 @@ class OneDnnConv:
         if all(native.applies(block.codes) and block.codes.is_contiguous(memory_format=torch.channels_last)
                for block in codes.blocks):
             shifts = [limb.shift for limb in limbs]
-            bits = [None if limb.top else limb.bits for limb in limbs]
+            bits = [None if limb.top else LIMB_BITS for limb in limbs]
             zero_points = [limb.zero_point for limb in limbs]
             offset = 0
             for block in codes.blocks:
@@ -245,7 +246,7 @@ class OneDnnConv:
         for limb, out in zip(limbs, outs, strict=True):
             values = joined >> limb.shift
             if not limb.top:
-                values &= 2**limb.bits - 1
+                values &= 2**LIMB_BITS - 1
             for start in (0, c) if self.halves else (0,):
                 out[:, start : start + c].copy_(values + limb.zero_point)
         return outs
@@ -299,18 +300,7 @@ def first_step(acc: Accumulator, scale: float, bias: Tensor) -> Tensor | None:
     if native.applies(acc.parts[0]):
         nhwc = [part.permute(0, 2, 3, 1) for part in acc.parts]
         return y if native.limbs_affine(nhwc, acc.shifts, bias, scale, y.permute(0, 2, 3, 1)) else None
-    if any(_max_abs(part) >= FLOAT32_EXACT for part in acc.parts):
+    if any(max(-low, high) >= FLOAT32_EXACT for low, high in map(code_range, acc.parts)):
         return None
     total = sum(part.double() * 2.0**shift for part, shift in zip(acc.parts, acc.shifts, strict=True))
     return y.copy_((total * scale + bias.view(1, -1, 1, 1)).float())
-
-
-def _max_abs(t: Tensor) -> int:
-    """Largest magnitude in ``t`` (float32 integers), one pass over its memory."""
-    flat = t.permute(0, 2, 3, 1) if t.is_contiguous(memory_format=torch.channels_last) else t
-    if native.applies(flat):
-        found = native.minmax(flat)
-        if found is not None:
-            return int(max(-found[0], found[1]))
-    low, high = torch.aminmax(flat)
-    return int(max(-low, high))
