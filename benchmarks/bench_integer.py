@@ -161,26 +161,17 @@ def inputs(quick: bool) -> dict[str, torch.Tensor]:
             "ct": ct_x.contiguous(memory_format=torch.channels_last)}
 
 
-def onnx_profile(model: UNet, x: torch.Tensor, integer: bool) -> dict[str, float]:
+def onnx_profile(model: UNet, x: torch.Tensor) -> dict[str, float]:
     """Seconds of onnxruntime kernel time per operator type in one call (after a warm-up) of the
-    integer (or float) ONNX graph of ``model`` on ``x``: onnxruntime's own profiler."""
+    integer ONNX graph of ``model`` on ``x``: onnxruntime's own profiler."""
     import tempfile
 
-    import onnxruntime as ort
-
-    from unet.export.onnx import onnx_model
+    from unet.export.onnx import cpu_session
     from unet.export.onnx_int import integer_onnx_model
 
-    hw = (x.shape[-2], x.shape[-1])
-    proto = integer_onnx_model(model, hw) if integer else onnx_model(model, hw)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    proto = integer_onnx_model(model, (x.shape[-2], x.shape[-1]))
     with tempfile.TemporaryDirectory() as folder:
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(folder) / "ort")
-        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = cpu_session(proto, profile_prefix=str(Path(folder) / "ort"))
         feed = {session.get_inputs()[0].name: x.contiguous().numpy()}
         session.run(None, feed)
         session.run(None, feed)
@@ -320,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     indent=2) + "\n")
         return 0
     if args.onnx_profile:
-        profiles = {f"{mode}/{case}": onnx_profile(build(mode, base), data[case], integer=True)
+        profiles = {f"{mode}/{case}": onnx_profile(build(mode, base), data[case])
                     for mode in modes for case in cases}
         for key, totals in profiles.items():
             print(f"{key}: " + ", ".join(f"{op} {t:.2f} s" for op, t in totals.items() if t >= 0.01)

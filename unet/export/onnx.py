@@ -474,16 +474,20 @@ def export_onnx(model: UNet, path: Path, input_hw: tuple[int, int], metadata: di
     save_model(onnx_model(model, input_hw, metadata), Path(path))
 
 
-def cpu_session(proto: onnx.ModelProto, threads: int | None = None):
+def cpu_session(proto: onnx.ModelProto, threads: int | None = None, profile_prefix: str | None = None):
     """An onnxruntime CPU session of ``proto`` with ``threads`` intra-op threads (default
     ``torch.get_num_threads()``) that sleep instead of spinning between operators (spinning
-    threads steal the cores of a shared machine)."""
+    threads steal the cores of a shared machine); ``profile_prefix``: onnxruntime's profiler on,
+    its JSON written under that prefix (``session.end_profiling()`` names the file)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
