@@ -7,7 +7,6 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -30,6 +29,8 @@ from unet.prep.nih import (
     window_and_scale,
     write_synthetic_nih,
 )
+
+from ..helpers.dicom import write_dicom_series, write_slices
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = REPO / "preprocessing" / "nih_prepare.py"
@@ -165,61 +166,6 @@ def test_flipped_permuted_affine_keeps_label_on_structure(tmp_path: Path) -> Non
 # ------------------------------------------------------------------ DICOM
 
 
-def _write_slices(
-    folder: Path,
-    stored: np.ndarray,
-    iop: Sequence[float],
-    positions: Sequence[Sequence[float]],
-    spacing_rc: tuple[float, float],
-    slopes: Sequence[float],
-    intercepts: Sequence[float],
-    seed: int = 0,
-) -> list[Path]:
-    """Write stored[k, r, c] (uint16) as one CT series, slice k at positions[k], with its own
-    RescaleSlope/Intercept, in a shuffled file order beside a non-DICOM file; return the files."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    folder.mkdir(parents=True)
-    series, study = generate_uid(), generate_uid()
-    order = np.random.default_rng(seed).permutation(len(stored))
-    files = []
-    for k in range(len(stored)):
-        uid = generate_uid()
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, uid
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.Modality, ds.PatientID = "CT", "PANCREAS_0001"
-        ds.ImageOrientationPatient = [f"{v:.10g}" for v in iop]
-        ds.ImagePositionPatient = [f"{v:.10g}" for v in positions[k]]
-        ds.PixelSpacing = list(spacing_rc)
-        ds.SliceThickness = 2.5
-        ds.Rows, ds.Columns = stored.shape[1:]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.RescaleSlope, ds.RescaleIntercept = f"{slopes[k]:.10g}", f"{intercepts[k]:.10g}"
-        ds.PixelData = stored[k].astype("<u2").tobytes()
-        files.append(folder / f"IM{order[k]:04d}.dcm")
-        ds.save_as(files[-1], enforce_file_format=True)
-    (folder / "README.txt").write_text("not a DICOM file\n")
-    return files
-
-
-def _write_dicom_series(
-    folder: Path, volume_lps: np.ndarray, spacing_rc: tuple[float, float], origin: np.ndarray, dz: float, seed: int = 0
-) -> None:
-    """Write volume_lps[c, r, k] (HU, even integers) as axial CT slices, in a shuffled file order."""
-    n = volume_lps.shape[2]
-    stored = ((volume_lps.transpose(2, 1, 0) + 1000) / 2).astype(np.uint16)  # [k, r, c]
-    positions = [origin + np.array([0.0, 0.0, k * dz]) for k in range(n)]
-    _write_slices(folder, stored, [1, 0, 0, 0, 1, 0], positions, spacing_rc, [2] * n, [-1000] * n, seed)
-
-
 def _lps_volume(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return (2 * rng.integers(-500, 300, size=shape)).astype(np.float32)
@@ -229,7 +175,7 @@ def test_dicom_series_matches_nifti_of_same_volume(tmp_path: Path) -> None:
     volume = _lps_volume((24, 20, 7))  # [column, row, slice]: 24 columns, 20 rows
     spacing_rc = (0.8, 0.6)
     origin = np.array([-100.0, -50.0, 30.0])
-    _write_dicom_series(tmp_path / "PANCREAS_0001" / "study" / "series", volume, spacing_rc, origin, 2.5)
+    write_dicom_series(tmp_path / "PANCREAS_0001" / "study" / "series", volume, spacing_rc, origin, 2.5)
     lps = np.eye(4)
     lps[:3, :3] = np.diag([spacing_rc[1], spacing_rc[0], 2.5])
     lps[:3, 3] = origin
@@ -263,7 +209,7 @@ def test_oblique_reversed_tilted_series_geometry_and_rescale(tmp_path: Path) -> 
     stored = rng.integers(0, 4000, size=(n, 9, 11))
     slopes, intercepts = [1.0, 0.5, 2.0, 1.0, 0.5], [-1024.0, -1000.0, -1024.0, 0.0, -512.0]
     # files in reverse anatomical order (last slice first in position order), names shuffled
-    _write_slices(tmp_path / "case" / "s", stored[::-1], np.r_[u, v], positions[::-1], spacing_rc, slopes[::-1],
+    write_slices(tmp_path / "case" / "s", stored[::-1], np.r_[u, v], positions[::-1], spacing_rc, slopes[::-1],
                   intercepts[::-1], seed=1)
     hu = (stored * np.array(slopes)[:, None, None] + np.array(intercepts)[:, None, None]).astype(np.float32)
     lps = np.eye(4)
@@ -281,7 +227,7 @@ def test_oblique_reversed_tilted_series_geometry_and_rescale(tmp_path: Path) -> 
 def _one_slice_series(folder: Path, seed: int = 0) -> list[Path]:
     stored = np.random.default_rng(seed).integers(0, 100, size=(3, 4, 5))
     positions = [[0.0, 0.0, 2.0 * k] for k in range(3)]
-    return _write_slices(folder, stored, [1, 0, 0, 0, 1, 0], positions, (1.0, 1.0), [1] * 3, [0] * 3, seed)
+    return write_slices(folder, stored, [1, 0, 0, 0, 1, 0], positions, (1.0, 1.0), [1] * 3, [0] * 3, seed)
 
 
 def _write_report_without_pixels(path: Path) -> None:
@@ -330,7 +276,7 @@ def test_prepare_mixes_dicom_and_nifti_cases(tmp_path: Path) -> None:
     lab[10:16, 8:12, 2:5] = 1
     spacing_rc, origin = (0.8, 0.6), np.array([0.0, 0.0, 0.0])
     images, labels = tmp_path / "images", tmp_path / "labels"
-    _write_dicom_series(images / "PANCREAS_0001" / "a" / "b", volume, spacing_rc, origin, 2.0)
+    write_dicom_series(images / "PANCREAS_0001" / "a" / "b", volume, spacing_rc, origin, 2.0)
     ras = np.diag([-0.6, -0.8, 2.0, 1.0])
     labels.mkdir()
     nib.save(nib.Nifti1Image(lab, ras), labels / "label0001.nii.gz")

@@ -29,6 +29,7 @@ from unet.metrics import slice_metrics
 from unet.predict import cli, sliding, transforms
 
 from ..conftest import REPO
+from ..helpers.dicom import write_dicom_series
 
 TRAIN_ARGS = {
     "em": ["-o", "crop_size=[48,48]", "-o", "batch_size=4", "-o", "val_batch_size=4"],
@@ -423,37 +424,6 @@ def test_volume_in_any_orientation_gives_the_same_mask_on_its_voxels(runs, tmp_p
         np.testing.assert_allclose(np.asanyarray(prob.dataobj), reference, atol=1e-6)
 
 
-def _write_dicom_series(folder: Path, volume_lps: np.ndarray, spacing_rc, origin, dz: float) -> None:
-    """volume_lps[c, r, k] (HU, even integers) as a CT series, files in shuffled order."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    folder.mkdir(parents=True)
-    series, study = generate_uid(), generate_uid()
-    n_cols, n_rows, n_slices = volume_lps.shape
-    order = np.random.default_rng(0).permutation(n_slices)
-    for k in range(n_slices):
-        uid = generate_uid()
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, uid
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.Modality, ds.PatientID = "CT", "X"
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [float(v) for v in origin + np.array([0.0, 0.0, k * dz])]
-        ds.PixelSpacing = list(spacing_rc)
-        ds.SliceThickness = dz
-        ds.Rows, ds.Columns = n_rows, n_cols
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.RescaleSlope, ds.RescaleIntercept = 2, -1000
-        ds.PixelData = ((volume_lps[:, :, k].T + 1000) / 2).astype("<u2").tobytes()
-        ds.save_as(folder / f"IM{order[k]:04d}.dcm", enforce_file_format=True)
-
-
 def test_dicom_series_round_trip_keeps_the_slice_order(runs, tmp_path: Path) -> None:
     """A DICOM series (files shuffled) and the same volume as NIfTI give the same probabilities
     slice for slice; the output NAME.nii.gz lies on the series' grid (RAS+ voxel order)."""
@@ -465,7 +435,7 @@ def test_dicom_series_round_trip_keeps_the_slice_order(runs, tmp_path: Path) -> 
     volume_lps = (2 * np.round(np.clip(ct[::-1, ::-1, :], -1000, 3000) / 2)).astype(np.float32)  # [c, r, k], LPS
     spacing_rc, origin, dz = (0.8, 0.6), np.array([-20.0, -15.0, 30.0]), 2.5
     inputs = tmp_path / "in"
-    _write_dicom_series(inputs / "CASE_A", volume_lps, spacing_rc, origin, dz)
+    write_dicom_series(inputs / "CASE_A", volume_lps, spacing_rc, origin, dz)
     lps = np.eye(4)
     lps[:3, :3] = np.diag([spacing_rc[1], spacing_rc[0], dz])
     lps[:3, 3] = origin
