@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from unet.errors import ConfigError, UserError
+from unet.export import onnx_int
 from unet.export.onnx import Graph, cpu_session
 from unet.export.onnx_int import (
     IntegerOnnxForward,
@@ -175,16 +176,23 @@ def test_command_and_predict_engine_dispatch():
         make_engine("onnx-int", trained("INT", act=(8, 0), weight=(8, 0)), (32, 32))
 
 
-@pytest.mark.parametrize("case", ["pow2 Q6.0/Q0.4", "Q6.0/Q0.4 saturate", "Q6.0/Q0.4 wrap", "Q4.0/Q0.2 saturate",
-                                  "Q3.3 wrap"])
-def test_threshold_search_equals_the_engine_tables_over_the_whole_range(case):
-    """Every unit's requantization graph (the float32 first guess + binary search, or the full
-    search) against the engine's table lookup on accumulators spread over each channel's whole
-    reachable range, every threshold and its neighbours."""
+@pytest.mark.parametrize(("case", "tables"), [
+    *((case, True) for case in ("pow2 Q6.0/Q0.4", "Q6.0/Q0.4 saturate", "Q6.0/Q0.4 wrap", "Q4.0/Q0.2 saturate",
+                                 "Q3.3 wrap")),
+    *((case, False) for case in ("Q6.0/Q0.4 saturate", "Q6.0/Q0.4 wrap", "Q4.0/Q0.2 saturate", "Q3.3 wrap")),
+])
+def test_threshold_search_equals_the_engine_tables_over_the_whole_range(case, tables, monkeypatch):
+    """Every unit's requantization graph (one table read where the table fits; else the float32
+    first guess + binary search, or the full search) against the engine's table lookup on
+    accumulators spread over each channel's whole reachable range, every threshold and its
+    neighbours."""
     from onnx import TensorProto, helper
 
+    if not tables:
+        monkeypatch.setattr(onnx_int, "LUT_LIMIT_BYTES", 0)
     engine = IntegerUNet.from_model(trained(**CASES[case]))
     g = torch.Generator().manual_seed(11)
+    looked_up = []
     for unit in engine.units.values():
         orientation, thresholds, _ = unit.requant.thresholds()
         bound = unit.static_bound
@@ -198,6 +206,7 @@ def test_threshold_search_equals_the_engine_tables_over_the_whole_range(case):
         acc = oriented * orientation  # NHWC, every channel
         gr = Graph()
         out = threshold_codes(gr, "acc", unit, dtype)
+        looked_up.append(any(i.name.startswith("lut_") for i in gr.initializers))
         graph = helper.make_graph(gr.nodes, "t", [helper.make_tensor_value_info("acc", dtype, [None] * 4)],
                                   [helper.make_tensor_value_info(out, TensorProto.INT32, [None] * 4)],
                                   gr.initializers)
@@ -206,3 +215,5 @@ def test_threshold_search_equals_the_engine_tables_over_the_whole_range(case):
         (got,) = cpu_session(proto, 1).run(None, {"acc": acc.to(np_dtype).contiguous().numpy()})
         expected = unit.requant(acc.permute(0, 3, 1, 2).contiguous()).permute(0, 2, 3, 1)
         assert torch.equal(torch.from_numpy(got).to(torch.int64), expected), unit.name
+    # pow2's tables span up to 2^31 (the search); Q6.0's and Q4.0's fit (Q3.3 wrap: most units)
+    assert any(looked_up) == (tables and not case.startswith("pow2")), looked_up

@@ -80,6 +80,9 @@ SUM_LIMIT = 3
 INT32_LIMIT = 2**31
 #: Integers of magnitude below this are exact in float32.
 FLOAT32_EXACT = 2**24
+#: A layer's requantization table (:func:`lookup_table`) takes at most this many bytes; a longer
+#: one gives way to the binary search over the thresholds.
+LUT_LIMIT_BYTES = 2**23
 
 
 def _int_const(g: Graph, value: np.ndarray | int, dtype: type, hint: str = "k") -> str:
@@ -215,6 +218,9 @@ def threshold_codes(g: Graph, acc: str, unit: IntegerUnit, dtype: int = TensorPr
         acc = g.op("Mul", [acc, const(g, orientation.numpy(), "orientation")], "oriented")
     channels, count = thresholds.shape
     if count > SUM_LIMIT:
+        table = lookup_table(thresholds, values, req.bound, limit)
+        if table is not None:
+            return _lookup_codes(g, acc, table, const)
         return _search_codes(g, acc, thresholds, values, wide, unit.static_bound)
     unused = thresholds == SENTINEL
     t = thresholds.clamp(-(limit - 1), limit - 1)  # an unused slot (never passed, step 0) at the type's top
@@ -229,6 +235,57 @@ def threshold_codes(g: Graph, acc: str, unit: IntegerUnit, dtype: int = TensorPr
     passed = g.op("Cast", [g.op("GreaterOrEqual", [expanded, table], "passed")], to=TensorProto.INT32)
     part = g.op("ReduceSum", [g.op("Mul", [passed, step]), _i64(g, [4])], "codesum", keepdims=0)
     return g.op("Add", [out, part], "codes")
+
+
+def lookup_table(thresholds: Tensor, values: Tensor, reach: Tensor, limit: int = INT32_LIMIT,
+                 max_bytes: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """The requantization as one table read: per channel ``o``, the codes of every accumulator
+    from ``lo_o`` (below the first threshold, or ``-reach_o``) to ``hi_o`` (the last threshold, or
+    ``reach_o``), ``table[base_o + j] = v_o[#{k: t_ok <= lo_o + j}]``; an accumulator outside
+    ``[lo_o, hi_o]`` has the code of the nearer end (no threshold lies beyond it, or it is
+    unreachable: ``|acc| <= reach_o``).
+
+    Returns ``(table, shift, first, last)``: the flat table in the smallest integer type that holds
+    the codes, and per channel ``shift = base - lo``, ``first = base``, ``last = base + hi - lo``
+    (the graph's index is ``clip(acc + shift, first, last)``), or None where the table would take
+    more than ``max_bytes`` (default :data:`LUT_LIMIT_BYTES`) or an index could reach ``limit``
+    (the accumulators' type)."""
+    max_bytes = LUT_LIMIT_BYTES if max_bytes is None else max_bytes
+    valid = thresholds != SENTINEL
+    parts, shift, first, last = [], [], [], []
+    base = 0
+    for o in range(thresholds.shape[0]):
+        t = thresholds[o][valid[o]]
+        r = int(reach[o])
+        lo = min(max(int(t[0]) - 1 if len(t) else 0, -r), r)
+        hi = max(min(int(t[-1]) if len(t) else 0, r), lo)
+        if base + hi - lo + 1 > max_bytes:
+            return None
+        counts = torch.searchsorted(t, torch.arange(lo, hi + 1, dtype=torch.int64), right=True)
+        parts.append(values[o][counts])
+        shift.append(base - lo)
+        first.append(base)
+        last.append(base + hi - lo)
+        base += hi - lo + 1
+    codes = torch.cat(parts).numpy()
+    dtype = next(d for d in (np.uint8, np.int8, np.int16, np.int32)
+                 if np.iinfo(d).min <= codes.min() and codes.max() <= np.iinfo(d).max)
+    shift_np = np.asarray(shift, np.int64)
+    if codes.size * np.dtype(dtype).itemsize > max_bytes or \
+            int(reach.max()) + int(np.abs(shift_np).max()) >= limit:
+        return None
+    return codes.astype(dtype), shift_np, np.asarray(first, np.int64), np.asarray(last, np.int64)
+
+
+def _lookup_codes(g: Graph, acc: str, table: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+                  const) -> str:
+    """Int32 codes ``table[clip(acc + shift, first, last)]`` (:func:`lookup_table`): ``Add``,
+    ``Max``, ``Min`` and one ``Gather``."""
+    codes, shift, first, last = table
+    index = g.op("Add", [acc, const(g, shift, "lut_shift")], "lut_index")
+    index = g.op("Min", [g.op("Max", [index, const(g, first, "lut_first")]), const(g, last, "lut_last")], "lut_index")
+    out = g.op("Gather", [_int_const(g, codes, codes.dtype, "lut"), index], "codes", axis=0)
+    return out if codes.dtype == np.int32 else g.op("Cast", [out], "codes", to=TensorProto.INT32)
 
 
 def linear_guess(thresholds: Tensor, bound: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
