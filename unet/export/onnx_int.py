@@ -135,26 +135,39 @@ def unsigned_limb_count(max_value: int) -> int:
     return count
 
 
-def _im2col(g: Graph, x: str) -> str:
-    """(B, H, W, 9 C) columns of a padded NHWC tensor (B, H + 2, W + 2, C), ordered (dy, dx, c):
-    the nine shifted windows (one ``Slice`` each) joined on the channel axis by one ``Concat``."""
-    big = 2**62
-    parts = []
-    for dy in range(3):
-        for dx in range(3):
-            ends = [dy - 2 if dy < 2 else big, dx - 2 if dx < 2 else big]
-            parts.append(g.op("Slice", [x, _i64(g, [dy, dx]), _i64(g, ends), _i64(g, [1, 2])], "window"))
-    return g.op("Concat", parts, "im2col", axis=3)
+def conv_taps(g: Graph, a: str) -> str:
+    """Int32 (H, W, 9) positions of each output pixel's nine 3x3 taps, ordered (dy, dx), in the
+    row-major flattened grid of ``a`` (B, H, W, C) padded by one on every side:
+    ``index[y, x, 3 dy + dx] = (y + dy)(W + 2) + x + dx``, from ``a``'s runtime shape."""
+    shape = g.op("Shape", [a], "shape")
+    height = g.op("Squeeze", [_slice(g, shape, 0, 1, 2), _i64(g, [0])], "height")
+    width = _slice(g, shape, 0, 2, 3)
+    padded_width = g.op("Add", [width, _i64(g, [2])], "padded_width")
+    rows = g.op("Range", [_i64(g, 0), height, _i64(g, 1)], "rows")
+    cols = g.op("Range", [_i64(g, 0), g.op("Squeeze", [width, _i64(g, [0])]), _i64(g, 1)], "cols")
+    row_starts = g.op("Unsqueeze", [g.op("Mul", [rows, padded_width]), _i64(g, [1, 2])], "row_starts")
+    taps = g.op("Add", [g.op("Mul", [_i64(g, [dy for dy in range(3) for _ in range(3)]), padded_width]),
+                        _i64(g, [dx for _ in range(3) for dx in range(3)])], "taps")
+    index = g.op("Add", [g.op("Add", [row_starts, g.op("Unsqueeze", [cols, _i64(g, [1])])]), taps], "tap_index")
+    return g.op("Cast", [index], "tap_index", to=TensorProto.INT32)
 
 
-def integer_conv(g: Graph, a: str, unit: IntegerUnit) -> tuple[str, int]:
+def _im2col(g: Graph, x: str, channels: int, taps: str) -> str:
+    """(B, H, W, 9 C) columns, ordered (dy, dx, c), of a padded NHWC tensor (B, H + 2, W + 2, C):
+    one ``Gather`` of the flattened pixels at :func:`conv_taps`' positions ``taps``."""
+    flat = g.op("Reshape", [x, _i64(g, [0, -1, channels])], "flat")
+    columns = g.op("Gather", [flat, taps], "columns", axis=1)  # (B, H, W, 9, C)
+    return g.op("Reshape", [columns, _i64(g, [0, 0, 0, -1])], "im2col")
+
+
+def integer_conv(g: Graph, a: str, unit: IntegerUnit, taps: str | None = None) -> tuple[str, int]:
     """Exact accumulator (B, H, W, O) of the unit's 3x3 convolution (zero padding) of int32 NHWC
     codes ``a`` with ``|a| <= M`` (``unit.max_input_code``), and its ONNX element type.
 
     onnxruntime's fast integer GEMM is ``MatMulInteger`` with uint8 activations and int8 weights
     (VNNI / AMX where the CPU has them; its ``ConvInteger`` was several times slower in a probe), so
     the codes are offset to ``a + M`` in ``[0, 2M]``, padded with ``M`` (the offset of a zero), split
-    into 8-bit limbs and laid out as an im2col matrix (``Slice`` + ``Concat``); the weights into
+    into 8-bit limbs and laid out as an im2col matrix (one ``Gather``); the weights into
     signed 7-bit limbs, each a (9 C, O) int8 matrix. Then ``conv(a + M, w) = conv(a, w) + M sum(w_o)``
     at every position (the padding holds ``M`` too), so the accumulator is ``sum_ij 256^i 128^j
     MatMulInteger(l_i, w_j) - M sum(w_o)``. Every ``MatMulInteger`` sums in int32 (below
@@ -184,7 +197,8 @@ def integer_conv(g: Graph, a: str, unit: IntegerUnit) -> tuple[str, int]:
     dtype, const = (TensorProto.INT64, _i64) if wide else (TensorProto.INT32, _i32)
     shifted = g.op("Add", [a, _i32(g, offset)], "shifted")
     padded = g.op("Pad", [shifted, _i64(g, [0, 1, 1, 0, 0, 1, 1, 0]), _i32(g, offset)], "padded", mode="constant")
-    x_cols = [_im2col(g, limb) for limb in _activation_limbs(g, padded, act_count)]
+    taps = taps or conv_taps(g, a)
+    x_cols = [_im2col(g, limb, channels, taps) for limb in _activation_limbs(g, padded, act_count)]
     # rows ordered (dy, dx, c) as the columns
     w_names = [_int_const(g, w.permute(2, 3, 1, 0).reshape(9 * channels, -1).numpy(), np.int8, "weight8")
                for w in w_limbs]
@@ -471,15 +485,26 @@ def integer_onnx_model(
             return g.op("Transpose", [codes], "nhwc", perm=[0, 2, 3, 1])  # the integer part runs NHWC
         for i in range(len(engine.model.block(stage))):
             unit = engine.units[f"{stage.name}.{i}"]
-            acc, dtype = integer_conv(g, y, unit)
+            if depth not in taps_at:
+                taps_at[depth] = conv_taps(g, y)
+            acc, dtype = integer_conv(g, y, unit, taps_at[depth])
             y = threshold_codes(g, acc, unit, dtype)
             tap(unit.name, y)
         return y
 
+    def pool(y: str) -> str:
+        nonlocal depth
+        depth += 1
+        return maxpool_codes(g, y)
+
     def up_cat(y: str, skip: str) -> str:
+        nonlocal depth
+        depth -= 1
         return g.op("Concat", [upsample_codes(g, y), g.op("Mul", [skip, _i32(g, UP_GAIN)])], "cat", axis=3)
 
-    y = walk(INPUT, block, lambda y: maxpool_codes(g, y), up_cat)
+    depth = 0  # the resolution: H / 2^depth
+    taps_at: dict[int, str] = {}
+    y = walk(INPUT, block, pool, up_cat)
     y = g.op("Transpose", [y], "nchw", perm=[0, 3, 1, 2])
     values = g.op("Mul", [g.op("Cast", [y], to=TensorProto.FLOAT), g.const(fmt.scale)], "values")
     out = g.op("Sigmoid", [conv_nodes(g, values, engine.model.head, onnx_weight)], "sigmoid")
