@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from unet.errors import ConfigError, UserError
-from unet.export import onnx_int
+from unet.export import int_layers
 from unet.export.onnx import Graph, cpu_session
 from unet.export.onnx_int import (
     IntegerOnnxForward,
@@ -189,7 +189,7 @@ def test_threshold_search_equals_the_engine_tables_over_the_whole_range(case, ta
     from onnx import TensorProto, helper
 
     if not tables:
-        monkeypatch.setattr(onnx_int, "LUT_LIMIT_BYTES", 0)
+        monkeypatch.setattr(int_layers, "LUT_LIMIT_BYTES", 0)
     engine = IntegerUNet.from_model(trained(**CASES[case]))
     g = torch.Generator().manual_seed(11)
     looked_up = []
