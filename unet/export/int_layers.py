@@ -18,7 +18,7 @@ from onnx import TensorProto, numpy_helper
 from torch import Tensor
 
 from ..errors import UserError
-from ..integer.engine import IntegerUnit
+from ..integer.engine import UP_GAIN, IntegerUnit
 from ..integer.fast import limb_count, split_limbs
 from ..integer.thresholds import SENTINEL
 from .onnx import Graph
@@ -197,6 +197,97 @@ def integer_conv(g: Graph, a: str, unit: IntegerUnit, taps: str | None = None) -
     return g.op("Sub", [acc, const(g, (conv.offset * conv.totals).numpy(), "offset_sums")], "acc"), dtype
 
 
+#: ``PHASE_TAPS[p, d]``: the weights of ``y[i-1], y[i], y[i+1]`` in ``u[2i + p + d - 1]``, the
+#: 3x3 tap ``d`` of output phase ``p`` (row or column parity) of the x4 bilinear x2 ``u`` of
+#: ``y`` along one axis (``u[2j] = y[j-1] + 3 y[j]``, ``u[2j+1] = 3 y[j] + y[j+1]``).
+PHASE_TAPS = torch.tensor([[[3, 1, 0], [1, 3, 0], [0, 3, 1]],
+                           [[1, 3, 0], [0, 3, 1], [0, 1, 3]]], dtype=torch.int64)
+
+
+def phase_kernels(weights: Tensor) -> Tensor:
+    """The 3x3 kernels on ``y`` of a 3x3 convolution ``w`` (O, C, 3, 3) of the x16 bilinear x2 of
+    ``y``: ``k[(p, q, o), c, i, j] = sum_{dy,dx} w[o, c, dy, dx] T[p, dy, i] T[q, dx, j]``
+    (``T`` = :data:`PHASE_TAPS`), (4 O, C, 3, 3) int64, output channels ordered (row phase,
+    column phase, o). Output pixel ``(2i + p, 2j + q)`` of the convolution is the kernel ``(p, q)``
+    at ``y``'s pixel ``(i, j)``, wherever its taps stay inside the upsampled image."""
+    out = torch.einsum("ocyx,pyi,qxj->pqocij", weights.to(torch.int64), PHASE_TAPS, PHASE_TAPS)
+    return out.reshape(-1, *out.shape[3:])
+
+
+def phase_taps(g: Graph, y: str) -> str:
+    """Int32 (h, w, 2, 2, 9) positions, in the flattened grid of the x2 image (2h, 2w) padded by
+    one, of the 3x3 taps of its pixel ``(2i + p, 2j + q)``, ordered (i, j, p, q, dy, dx):
+    ``(2i + p + dy)(2w + 2) + 2j + q + dx``, from ``y``'s (B, h, w, C) runtime shape."""
+    shape = g.op("Shape", [y], "shape")
+    half_rows = g.op("Squeeze", [slice_axis(g, shape, 0, 1, 2), i64(g, [0])], "height")
+    half_cols = g.op("Squeeze", [slice_axis(g, shape, 0, 2, 3), i64(g, [0])], "width")
+    padded_width = g.op("Add", [g.op("Mul", [slice_axis(g, shape, 0, 2, 3), i64(g, [2])]), i64(g, [2])])
+    rows = g.op("Mul", [g.op("Range", [i64(g, 0), half_rows, i64(g, 1)]), g.op("Mul", [padded_width, i64(g, [2])])])
+    cols = g.op("Mul", [g.op("Range", [i64(g, 0), half_cols, i64(g, 1)]), i64(g, [2])])
+    row_phase = g.op("Mul", [i64(g, [[0], [1]]), padded_width])  # (2, 1)
+    taps = g.op("Add", [g.op("Mul", [i64(g, [dy for dy in range(3) for _ in range(3)]), padded_width]),
+                        i64(g, [dx for _ in range(3) for dx in range(3)])], "taps")
+    index = g.op("Add", [g.op("Unsqueeze", [rows, i64(g, [1, 2, 3, 4])]), g.op("Unsqueeze", [cols, i64(g, [1, 2, 3])])])
+    index = g.op("Add", [index, g.op("Unsqueeze", [g.op("Add", [row_phase, i64(g, [0, 1])]), i64(g, [2])])])
+    return g.op("Cast", [g.op("Add", [index, taps], "phase_index")], "phase_index", to=TensorProto.INT32)
+
+
+def _edge_fix(g: Graph, codes: str, y: str, skip: str, unit: IntegerUnit) -> str:
+    """``codes`` (B, 2h, 2w, O) with its first and last rows and columns recomputed where the
+    convolution's zero padding meets the upsampled image (which :func:`decoder_conv`'s phase
+    kernels on the edge-padded ``y`` do not see): per axis, one :func:`integer_conv` of the
+    concatenated ``[x16 bilinear x2 of y, 16 skip]`` on a four-pixel strip, the image's first two
+    and last two pixels side by side, of which the strip's outer two outputs are exact."""
+    big = 2**62
+
+    def ends(x: str, axis: int) -> str:  # first two and last two pixels along axis
+        return g.op("Concat", [slice_axis(g, x, axis, 0, 2), slice_axis(g, x, axis, -2, big)], axis=axis)
+
+    def strip(axis: int) -> str:
+        up = ends(upsample_codes(g, ends(y, axis)), axis)  # the x2 of y's two end rows holds the image's
+        x = g.op("Concat", [up, g.op("Mul", [ends(skip, axis), i32(g, UP_GAIN)])], "cat", axis=3)
+        acc, dtype = integer_conv(g, x, unit)
+        return threshold_codes(g, acc, unit, dtype)
+
+    rows = strip(1)
+    codes = g.op("Concat", [slice_axis(g, rows, 1, 0, 1), slice_axis(g, codes, 1, 1, -1),
+                            slice_axis(g, rows, 1, 3, 4)], "edge_rows", axis=1)
+    cols = strip(2)
+    return g.op("Concat", [slice_axis(g, cols, 2, 0, 1), slice_axis(g, codes, 2, 1, -1),
+                           slice_axis(g, cols, 2, 3, 4)], "edge_cols", axis=2)
+
+
+def decoder_conv(g: Graph, y: str, skip: str, skip_channels: int, unit: IntegerUnit, taps: str | None = None,
+                 skip_taps: str | None = None) -> str:
+    """Int32 codes (B, 2h, 2w, O) of a decoder block's first unit on ``[u, 16 skip]``, ``u`` the
+    x16 bilinear x2 of the codes ``y`` (B, h, w, Cu), ``skip`` (B, 2h, 2w, Cs), without forming
+    ``u``. The unit's weights are ``[w_u, w_s]`` (the last ``skip_channels`` for the skip);
+    ``conv(u, w_u)`` is :func:`phase_kernels` on ``y`` edge-padded (``taps``:
+    :func:`conv_taps` of ``y``), four outputs per pixel of ``y``; ``16 conv(skip, w_s)`` is laid
+    out in the same (i, j, p, q) order (``skip_taps``: :func:`phase_taps`). Both are
+    :class:`LimbConv` GEMMs on the codes offset by their bound ``M = M_unit / 16``; their sum
+    (int32 where the bounds allow, else int64) is requantized in that order, the phases put in
+    place (``Transpose``), and the outer rows and columns, where the convolution's zero padding
+    meets the image, recomputed by :func:`integer_conv` on two-pixel strips."""
+    cu = int(unit.weights.shape[1]) - skip_channels
+    offset = unit.max_input_code // UP_GAIN
+    up = LimbConv(unit.name, phase_kernels(unit.weights[:, :cu]), offset)
+    side = LimbConv(unit.name, unit.weights[:, cu:], offset)
+    dtype = _accumulator_type(unit.name, up.bound + UP_GAIN * side.bound)
+    const = i64 if dtype == TensorProto.INT64 else i32
+    channels = int(unit.weights.shape[0])
+    acc_up = up.products(g, _offset_padded(g, y, offset, "edge"), taps or conv_taps(g, y), None, dtype)
+    acc_up = g.op("Reshape", [acc_up, i64(g, [0, 0, 0, 2, 2, channels])], "phases")
+    acc_skip = side.products(g, _offset_padded(g, skip, offset), skip_taps or phase_taps(g, y),
+                             [0, 0, 0, 2, 2, -1], dtype)
+    acc = g.op("Add", [acc_up, g.op("Mul", [acc_skip, const(g, UP_GAIN)])], "acc")
+    offsets = up.totals.reshape(2, 2, channels) * offset + UP_GAIN * offset * side.totals
+    acc = g.op("Sub", [acc, const(g, offsets.numpy(), "offset_sums")], "acc")
+    codes = g.op("Transpose", [threshold_codes(g, acc, unit, dtype)], "phases", perm=[0, 1, 3, 2, 4, 5])
+    shape = g.op("Concat", [slice_axis(g, g.op("Shape", [skip]), 0, 0, 3), i64(g, [channels])], axis=0)
+    return _edge_fix(g, g.op("Reshape", [codes, shape], "codes"), y, skip, unit)
+
+
 def threshold_codes(g: Graph, acc: str, unit: IntegerUnit, dtype: int = TensorProto.INT32) -> str:
     """Int32 output codes of accumulators ``acc`` (B, H, W, O; int32 or int64 ``dtype``) by the
     unit's static threshold table (module docstring); UserError when the engine builds it per batch."""
@@ -226,11 +317,11 @@ def threshold_codes(g: Graph, acc: str, unit: IntegerUnit, dtype: int = TensorPr
     if count == 0:
         return g.op("Add", [g.op("Cast", [g.op("Mul", [acc, const(g, 0)])], to=TensorProto.INT32), code0], "codes")
     out = code0
-    expanded = g.op("Unsqueeze", [acc, i64(g, [4])], "acc5")  # (B, H, W, O, 1)
+    expanded = g.op("Unsqueeze", [acc, i64(g, [-1])], "acc5")  # (..., O, 1)
     table = const(g, t.numpy(), "thresholds")  # (O, K)
     step = i32(g, steps.numpy(), "steps")
     passed = g.op("Cast", [g.op("GreaterOrEqual", [expanded, table], "passed")], to=TensorProto.INT32)
-    part = g.op("ReduceSum", [g.op("Mul", [passed, step]), i64(g, [4])], "codesum", keepdims=0)
+    part = g.op("ReduceSum", [g.op("Mul", [passed, step]), i64(g, [-1])], "codesum", keepdims=0)
     return g.op("Add", [out, part], "codes")
 
 

@@ -52,15 +52,15 @@ from torch import Tensor
 from ..errors import UserError
 from ..integer import IntegerUNet
 from ..integer.engine import UP_GAIN
-from ..model import Stage, UNet, walk
+from ..model import Stage, UNet, stage_channels, walk
 from .int_layers import (
     INT32_LIMIT,
     conv_taps,
-    i32,
+    decoder_conv,
     integer_conv,
     maxpool_codes,
+    phase_taps,
     threshold_codes,
-    upsample_codes,
 )
 from .onnx import (
     INPUT,
@@ -134,10 +134,15 @@ def integer_onnx_model(
             return g.op("Transpose", [codes], "nhwc", perm=[0, 2, 3, 1])  # the integer part runs NHWC
         for i in range(len(engine.model.block(stage))):
             unit = engine.units[f"{stage.name}.{i}"]
-            if depth not in taps_at:
-                taps_at[depth] = conv_taps(g, y)
-            acc, dtype = integer_conv(g, y, unit, taps_at[depth])
-            y = threshold_codes(g, acc, unit, dtype)
+            if isinstance(y, tuple):  # a decoder's first unit: (codes one level down, skip codes)
+                low, skip = y
+                y = decoder_conv(g, low, skip, skip_channels[stage.skip], unit, taps_at[depth + 1],
+                                 phase_taps(g, low))
+            else:
+                if depth not in taps_at:
+                    taps_at[depth] = conv_taps(g, y)
+                acc, dtype = integer_conv(g, y, unit, taps_at[depth])
+                y = threshold_codes(g, acc, unit, dtype)
             tap(unit.name, y)
         return y
 
@@ -146,12 +151,13 @@ def integer_onnx_model(
         depth += 1
         return maxpool_codes(g, y)
 
-    def up_cat(y: str, skip: str) -> str:
+    def up_cat(y: str, skip: str) -> tuple[str, str]:
         nonlocal depth
         depth -= 1
-        return g.op("Concat", [upsample_codes(g, y), g.op("Mul", [skip, i32(g, UP_GAIN)])], "cat", axis=3)
+        return y, skip  # decoder_conv upsamples and concatenates inside the convolution
 
     depth = 0  # the resolution: H / 2^depth
+    skip_channels = {name: c_out for name, (_, c_out) in stage_channels(engine.model.base_channels).items()}
     taps_at: dict[int, str] = {}
     y = walk(INPUT, block, pool, up_cat)
     y = g.op("Transpose", [y], "nchw", perm=[0, 3, 1, 2])
