@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
 from onnx import TensorProto, numpy_helper
@@ -34,10 +36,25 @@ FLOAT32_EXACT = 2**24
 LUT_LIMIT_BYTES = 2**23
 
 
+#: Integer initializers of this many bytes or more are stored once per graph: the decoder's edge
+#: strips reuse their unit's weights and tables.
+SHARE_FROM_BYTES = 4096
+
+
 def int_const(g: Graph, value: np.ndarray | int, dtype: type, hint: str = "k") -> str:
-    """An integer initializer of numpy ``dtype`` holding ``value``."""
+    """An integer initializer of numpy ``dtype`` holding ``value`` (one of :data:`SHARE_FROM_BYTES`
+    bytes or more is stored once per graph and named again where the same values recur)."""
+    array = np.ascontiguousarray(np.asarray(value, dtype=dtype))
+    key = None
+    if array.nbytes >= SHARE_FROM_BYTES:
+        key = (array.dtype.str, array.shape, hashlib.sha1(array.tobytes()).hexdigest())
+        known = g.shared.get(key)
+        if known is not None:
+            return known
     name = g.name(hint)
-    g.initializers.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+    g.initializers.append(numpy_helper.from_array(array, name))
+    if key is not None:
+        g.shared[key] = name
     return name
 
 

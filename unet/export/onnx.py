@@ -67,6 +67,8 @@ class Graph:
         self.exact_batchnorm = exact_batchnorm
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
+        #: initializer names by content key, for emitters that store a recurring constant once
+        self.shared: dict[tuple, str] = {}
         self._count = 0
 
     def name(self, hint: str) -> str:
