@@ -306,8 +306,12 @@ def decoder_conv(g: Graph, y: str, skip: str, skip_channels: int, unit: IntegerU
 
 
 def threshold_codes(g: Graph, acc: str, unit: IntegerUnit, dtype: int = TensorProto.INT32) -> str:
-    """Int32 output codes of accumulators ``acc`` (B, H, W, O; int32 or int64 ``dtype``) by the
-    unit's static threshold table (module docstring); UserError when the engine builds it per batch."""
+    """Int32 output codes of accumulators ``acc`` (..., O; int32 or int64 ``dtype``) by the
+    unit's static threshold table: at most :data:`SUM_LIMIT` thresholds per channel by one
+    broadcast comparison summed over the passed thresholds' code steps; longer tables by one read
+    of :func:`lookup_table` where it fits :data:`LUT_LIMIT_BYTES`, else :func:`_search_codes`.
+    UserError when the engine builds the table per batch. ``acc`` may have any leading shape
+    (channels last)."""
     req = unit.requant
     if not req.static or req.thresholds() is None:
         raise UserError(

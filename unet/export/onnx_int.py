@@ -6,28 +6,29 @@ activation codes of :class:`unet.integer.IntegerUNet` (its threshold tables, its
 * **First block** (float weights) and its activation quantizer: the float graph of
   :mod:`unet.export.onnx` (same emitters), then the codes ``trunc(q 2^k)`` (``Mul`` by the exact
   power-of-two inverse scale, ``Cast`` to int32, which truncates).
-* **Quantized convolutions** (:func:`integer_conv`), on NHWC codes: the int32 codes offset by
-  the layer's code bound ``M`` (non-negative), padded with ``M`` (``Pad``: a zero code), split
-  into uint8 limbs (shifts on uint32) and laid out as im2col matrices (one ``Slice`` per window,
-  one ``Concat`` on the channel axis); the weights into signed 7-bit limbs, int8 (9 C, O) matrices; one
-  ``MatMulInteger`` (uint8 x int8 -> int32: onnxruntime's VNNI / AMX GEMM; its ``ConvInteger``
-  took about ten times longer) per (activation limb, weight limb) pair, combined as
-  ``sum P_ij 256^i 128^j - M sum(w_o)``: in int32 where the export proves that no partial sum
-  can overflow, else in int64 (pow2's x16 upsampled codes in the decoder's first units); a layer
-  past 2^63 is refused.
+* **Quantized convolutions** (:func:`~unet.export.int_layers.integer_conv`), on NHWC codes: the
+  int32 codes offset by the layer's code bound ``M`` (non-negative), padded with ``M`` (a zero
+  code), split into uint8 limbs (shifts on uint32) and laid out as im2col matrices by one
+  ``Gather`` at each pixel's tap positions (built once per resolution); the weights into signed
+  7-bit limbs, int8 (9 C, O) matrices; one ``MatMulInteger`` (uint8 x int8 -> int32:
+  onnxruntime's VNNI / AMX GEMM; its ``ConvInteger`` took about ten times longer) per (activation
+  limb, weight limb) pair, combined as ``sum P_ij 256^i 128^j - M sum(w_o)``: in int32 where the
+  export proves that no partial sum can overflow, else in int64; a layer past 2^63 is refused.
+* **Decoder blocks' first convolutions** (:func:`~unet.export.int_layers.decoder_conv`) on
+  ``[x16 bilinear x2 of y, 16 skip]`` without the upsampled codes: phase kernels (the 3x3 kernel
+  composed with the upsampling weights, four output phases per pixel of ``y``) on the edge-padded
+  coarse codes ``y``, the skip gathered in the same pixel order, one requantization, a
+  ``Transpose`` that puts the phases in place; the outer rows and columns (where the zero padding
+  meets the upsampled image) recomputed by ``integer_conv`` on two four-pixel strips.
 * **Requantization** (bias, activation, BatchNorm, quantizer): the static per-channel threshold
   table of :class:`~unet.integer.thresholds.ThresholdRequantizer` applied to the oriented
   accumulator (``Mul`` by -1 on channels with a negative BatchNorm gain): ``code = v[#{k: t_k <=
-  o acc}]``, the engine's ``searchsorted`` lookup. Long tables (Q6.0: 127 thresholds) by a
-  branchless binary search (``Gather`` of a threshold, ``GreaterOrEqual``, add), started from a
-  float32 linear guess where the export proves that the guess bounds the count to a small window
-  (:func:`linear_guess`: evenly spaced thresholds, 1-2 rounds instead of 7), else from 0; short
-  tables (BNN) by one broadcast ``GreaterOrEqual`` against all thresholds, times each passed
-  threshold's code step, and ``ReduceSum``: ``v_0 + sum_{t_k <= o acc} (v_k - v_{k-1})`` (the
-  thresholds are sorted, so the passed ones are a prefix).
-* **Max pooling**: ``Max`` of the four stride-2 slices of the int32 NHWC codes; **bilinear x2**:
-  ``upsample2_codes`` per axis (``c[j-1] + 3 c[j]``, ``3 c[j] + c[j+1]``, edges repeated, by
-  ``Slice``/``Concat``/``Reshape``): codes at scale ``s / 16``, the skip multiplied by 16.
+  o acc}]``, the engine's ``searchsorted`` lookup (:func:`~unet.export.int_layers.threshold_codes`):
+  one ``Gather`` from a table of every code between each channel's first and last threshold where
+  that fits 8 MiB (nearest Q6.0), else a branchless binary search (``Gather`` of a threshold,
+  ``GreaterOrEqual``, add), from a proven float32 linear guess where there is one; tables of at
+  most 3 thresholds (BNN) by one broadcast ``GreaterOrEqual`` and ``ReduceSum``.
+* **Max pooling**: ``Max`` of the four stride-2 slices of the int32 NHWC codes.
 * **Head**: float (the last codes back to NCHW, ``Cast`` times the scale, the float ``Conv``,
   ``Sigmoid``).
 
