@@ -134,8 +134,9 @@ class LimbConv:
 
     ``bound`` bounds every partial sum of those products and of ``M sum(w_o)`` (what the caller
     subtracts): ``sum_ij max l_i max_o sum|w_jo| 256^i 128^j + M max_o |sum w_o|``. Every single
-    ``MatMulInteger`` sums in int32 (below ``255 * 64 * 9 C``, no pair of uint8 x int8 products
-    past int16, so onnxruntime's non-VNNI kernels do not saturate either).
+    ``MatMulInteger`` sums in int32 (at most ``255 * 64 * 9 C``; layers with ``255 * 128 * 9 C``
+    past 2^31 are refused), and no pair of uint8 x int8 products passes int16, so onnxruntime's
+    non-VNNI kernels do not saturate either.
     """
 
     def __init__(self, name: str, weights: Tensor, offset: int) -> None:
@@ -282,12 +283,12 @@ def decoder_conv(g: Graph, y: str, skip: str, skip_channels: int, unit: IntegerU
     ``conv(u, w_u)`` is :func:`phase_kernels` on ``y`` edge-padded (``taps``:
     :func:`conv_taps` of ``y``), four outputs per pixel of ``y``; ``16 conv(skip, w_s)`` is laid
     out in the same (i, j, p, q) order (``skip_taps``: :func:`phase_taps`). Both are
-    :class:`LimbConv` GEMMs on the codes offset by their bound ``M = M_unit / 16``; their sum
+    :class:`LimbConv` GEMMs on the codes offset by their bound ``M = ceil(M_unit / 16)``; their sum
     (int32 where the bounds allow, else int64) is requantized in that order, the phases put in
     place (``Transpose``), and the outer rows and columns, where the convolution's zero padding
-    meets the image, recomputed by :func:`integer_conv` on two-pixel strips."""
+    meets the image, recomputed by :func:`integer_conv` on four-pixel strips (:func:`_edge_fix`)."""
     cu = int(unit.weights.shape[1]) - skip_channels
-    offset = unit.max_input_code // UP_GAIN
+    offset = -(-unit.max_input_code // UP_GAIN)  # |y|, |skip| <= M_unit / 16: the x16 inputs stay within M_unit
     up = LimbConv(unit.name, phase_kernels(unit.weights[:, :cu]), offset)
     side = LimbConv(unit.name, unit.weights[:, cu:], offset)
     dtype = _accumulator_type(unit.name, up.bound + UP_GAIN * side.bound)
