@@ -37,7 +37,11 @@ def assert_fast_equals_reference(model) -> IntegerUNet:
     fast = IntegerUNet.from_model(model)
     reference = IntegerUNet.from_model(model, fast=False)
     assert fast.fast and not reference.fast
-    for name, x in adversarial_inputs().items():
+    inputs = adversarial_inputs()
+    # the reference's batch-driven tables (Q8.8) only ever widen and give the same codes at any
+    # width: one call over every input's range builds them once instead of once per wider input
+    reference.forward_codes(torch.cat(list(inputs.values())))
+    for name, x in inputs.items():
         got, expected = fast.forward_codes(x), reference.forward_codes(x)
         assert got.keys() == expected.keys()
         for unit in expected:
