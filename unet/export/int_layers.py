@@ -101,6 +101,13 @@ def unsigned_limb_count(max_value: int) -> int:
     return count
 
 
+def _window_offsets(g: Graph, padded_width: str) -> str:
+    """(9,) int64 offsets ``dy * padded_width + dx`` of a 3x3 window's taps, ordered (dy, dx), in a
+    row-major grid ``padded_width`` (a (1,) int64 tensor) wide."""
+    return g.op("Add", [g.op("Mul", [i64(g, [dy for dy in range(3) for _ in range(3)]), padded_width]),
+                        i64(g, [dx for _ in range(3) for dx in range(3)])], "taps")
+
+
 def conv_taps(g: Graph, a: str) -> str:
     """Int32 (H, W, 9) positions of each output pixel's nine 3x3 taps, ordered (dy, dx), in the
     row-major flattened grid of ``a`` (B, H, W, C) padded by one on every side:
@@ -112,9 +119,8 @@ def conv_taps(g: Graph, a: str) -> str:
     rows = g.op("Range", [i64(g, 0), height, i64(g, 1)], "rows")
     cols = g.op("Range", [i64(g, 0), g.op("Squeeze", [width, i64(g, [0])]), i64(g, 1)], "cols")
     row_starts = g.op("Unsqueeze", [g.op("Mul", [rows, padded_width]), i64(g, [1, 2])], "row_starts")
-    taps = g.op("Add", [g.op("Mul", [i64(g, [dy for dy in range(3) for _ in range(3)]), padded_width]),
-                        i64(g, [dx for _ in range(3) for dx in range(3)])], "taps")
-    index = g.op("Add", [g.op("Add", [row_starts, g.op("Unsqueeze", [cols, i64(g, [1])])]), taps], "tap_index")
+    index = g.op("Add", [g.op("Add", [row_starts, g.op("Unsqueeze", [cols, i64(g, [1])])]),
+                         _window_offsets(g, padded_width)], "tap_index")
     return g.op("Cast", [index], "tap_index", to=TensorProto.INT32)
 
 
@@ -243,11 +249,10 @@ def phase_taps(g: Graph, y: str) -> str:
     rows = g.op("Mul", [g.op("Range", [i64(g, 0), half_rows, i64(g, 1)]), g.op("Mul", [padded_width, i64(g, [2])])])
     cols = g.op("Mul", [g.op("Range", [i64(g, 0), half_cols, i64(g, 1)]), i64(g, [2])])
     row_phase = g.op("Mul", [i64(g, [[0], [1]]), padded_width])  # (2, 1)
-    taps = g.op("Add", [g.op("Mul", [i64(g, [dy for dy in range(3) for _ in range(3)]), padded_width]),
-                        i64(g, [dx for _ in range(3) for dx in range(3)])], "taps")
     index = g.op("Add", [g.op("Unsqueeze", [rows, i64(g, [1, 2, 3, 4])]), g.op("Unsqueeze", [cols, i64(g, [1, 2, 3])])])
     index = g.op("Add", [index, g.op("Unsqueeze", [g.op("Add", [row_phase, i64(g, [0, 1])]), i64(g, [2])])])
-    return g.op("Cast", [g.op("Add", [index, taps], "phase_index")], "phase_index", to=TensorProto.INT32)
+    index = g.op("Add", [index, _window_offsets(g, padded_width)], "phase_index")
+    return g.op("Cast", [index], "phase_index", to=TensorProto.INT32)
 
 
 def _edge_fix(g: Graph, codes: str, y: str, skip: str, unit: IntegerUnit) -> str:
